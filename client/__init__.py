@@ -1,0 +1,1 @@
+"""Host-side client for sealed applications in Nitro Enclaves (`python -m client`)."""

@@ -1,0 +1,1 @@
+"""One module per `python -m client` command; each exposes `register(subparsers, parents)`."""
