@@ -1,0 +1,275 @@
+"""The one validated configuration object, built in `app.py` from CDK context.
+
+Context keys keep the runbook's parameter names (ThirdPartyAWSAccountNumber, HostEncryptionKeyArn,
+...), so a reader of the runbook finds them; `cdk.json` carries clearly fake example values and
+`-c Key=value` overrides them. Every bad value raises `ConfigError` with one line naming the key,
+the value and the expected form. Nothing here calls AWS.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+ACCOUNT_RE = re.compile(r"^\d{12}$")
+DNS_NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+REGION_RE = re.compile(r"^[a-z]{2}(?:-gov)?-[a-z]+-\d$")
+KMS_KEY_ARN_RE = re.compile(
+    r"^arn:aws[a-z-]*:kms:[a-z]{2}(?:-gov)?-[a-z]+-\d:\d{12}:key/"
+    r"(?:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|mrk-[0-9a-f]{32})$"
+)
+IAM_ROLE_ARN_RE = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]{1,512}$")
+IAM_ROLE_NAME_RE = re.compile(r"^[\w+=,.@-]{1,64}$")
+ALIAS_RE = re.compile(r"^alias/(?!aws/)[a-zA-Z0-9/_-]{1,250}$")
+SHA384_HEX_RE = re.compile(r"^[0-9a-f]{96}$")
+BUCKET_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+PREFIX_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9!_.*'()/-]{0,200}/$")
+INSTANCE_TYPE_RE = re.compile(r"^[a-z][a-z0-9-]*\d[a-z0-9-]*g[a-z0-9-]*\.[a-z0-9]+$")
+VPC_ID_RE = re.compile(r"^vpc-[0-9a-f]{8,17}$")
+SUBNET_ID_RE = re.compile(r"^subnet-[0-9a-f]{8,17}$")
+REPO_NAME_RE = re.compile(r"^[\w.-]{1,100}$")
+APP_DIR_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+# vCPUs per Graviton size; the parent keeps at least 2 and the enclave takes whole cores.
+GRAVITON_VCPUS = {"medium": 1, "large": 2, "xlarge": 4, "2xlarge": 8, "4xlarge": 16,
+                  "8xlarge": 32, "12xlarge": 48, "16xlarge": 64, "24xlarge": 96, "48xlarge": 192}
+
+
+CONTEXT_KEYS = (
+    "ThirdPartyAWSAccountNumber", "ThirdPartyName", "HostAWSAccountNumber", "Region",
+    "HostBucketName", "HostEncryptionKeyArn", "EnclaveKeyArn", "EncryptedAppPrefix",
+    "EnclaveImagePrefix", "EncryptionKeyAlias", "AllowedImageMeasurements", "MeasurementsToKeep",
+    "AllowedSignerPcr8", "ApplicationDirectory", "AppId", "CodeCommitRepositoryName",
+    "UseExistingRepository", "HostRoleName", "HostRoleArn", "InstanceType", "EnclaveCpuCount",
+    "EnclaveMemoryMiB", "EifSizeMiB", "HostCount", "VpcId", "PrivateSubnetIds",
+    "AvailabilityZones", "VsockProxyPort", "EnclavePort",
+)
+# Our keys are CamelCase; CDK's own flags ("@aws-cdk/...", "aws:cdk:...") are not.
+_OUR_KEY_SHAPE = re.compile(r"^[A-Z][A-Za-z0-9]+$")
+
+
+class ConfigError(ValueError):
+    """A context value is missing or malformed; the message is one line an operator can act on."""
+
+
+def _fail(key: str, value: Any, expected: str) -> ConfigError:
+    return ConfigError(f"context key {key}={value!r} is invalid: expected {expected}")
+
+
+@dataclass(frozen=True)
+class Config:
+    # Accounts and names
+    third_party_account: str
+    third_party_name: str
+    host_account: str
+    region: str
+    # Host sharing bucket (HostStack creates it; ThirdPartyStack uploads into it)
+    host_bucket_name: str
+    host_bucket_key_arn: str
+    encrypted_app_prefix: str
+    enclave_image_prefix: str
+    # The Third Party's enclave key
+    enclave_key_alias: str
+    enclave_key_arn: str | None
+    allowed_measurements: tuple[str, ...]
+    measurements_to_keep: int
+    allow_pcr8: str | None
+    # Application and source repository
+    app_directory: str
+    app_id: str
+    repository_name: str
+    use_existing_repository: bool
+    # Enclave host
+    host_role_name: str
+    host_role_arn_override: str | None
+    instance_type: str
+    enclave_cpu_count: int
+    enclave_memory_mib: int
+    eif_size_mib: int | None
+    host_count: int
+    vpc_id: str | None
+    private_subnet_ids: tuple[str, ...] = field(default=())
+    availability_zones: tuple[str, ...] = field(default=())
+    vsock_proxy_port: int = 8000
+    enclave_port: int = 5005
+
+    @property
+    def host_role_arn(self) -> str:
+        """The host principal the enclave key trusts (the HostStack's role unless overridden)."""
+        if self.host_role_arn_override:
+            return self.host_role_arn_override
+        return f"arn:aws:iam::{self.host_account}:role/{self.host_role_name}"
+
+    @property
+    def instance_vcpus(self) -> int:
+        return GRAVITON_VCPUS[self.instance_type.split(".", 1)[1]]
+
+
+class _Reader:
+    """Reads and validates one key at a time from the context mapping."""
+
+    def __init__(self, context: Mapping[str, Any]) -> None:
+        self._context = context
+
+    def raw(self, key: str, default: Any = None) -> Any:
+        value = self._context.get(key, default)
+        return default if value == "" else value
+
+    def string(self, key: str, pattern: re.Pattern[str], expected: str, default: str | None = None,
+               *, optional: bool = False) -> str | None:
+        value = self.raw(key, default)
+        if value is None:
+            if optional:
+                return None
+            raise _fail(key, value, expected)
+        if not isinstance(value, str) or not pattern.match(value):
+            raise _fail(key, value, expected)
+        return value
+
+    def required(self, key: str, pattern: re.Pattern[str], expected: str,
+                 default: str | None = None) -> str:
+        value = self.string(key, pattern, expected, default)
+        assert value is not None
+        return value
+
+    def integer(self, key: str, default: int, low: int, high: int) -> int:
+        value = self.raw(key, default)
+        try:
+            number = int(value) if not isinstance(value, bool) else None
+        except (TypeError, ValueError):
+            number = None
+        if number is None or str(number) != str(value).strip() or not low <= number <= high:
+            raise _fail(key, value, f"a whole number from {low} to {high}")
+        return number
+
+    def boolean(self, key: str, default: bool) -> bool:
+        value = self.raw(key, default)
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        raise _fail(key, value, "true or false")
+
+    def string_list(self, key: str, item: Callable[[str], bool], expected: str) -> tuple[str, ...]:
+        value = self.raw(key, [])
+        if isinstance(value, str):
+            # `-c Key=a,b` or `-c 'Key=["a","b"]'` from the command line
+            text = value.strip()
+            if text.startswith("["):
+                try:
+                    value = json.loads(text)
+                except json.JSONDecodeError as exc:
+                    raise _fail(key, value, f"a JSON list of {expected}") from exc
+            else:
+                value = [part.strip() for part in text.split(",") if part.strip()]
+        if not isinstance(value, list):
+            raise _fail(key, value, f"a list of {expected}")
+        for element in value:
+            if not isinstance(element, str) or not item(element):
+                raise _fail(key, element, expected)
+        return tuple(value)
+
+
+def load_config(context: Mapping[str, Any]) -> Config:
+    """Build the validated `Config` from CDK context (cdk.json plus `-c` overrides)."""
+    unknown = sorted(k for k in context if _OUR_KEY_SHAPE.match(k) and k not in CONTEXT_KEYS)
+    if unknown:
+        raise ConfigError(f"unknown context key {unknown[0]!r}: expected one of "
+                          f"{', '.join(CONTEXT_KEYS)} (see the README's context table)")
+    r = _Reader(context)
+    account = "a 12-digit AWS account number"
+    third_party_account = r.required("ThirdPartyAWSAccountNumber", ACCOUNT_RE, account)
+    host_account = r.required("HostAWSAccountNumber", ACCOUNT_RE, account)
+    region = r.required("Region", REGION_RE, "an AWS region such as us-east-1", "us-east-1")
+    dns = "a DNS-safe lowercase name (a-z, 0-9, '-', 1-63 characters)"
+    third_party_name = r.required("ThirdPartyName", DNS_NAME_RE, dns)
+
+    key_arn = "a KMS key ARN such as arn:aws:kms:us-east-1:111111111111:key/<uuid>"
+    host_bucket_key_arn = r.required("HostEncryptionKeyArn", KMS_KEY_ARN_RE, key_arn)
+    enclave_key_arn = r.string("EnclaveKeyArn", KMS_KEY_ARN_RE, key_arn, optional=True)
+    if enclave_key_arn and enclave_key_arn.split(":")[4] != third_party_account:
+        raise _fail("EnclaveKeyArn", enclave_key_arn,
+                    f"a key in the third party account {third_party_account}")
+    if host_bucket_key_arn.split(":")[4] != host_account:
+        raise _fail("HostEncryptionKeyArn", host_bucket_key_arn,
+                    f"a key in the host account {host_account}")
+
+    measurements = r.string_list(
+        "AllowedImageMeasurements", lambda v: bool(SHA384_HEX_RE.match(v)),
+        "96 lowercase hex characters (a SHA-384 PCR0 from nitro-cli build-enclave)")
+    instance_type = r.required("InstanceType", INSTANCE_TYPE_RE,
+                               "a Graviton (arm64) instance type such as c7g.xlarge", "c7g.xlarge")
+    size = instance_type.split(".", 1)[1]
+    if size not in GRAVITON_VCPUS or GRAVITON_VCPUS[size] < 4:
+        raise _fail("InstanceType", instance_type,
+                    "a Graviton type with at least 4 vCPUs (xlarge or larger): the parent keeps 2")
+    vcpus = GRAVITON_VCPUS[size]
+    cpu_count = r.integer("EnclaveCpuCount", 2, 2, vcpus - 2)
+    if cpu_count % 2:
+        raise _fail("EnclaveCpuCount", cpu_count,
+                    "an even number: enclaves take whole cores (2 vCPUs each on Graviton)")
+    memory = r.integer("EnclaveMemoryMiB", 4096, 256, 1024 * 1024)
+    eif_size = r.integer("EifSizeMiB", 0, 0, 256 * 1024) or None
+    if eif_size and memory < 4 * eif_size:
+        raise _fail("EnclaveMemoryMiB", memory,
+                    f"at least 4 x EifSizeMiB = {4 * eif_size} MiB (nitro-cli refuses less)")
+
+    vpc_id = r.string("VpcId", VPC_ID_RE, "a VPC id such as vpc-0123456789abcdef0", optional=True)
+    subnets = r.string_list("PrivateSubnetIds", lambda v: bool(SUBNET_ID_RE.match(v)),
+                            "subnet ids such as subnet-0123456789abcdef0")
+    zones = r.string_list("AvailabilityZones", lambda v: bool(re.match(r"^[a-z]{2}-[a-z]+-\d[a-z]$", v)),
+                          "availability zone names such as us-east-1a")
+    if vpc_id and (not subnets or len(subnets) != len(zones)):
+        raise _fail("PrivateSubnetIds", list(subnets),
+                    "with VpcId, one private subnet id per entry of AvailabilityZones")
+
+    app_directory = r.required("ApplicationDirectory", APP_DIR_RE,
+                               "a folder name under src/ such as sample-inference",
+                               "sample-inference")
+    return Config(
+        third_party_account=third_party_account,
+        third_party_name=third_party_name,
+        host_account=host_account,
+        region=region,
+        host_bucket_name=r.required("HostBucketName", BUCKET_NAME_RE,
+                                    "an S3 bucket name (3-63 lowercase letters, digits, '.', '-')"),
+        host_bucket_key_arn=host_bucket_key_arn,
+        encrypted_app_prefix=r.required("EncryptedAppPrefix", PREFIX_RE,
+                                        "a key prefix ending in '/' such as encrypted-apps/",
+                                        "encrypted-apps/"),
+        enclave_image_prefix=r.required("EnclaveImagePrefix", PREFIX_RE,
+                                        "a key prefix ending in '/' such as enclave-images/",
+                                        "enclave-images/"),
+        enclave_key_alias=r.required("EncryptionKeyAlias", ALIAS_RE,
+                                     "a KMS alias such as alias/enclavekey", "alias/enclavekey"),
+        enclave_key_arn=enclave_key_arn,
+        allowed_measurements=measurements,
+        measurements_to_keep=r.integer("MeasurementsToKeep", 3, 1, 50),
+        allow_pcr8=r.string("AllowedSignerPcr8", SHA384_HEX_RE,
+                            "96 lowercase hex characters (PCR8 of the signing certificate)",
+                            optional=True),
+        app_directory=app_directory,
+        app_id=r.required("AppId", DNS_NAME_RE, dns, app_directory),
+        repository_name=r.required("CodeCommitRepositoryName", REPO_NAME_RE,
+                                   "a CodeCommit repository name (letters, digits, '.', '_', '-')",
+                                   "sealed-enclave-app"),
+        use_existing_repository=r.boolean("UseExistingRepository", False),
+        host_role_name=r.required("HostRoleName", IAM_ROLE_NAME_RE, "an IAM role name",
+                                  f"sealed-enclave-host-{third_party_name}"[:64]),
+        host_role_arn_override=r.string("HostRoleArn", IAM_ROLE_ARN_RE,
+                                        "an IAM role ARN such as arn:aws:iam::222222222222:role/name",
+                                        optional=True),
+        instance_type=instance_type,
+        enclave_cpu_count=cpu_count,
+        enclave_memory_mib=memory,
+        eif_size_mib=eif_size,
+        host_count=r.integer("HostCount", 1, 0, 100),
+        vpc_id=vpc_id,
+        private_subnet_ids=subnets,
+        availability_zones=zones,
+        vsock_proxy_port=r.integer("VsockProxyPort", 8000, 1024, 65535),
+        enclave_port=r.integer("EnclavePort", 5005, 1024, 65535),
+    )

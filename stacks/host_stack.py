@@ -1,0 +1,14 @@
+"""HostStack (host account): the sharing bucket and the enclave hosts."""
+
+from typing import Any
+
+import aws_cdk as cdk
+from constructs import Construct
+
+from stacks.config import Config
+
+
+class HostStack(cdk.Stack):
+    def __init__(self, scope: Construct, construct_id: str, *, config: Config, **kwargs: Any) -> None:
+        super().__init__(scope, construct_id, **kwargs)
+        self.config = config
