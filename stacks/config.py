@@ -30,6 +30,7 @@ PREFIX_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9!_.*'()/-]{0,200}/$")
 INSTANCE_TYPE_RE = re.compile(r"^[a-z][a-z0-9-]*\d[a-z0-9-]*g[a-z0-9-]*\.[a-z0-9]+$")
 VPC_ID_RE = re.compile(r"^vpc-[0-9a-f]{8,17}$")
 SUBNET_ID_RE = re.compile(r"^subnet-[0-9a-f]{8,17}$")
+AZ_RE = re.compile(r"^[a-z]{2}(?:-gov)?-[a-z]+-\d[a-z]$")
 REPO_NAME_RE = re.compile(r"^[\w.-]{1,100}$")
 APP_DIR_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
@@ -220,11 +221,17 @@ def load_config(context: Mapping[str, Any]) -> Config:
     vpc_id = r.string("VpcId", VPC_ID_RE, "a VPC id such as vpc-0123456789abcdef0", optional=True)
     subnets = r.string_list("PrivateSubnetIds", lambda v: bool(SUBNET_ID_RE.match(v)),
                             "subnet ids such as subnet-0123456789abcdef0")
-    zones = r.string_list("AvailabilityZones", lambda v: bool(re.match(r"^[a-z]{2}-[a-z]+-\d[a-z]$", v)),
+    zones = r.string_list("AvailabilityZones", lambda v: bool(AZ_RE.match(v)),
                           "availability zone names such as us-east-1a")
     if vpc_id and (not subnets or len(subnets) != len(zones)):
         raise _fail("PrivateSubnetIds", list(subnets),
                     "with VpcId, one private subnet id per entry of AvailabilityZones")
+
+    host_role_arn = r.string("HostRoleArn", IAM_ROLE_ARN_RE,
+                             "an IAM role ARN such as arn:aws:iam::222222222222:role/name",
+                             optional=True)
+    if host_role_arn and host_role_arn.split(":")[4] != host_account:
+        raise _fail("HostRoleArn", host_role_arn, f"a role in the host account {host_account}")
 
     app_directory = r.required("ApplicationDirectory", APP_DIR_RE,
                                "a folder name under src/ such as sample-inference",
@@ -259,9 +266,7 @@ def load_config(context: Mapping[str, Any]) -> Config:
         use_existing_repository=r.boolean("UseExistingRepository", False),
         host_role_name=r.required("HostRoleName", IAM_ROLE_NAME_RE, "an IAM role name",
                                   f"sealed-enclave-host-{third_party_name}"[:64]),
-        host_role_arn_override=r.string("HostRoleArn", IAM_ROLE_ARN_RE,
-                                        "an IAM role ARN such as arn:aws:iam::222222222222:role/name",
-                                        optional=True),
+        host_role_arn_override=host_role_arn,
         instance_type=instance_type,
         enclave_cpu_count=cpu_count,
         enclave_memory_mib=memory,
