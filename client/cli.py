@@ -30,6 +30,8 @@ def global_options() -> argparse.ArgumentParser:
                         help="talk to a runtime on this Unix socket (local simulation)")
     parent.add_argument("--region", default=argparse.SUPPRESS,
                         help="AWS region (default: from the environment or IMDSv2)")
+    parent.add_argument("--timeout", type=float, default=argparse.SUPPRESS,
+                        help="seconds to wait for the runtime to answer one request (default 30)")
     return parent
 
 
@@ -42,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module_info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
+        if module_info.name.startswith("_"):  # shared helpers, not commands
+            continue
         module = importlib.import_module(f"{commands.__name__}.{module_info.name}")
         module.register(subparsers, parents)
     return parser
@@ -49,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def apply_global_defaults(args: argparse.Namespace) -> argparse.Namespace:
     for name, default in (("json", False), ("cid", None), ("port", None), ("socket", None),
-                          ("region", None)):
+                          ("region", None), ("timeout", 30.0)):
         if not hasattr(args, name):
             setattr(args, name, default)
     return args
@@ -66,6 +70,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ClientError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return int(exc.status)
+    except OSError as exc:  # a local file or process problem the logic did not anticipate
+        print(f"error: {exc}", file=sys.stderr)
+        return int(ExitStatus.ERROR)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return int(ExitStatus.INTERRUPTED)

@@ -1,0 +1,441 @@
+"""HTTP/1.1 client of the enclave runtime API (docs/ARCHITECTURE.md, "Runtime HTTP API").
+
+The runtime listens on an AF_VSOCK port in production and on a Unix socket in simulation; the
+only difference on this side is the socket `connect()` makes. Files stream in both directions
+through a fixed-size buffer (uploads with `sendfile`), so memory stays constant whatever the size.
+Every failure becomes a `ClientError` subclass carrying the server's own one-line message.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import os
+import socket
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, BinaryIO
+from urllib.parse import quote, urlencode
+
+from client.errors import (
+    ClientError,
+    EnclaveError,
+    ExitStatus,
+    NotFoundError,
+    TimeoutExpired,
+    UsageError,
+)
+
+DEFAULT_PORT = 5005
+DEFAULT_TIMEOUT = 30.0
+CHUNK = 1 << 20  # 1 MiB: large enough for line rate, small enough to keep memory flat
+AREAS = ("inbox", "outbox")
+
+Progress = Callable[[int], None]  # called with the number of bytes moved so far
+
+
+@dataclass(frozen=True)
+class UnixAddress:
+    path: str
+
+    def __str__(self) -> str:
+        return f"unix:{self.path}"
+
+
+@dataclass(frozen=True)
+class VsockAddress:
+    cid: int
+    port: int = DEFAULT_PORT
+
+    def __str__(self) -> str:
+        return f"vsock:{self.cid}:{self.port}"
+
+
+Address = UnixAddress | VsockAddress
+
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """HTTPConnection over a Unix stream socket (the simulated runtime)."""
+
+    def __init__(self, path: str, timeout: float | None = DEFAULT_TIMEOUT) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.socket_path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self.socket_path)
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+class VsockHTTPConnection(http.client.HTTPConnection):
+    """HTTPConnection over AF_VSOCK (the runtime inside a Nitro Enclave)."""
+
+    def __init__(self, cid: int, port: int, timeout: float | None = DEFAULT_TIMEOUT) -> None:
+        super().__init__("localhost", port=port, timeout=timeout)
+        self.cid = cid
+        self.vsock_port = port
+
+    def connect(self) -> None:
+        family = getattr(socket, "AF_VSOCK", None)
+        if family is None:  # pragma: no cover - only on platforms without vsock
+            raise OSError("this platform has no AF_VSOCK sockets")
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect((self.cid, self.vsock_port))
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+def make_connection(address: Address, timeout: float | None) -> http.client.HTTPConnection:
+    if isinstance(address, UnixAddress):
+        return UnixHTTPConnection(address.path, timeout=timeout)
+    return VsockHTTPConnection(address.cid, address.port, timeout=timeout)
+
+
+def check_remote_path(path: str, *, allow_empty: bool = False) -> str:
+    """Normalise a path inside the exchange area, refusing anything that could escape it.
+
+    The runtime confines paths itself; refusing here too gives a clearer message sooner.
+    """
+    if "\x00" in path:
+        raise UsageError(f"remote path {path!r} contains a NUL byte; use a plain relative path")
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    if path.startswith("/") and path.strip("/"):
+        raise UsageError(f"remote path {path!r} is absolute; give a path relative to the area, "
+                         "e.g. inbox/data.csv -> data.csv")
+    if ".." in parts:
+        raise UsageError(f"remote path {path!r} contains '..'; paths stay inside the exchange area")
+    if not parts and not allow_empty:
+        raise UsageError("remote path is empty; name a file, e.g. data.csv")
+    return "/".join(parts)
+
+
+def split_area(remote: str, *, default: str) -> tuple[str, str]:
+    """`outbox/result.json` -> ("outbox", "result.json"); a path without an area gets `default`."""
+    head, _, rest = remote.lstrip("/").partition("/")
+    if head in AREAS:
+        return head, rest
+    return default, remote
+
+
+def _fs_url(area: str, path: str, flag: str | None = None) -> str:
+    if area not in AREAS:
+        raise UsageError(f"unknown exchange area {area!r}; expected one of {', '.join(AREAS)}")
+    url = f"/v1/fs/{area}/{quote(path, safe='/')}"
+    return f"{url}?{flag}" if flag else url
+
+
+class RuntimeClient:
+    """One client of one runtime. Thread-safe: each thread keeps its own keep-alive connection."""
+
+    def __init__(self, address: Address, *, timeout: float | None = DEFAULT_TIMEOUT) -> None:
+        self.address = address
+        self.timeout = timeout
+        self._local = threading.local()
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    def _connection(self) -> http.client.HTTPConnection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = make_connection(self.address, self.timeout)
+            self._local.conn = conn
+        return conn
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    def __enter__(self) -> RuntimeClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _transport_error(self, exc: BaseException) -> ClientError:
+        self.close()
+        if isinstance(exc, TimeoutError | socket.timeout):
+            return TimeoutExpired(
+                f"the enclave runtime at {self.address} did not answer within {self.timeout:g}s; "
+                "check `python -m client logs` or raise --timeout")
+        if isinstance(exc, FileNotFoundError | ConnectionRefusedError):
+            return EnclaveError(
+                f"cannot reach the enclave runtime at {self.address} ({exc.strerror or exc}); "
+                "is it running? check `python -m client status` or `simulate status`")
+        return EnclaveError(f"connection to the enclave runtime at {self.address} failed: {exc}; "
+                            "retry, and check `python -m client logs` if it persists")
+
+    def _send(self, method: str, url: str, *, body: bytes | None = None,
+              headers: dict[str, str] | None = None) -> http.client.HTTPResponse:
+        """Send one request and return its response, retrying once on a stale keep-alive."""
+        for attempt in (1, 2):
+            conn = self._connection()
+            try:
+                conn.request(method, url, body=body, headers=headers or {})
+                return conn.getresponse()
+            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
+                # The server may close an idle keep-alive connection between our requests.
+                self.close()
+                if attempt == 2:
+                    raise self._transport_error(exc) from exc
+            except (OSError, http.client.HTTPException) as exc:
+                raise self._transport_error(exc) from exc
+        raise AssertionError("unreachable")
+
+    def _check(self, response: http.client.HTTPResponse) -> http.client.HTTPResponse:
+        if response.status < 400:
+            return response
+        raw = response.read(64 * 1024)
+        raise error_from_response(response.status, raw)
+
+    def _json(self, method: str, url: str, payload: Any = None) -> Any:
+        body = None
+        headers = {}
+        if payload is not None:
+            body = json.dumps(payload).encode()
+            headers["Content-Type"] = "application/json"
+        response = self._check(self._send(method, url, body=body, headers=headers))
+        try:
+            raw = response.read()
+        except (OSError, http.client.HTTPException) as exc:
+            raise self._transport_error(exc) from exc
+        if not raw:
+            return {}
+        try:
+            return json.loads(raw)
+        except ValueError as exc:
+            raise EnclaveError(f"the enclave runtime sent a response that is not JSON for {method} "
+                               f"{url}; is --socket/--cid pointing at the runtime?") from exc
+
+    # -- health and files ---------------------------------------------------------------
+
+    def health(self) -> dict[str, Any]:
+        return self._json("GET", "/v1/health")
+
+    def stat(self, area: str, path: str) -> dict[str, Any]:
+        return self._json("GET", _fs_url(area, check_remote_path(path, allow_empty=True), "stat"))
+
+    def list(self, area: str, path: str = "") -> list[dict[str, Any]]:
+        result = self._json("GET", _fs_url(area, check_remote_path(path, allow_empty=True), "list"))
+        return list(result.get("entries", []))
+
+    def mkdir(self, path: str) -> dict[str, Any]:
+        return self._json("POST", _fs_url("inbox", check_remote_path(path), "mkdir"))
+
+    def delete(self, area: str, path: str) -> dict[str, Any]:
+        return self._json("DELETE", _fs_url(area, check_remote_path(path)))
+
+    def upload(self, path: str, source: BinaryIO, size: int, *,
+               progress: Progress | None = None) -> dict[str, Any]:
+        """PUT `size` bytes from `source` (read from its current position) to inbox/`path`."""
+        url = _fs_url("inbox", check_remote_path(path))
+        self.close()  # a fresh connection: a failed upload must not poison a keep-alive one
+        conn = self._connection()
+        try:
+            conn.putrequest("PUT", url)
+            conn.putheader("Content-Type", "application/octet-stream")
+            conn.putheader("Content-Length", str(size))
+            conn.endheaders()
+        except OSError as exc:
+            raise self._transport_error(exc) from exc
+        try:
+            _stream_body(conn, source, size, progress)
+        except (BrokenPipeError, ConnectionResetError) as exc:
+            # The runtime may refuse early (too large, bad name) and close: prefer its answer.
+            try:
+                response = conn.getresponse()
+            except (OSError, http.client.HTTPException):
+                raise self._transport_error(exc) from exc
+            self._check(response)
+            raise self._transport_error(exc) from exc
+        except OSError as exc:
+            raise self._transport_error(exc) from exc
+        try:
+            response = conn.getresponse()
+        except (OSError, http.client.HTTPException) as exc:
+            raise self._transport_error(exc) from exc
+        self._check(response)
+        return json.loads(response.read() or b"{}")
+
+    def download(self, area: str, path: str, sink: BinaryIO, *, offset: int = 0,
+                 progress: Progress | None = None) -> int:
+        """Stream `area`/`path` into `sink` from byte `offset`; returns the bytes written."""
+        headers = {"Range": f"bytes={offset}-"} if offset else {}
+        response = self._check(self._send("GET", _fs_url(area, check_remote_path(path)),
+                                          headers=headers))
+        if offset and response.status != http.client.PARTIAL_CONTENT:
+            response.read()
+            raise EnclaveError(f"the runtime ignored the range request for {area}/{path}; "
+                               "pull the whole file again without resuming")
+        buffer = bytearray(CHUNK)
+        view = memoryview(buffer)
+        total = 0
+        try:
+            while True:
+                n = response.readinto(buffer)
+                if not n:
+                    break
+                sink.write(view[:n])
+                total += n
+                if progress is not None:
+                    progress(total)
+        except (OSError, http.client.HTTPException) as exc:
+            if isinstance(exc, OSError) and exc.errno is not None and not isinstance(
+                    exc, ConnectionError | TimeoutError):
+                self.close()
+                raise  # a local write failure (disk full...) keeps its own errno
+            raise self._transport_error(exc) from exc
+        expected = response.length  # None once fully read; a short body leaves it > 0
+        if response.length:
+            raise EnclaveError(f"download of {area}/{path} ended early ({expected} bytes missing); "
+                               "retry the pull")
+        return total
+
+    def read_range(self, area: str, path: str, offset: int, size: int) -> bytes:
+        """Return up to `size` bytes of `area`/`path` from `offset` (short at end of file)."""
+        if size <= 0:
+            return b""
+        headers = {"Range": f"bytes={offset}-{offset + size - 1}"}
+        response = self._send("GET", _fs_url(area, check_remote_path(path)), headers=headers)
+        if response.status == http.client.REQUESTED_RANGE_NOT_SATISFIABLE:
+            response.read()
+            return b""  # reading at or past end of file
+        self._check(response)
+        try:
+            data = response.read()
+        except (OSError, http.client.HTTPException) as exc:
+            raise self._transport_error(exc) from exc
+        if response.status == http.client.OK:  # the server sent the whole file
+            data = data[offset:offset + size]
+        return data
+
+    # -- runs, attestation, logs --------------------------------------------------------
+
+    def start_run(self, *, bundle: str, entrypoint: str, args: list[str],
+                  credentials: dict[str, str] | None, region: str | None,
+                  expected_app_id: str | None = None) -> dict[str, Any]:
+        payload: dict[str, Any] = {
+            "bundle": check_remote_path(bundle),
+            "entrypoint": entrypoint,
+            "args": list(args),
+            "credentials": credentials,
+            "region": region,
+            "expected_app_id": expected_app_id,
+        }
+        return self._json("POST", "/v1/runs", payload)
+
+    def get_run(self, run_id: str) -> dict[str, Any]:
+        return self._json("GET", f"/v1/runs/{quote(run_id, safe='')}")
+
+    def list_runs(self) -> list[dict[str, Any]]:
+        result = self._json("GET", "/v1/runs")
+        if isinstance(result, dict):
+            return list(result.get("runs", []))
+        return list(result)
+
+    def cancel_run(self, run_id: str) -> dict[str, Any]:
+        return self._json("DELETE", f"/v1/runs/{quote(run_id, safe='')}")
+
+    def attestation(self, nonce: bytes, user_data: bytes | None = None) -> bytes:
+        payload = {"nonce": nonce.hex()}
+        if user_data is not None:
+            payload["user_data"] = user_data.hex()
+        result = self._json("POST", "/v1/attestation", payload)
+        try:
+            return base64.b64decode(result["document"], validate=True)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise EnclaveError(
+                "the runtime's attestation answer has no valid base64 `document`; "
+                "check that --socket/--cid points at this project's runtime") from exc
+
+    def receipt(self, run_id: str, nonce: bytes) -> dict[str, Any]:
+        return self._json("POST", f"/v1/runs/{quote(run_id, safe='')}/receipt",
+                          {"nonce": nonce.hex()})
+
+    def logs(self, since: int = 0) -> dict[str, Any]:
+        return self._json("GET", "/v1/logs?" + urlencode({"since": since}))
+
+
+def _stream_body(conn: http.client.HTTPConnection, source: BinaryIO, size: int,
+                 progress: Progress | None) -> None:
+    sock = conn.sock
+    assert sock is not None
+    sent = 0
+    try:
+        fileno = source.fileno()
+        start = source.tell()
+    except (OSError, AttributeError, ValueError):
+        fileno = -1
+    if fileno >= 0:
+        # Zero-copy from the file to the socket; in slices so progress can be reported.
+        while sent < size:
+            n = sock.sendfile(source, start + sent, min(8 * CHUNK, size - sent))
+            if n == 0:
+                raise EnclaveError(f"the local file ended after {sent} of {size} bytes; "
+                                   "did it change during the upload?")
+            sent += n
+            if progress is not None:
+                progress(sent)
+        return
+    buffer = bytearray(CHUNK)
+    view = memoryview(buffer)
+    while sent < size:
+        n = source.readinto(view[:min(CHUNK, size - sent)])  # type: ignore[attr-defined]
+        if not n:
+            raise EnclaveError(f"the local data ended after {sent} of {size} bytes")
+        sock.sendall(view[:n])
+        sent += n
+        if progress is not None:
+            progress(sent)
+
+
+class ApiError(EnclaveError):
+    """The runtime answered with an error: its `code` and HTTP status are kept for callers
+    (the FUSE mount maps them to errno values)."""
+
+    def __init__(self, message: str, *, code: str, http_status: int) -> None:
+        super().__init__(message)
+        self.code = code
+        self.http_status = http_status
+
+
+class ApiNotFound(ApiError, NotFoundError):
+    status = ExitStatus.NOT_FOUND
+
+
+class ApiTimeout(ApiError, TimeoutExpired):
+    status = ExitStatus.TIMEOUT
+
+
+def error_from_response(status: int, raw: bytes) -> ApiError:
+    """Map a runtime error response to the exception (and so the exit code) it deserves."""
+    code, message = f"http_{status}", ""
+    try:
+        error = json.loads(raw)["error"]
+        code = str(error.get("code") or code)
+        message = str(error.get("message") or "")
+    except (ValueError, KeyError, TypeError, AttributeError):
+        message = raw[:200].decode("utf-8", "replace").strip()
+    text = f"enclave runtime: {message or 'no message'} ({code}, HTTP {status})"
+    kind = ApiError
+    if status == 404:
+        kind = ApiNotFound
+    elif status in (408, 504):
+        kind = ApiTimeout
+    return kind(text, code=code, http_status=status)
+
+
+def file_size(f: BinaryIO) -> int:
+    return os.fstat(f.fileno()).st_size - f.tell()

@@ -1,0 +1,175 @@
+"""client/api.py against a stand-in runtime on a real Unix socket."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import socket
+import threading
+
+import pytest
+
+from client.api import (
+    ApiError,
+    ApiNotFound,
+    RuntimeClient,
+    UnixAddress,
+    check_remote_path,
+    error_from_response,
+    split_area,
+)
+from client.errors import EnclaveError, ExitStatus, TimeoutExpired, UsageError
+from tests.fake_runtime import FakeRuntime
+
+
+@pytest.fixture
+def runtime(tmp_path):
+    with FakeRuntime(tmp_path / "area", tmp_path / "rt.sock") as fake:
+        yield fake
+
+
+@pytest.fixture
+def client(runtime):
+    with RuntimeClient(UnixAddress(str(runtime.socket_path)), timeout=5) as c:
+        yield c
+
+
+def test_health_over_unix_socket(client):
+    assert client.health()["status"] == "ok"
+
+
+def test_upload_streams_file_and_returns_digest(client, runtime, tmp_path):
+    data = os.urandom(3 * 1024 * 1024 + 17)
+    local = tmp_path / "data.bin"
+    local.write_bytes(data)
+    seen = []
+    with local.open("rb") as f:
+        result = client.upload("data.bin", f, len(data), progress=seen.append)
+    assert result["sha256"] == hashlib.sha256(data).hexdigest()
+    assert (runtime.root / "inbox" / "data.bin").read_bytes() == data
+    assert seen[-1] == len(data)
+
+
+def test_upload_from_non_file_object(client, runtime):
+    data = b"x" * 100_000
+    client.upload("mem.bin", io.BytesIO(data), len(data))
+    assert (runtime.root / "inbox" / "mem.bin").read_bytes() == data
+
+
+def test_download_streams_into_sink(client, runtime):
+    data = os.urandom(2 * 1024 * 1024 + 5)
+    (runtime.root / "outbox" / "result.bin").write_bytes(data)
+    sink = io.BytesIO()
+    assert client.download("outbox", "result.bin", sink) == len(data)
+    assert sink.getvalue() == data
+
+
+def test_download_from_offset_uses_range(client, runtime):
+    (runtime.root / "outbox" / "r.txt").write_bytes(b"0123456789")
+    sink = io.BytesIO()
+    client.download("outbox", "r.txt", sink, offset=4)
+    assert sink.getvalue() == b"456789"
+
+
+def test_read_range_returns_slice_and_empty_past_end(client, runtime):
+    (runtime.root / "outbox" / "r.txt").write_bytes(b"0123456789")
+    assert client.read_range("outbox", "r.txt", 2, 3) == b"234"
+    assert client.read_range("outbox", "r.txt", 8, 100) == b"89"
+    assert client.read_range("outbox", "r.txt", 10, 5) == b""
+
+
+def test_missing_file_maps_to_not_found_with_server_message(client):
+    with pytest.raises(ApiNotFound) as info:
+        client.stat("outbox", "nothing.txt")
+    assert info.value.status == ExitStatus.NOT_FOUND
+    assert "outbox/nothing.txt does not exist" in str(info.value)
+    assert info.value.code == "not_found"
+
+
+def test_server_refusal_maps_to_enclave_error_with_code(client):
+    with pytest.raises(ApiError) as info:
+        client.delete("outbox", "x")
+    assert info.value.status == ExitStatus.ENCLAVE_ERROR
+    assert info.value.code == "read_only"
+    assert info.value.http_status == 403
+
+
+def test_connection_keeps_working_after_an_error(client):
+    with pytest.raises(ApiNotFound):
+        client.stat("inbox", "missing")
+    assert client.health()["status"] == "ok"
+
+
+def test_upload_refused_early_reports_server_error(client, runtime):
+    (runtime.root / "inbox" / "d").mkdir()
+    data = b"y" * (8 * 1024 * 1024)
+    with pytest.raises(ApiError) as info:
+        client.upload("d", io.BytesIO(data), len(data))
+    assert info.value.code == "is_a_directory"
+
+
+def test_list_mkdir_delete(client, runtime):
+    client.mkdir("sub")
+    client.upload("sub/a.txt", io.BytesIO(b"a"), 1)
+    assert [e["name"] for e in client.list("inbox", "sub")] == ["a.txt"]
+    client.delete("inbox", "sub/a.txt")
+    client.delete("inbox", "sub")
+    assert not (runtime.root / "inbox" / "sub").exists()
+
+
+def test_run_request_carries_credentials_and_args(client, runtime):
+    (runtime.root / "inbox" / "app.sealed").write_bytes(b"sealed")
+    creds = {"access_key_id": "AKIA", "secret_access_key": "s", "session_token": "t"}
+    started = client.start_run(bundle="app.sealed", entrypoint="predict", args=["a", "b"],
+                               credentials=creds, region="us-east-1")
+    assert started["state"] == "unsealing"
+    sent = runtime.run_requests[-1]
+    assert sent["args"] == ["a", "b"] and sent["credentials"] == creds
+    assert sent["region"] == "us-east-1"
+    assert client.get_run(started["id"])["state"] == "succeeded"
+
+
+def test_attestation_sends_hex_nonce_and_decodes_document(client, runtime):
+    nonce = bytes(range(32))
+    assert client.attestation(nonce) == runtime.document
+    assert runtime.attestation_requests[-1] == {"nonce": nonce.hex()}
+
+
+def test_unreachable_socket_is_an_actionable_enclave_error(tmp_path):
+    c = RuntimeClient(UnixAddress(str(tmp_path / "nobody.sock")), timeout=1)
+    with pytest.raises(EnclaveError, match="cannot reach the enclave runtime"):
+        c.health()
+
+
+def test_silent_server_times_out(tmp_path):
+    path = str(tmp_path / "silent.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen()
+    accepted = []
+    threading.Thread(target=lambda: accepted.append(listener.accept()), daemon=True).start()
+    c = RuntimeClient(UnixAddress(path), timeout=0.3)
+    with pytest.raises(TimeoutExpired):
+        c.health()
+    listener.close()
+
+
+def test_non_json_error_body_still_gives_a_message():
+    err = error_from_response(502, b"Bad gateway from somewhere")
+    assert "Bad gateway" in str(err) and err.http_status == 502
+
+
+@pytest.mark.parametrize("bad", ["../x", "a/../../x", "/etc/passwd", "a\x00b", ""])
+def test_remote_paths_that_could_escape_are_refused(bad):
+    with pytest.raises(UsageError):
+        check_remote_path(bad)
+
+
+def test_remote_path_is_normalised():
+    assert check_remote_path("./a//b/") == "a/b"
+
+
+def test_split_area_recognises_prefixes():
+    assert split_area("outbox/r.json", default="inbox") == ("outbox", "r.json")
+    assert split_area("r.json", default="outbox") == ("outbox", "r.json")
