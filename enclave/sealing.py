@@ -1,0 +1,629 @@
+"""Sealed application bundles: one AWS Encryption SDK message whose plaintext is a tar stream.
+
+Format (bundle_format 1):
+- one ESDK message, framed, algorithm suite AES_256_GCM_HKDF_SHA512_COMMIT_KEY_ECDSA_P384, under
+  `CommitmentPolicy.REQUIRE_ENCRYPT_REQUIRE_DECRYPT`;
+- encryption context `{"bundle_format": "1", "app_id": ..., "app_version": ...}` (plus the
+  SDK's own `aws-crypto-public-key`);
+- plaintext: an uncompressed POSIX (pax) tar stream of the application directory, regular files
+  and directories only, `manifest.json` as the first member.
+
+Why the signing suite: the party that seals (the Third Party) is not the party that decrypts (the
+enclave), and the host relays the bundle in between. With the signing suite the message is
+signed by a one-time key whose public half is bound into the KMS ciphertext through the
+encryption context, so even someone who learns a bundle's data key cannot produce a different
+bundle that the same encrypted data key opens. The cost is one ECDSA P-384 signature and a
+SHA-384 over the ciphertext. The consequence is that tampering anywhere after the last frame
+(and truncation of the footer) is detected only at the end of the stream: streaming decryption
+releases plaintext frame by frame before the signature is checked. `unseal_bundle` therefore
+writes into a staging directory and removes everything on any failure, up to and including
+the final signature check; nothing is moved into the target before the whole message verified.
+
+Memory stays constant: sealing reads files in fixed chunks and feeds the SDK through a reader
+that produces the tar stream on demand (no temporary plaintext file, no thread, no pipe);
+unsealing lets `tarfile` read the decrypting stream in frame-sized blocks.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import shutil
+import stat
+import tarfile
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import aws_encryption_sdk
+from aws_encryption_sdk.exceptions import AWSEncryptionSDKClientError
+from aws_encryption_sdk.identifiers import Algorithm, CommitmentPolicy, ContentType
+from aws_encryption_sdk.key_providers.base import MasterKeyProvider
+from aws_encryption_sdk.key_providers.kms import StrictAwsKmsMasterKeyProvider
+from botocore.exceptions import BotoCoreError, ClientError
+from cryptography.exceptions import InvalidSignature, InvalidTag
+
+from enclave.manifest import (
+    MANIFEST_NAME,
+    MAX_MANIFEST_BYTES,
+    Manifest,
+    ManifestError,
+    load_manifest,
+    parse_manifest,
+)
+
+BUNDLE_FORMAT = "1"
+ALGORITHM = Algorithm.AES_256_GCM_HKDF_SHA512_COMMIT_KEY_ECDSA_P384
+# 1 MiB frames: the SDK's per-frame Python overhead is amortized and buffers stay a few MiB.
+FRAME_LENGTH = 1024 * 1024
+# A bundle may come from anywhere: the decryptor holds one whole frame in memory, so the frame
+# length a header may claim is capped (checked by the SDK before any key is requested).
+MAX_FRAME_LENGTH = 4 * 1024 * 1024
+# Each encrypted data key may cost a KMS call; a bundle has one per master key used to seal.
+MAX_ENCRYPTED_DATA_KEYS = 4
+CHUNK = 1024 * 1024
+MAX_MEMBERS = 100_000
+MAX_MEMBER_NAME_CHARS = 4096
+SIGNER_KEY_CONTEXT = "aws-crypto-public-key"
+
+_BLOCK = tarfile.BLOCKSIZE
+_APP_ID = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
+_APP_VERSION = re.compile(r"[0-9A-Za-z.+_-]{1,64}")
+
+ProgressCallback = Callable[[int, int], None]
+
+
+class BundleError(Exception):
+    """Base class: sealing or unsealing failed. The message says what and what to do."""
+
+
+class SealError(BundleError):
+    """The application directory cannot be sealed as it is."""
+
+
+class UnsealError(BundleError):
+    """The bundle was not unsealed; nothing was left in the target directory."""
+
+
+@dataclass(frozen=True)
+class SealResult:
+    app_id: str
+    app_version: str
+    files: int
+    directories: int
+    plaintext_bytes: int  # file contents only
+    tar_bytes: int
+    ciphertext_bytes: int
+    message_id: str  # hex, from the ESDK header
+    encryption_context: dict[str, str]
+
+
+def bundle_encryption_context(app_id: str, app_version: str) -> dict[str, str]:
+    """The encryption context a bundle for this app is sealed under (and the key policy checks)."""
+    return {"bundle_format": BUNDLE_FORMAT, "app_id": app_id, "app_version": app_version}
+
+
+def esdk_client() -> aws_encryption_sdk.EncryptionSDKClient:
+    return aws_encryption_sdk.EncryptionSDKClient(
+        commitment_policy=CommitmentPolicy.REQUIRE_ENCRYPT_REQUIRE_DECRYPT,
+        max_encrypted_data_keys=MAX_ENCRYPTED_DATA_KEYS,
+    )
+
+
+def kms_key_provider(key_arn: str, *, botocore_session: Any = None) -> MasterKeyProvider:
+    """An ordinary KMS key provider (the owner's credentials), strict: only this key is used.
+
+    For decryption `key_arn` must be the key ARN (not an alias). The region comes from the ARN;
+    the endpoint honours `AWS_ENDPOINT_URL` / `AWS_ENDPOINT_URL_KMS` through botocore.
+    """
+    kwargs: dict[str, Any] = {"key_ids": [key_arn]}
+    if botocore_session is not None:
+        kwargs["botocore_session"] = botocore_session
+    return StrictAwsKmsMasterKeyProvider(**kwargs)
+
+
+# --- sealing ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Entry:
+    name: str  # relative POSIX path inside the bundle
+    path: Path
+    is_dir: bool
+    size: int
+    executable: bool
+
+
+def seal_directory(
+    source: Path,
+    out: BinaryIO,
+    *,
+    key_provider: MasterKeyProvider,
+    app_id: str | None = None,
+    app_version: str | None = None,
+    progress: ProgressCallback | None = None,
+) -> SealResult:
+    """Seal `source` (an application directory with `manifest.json`) into `out`.
+
+    `app_id` / `app_version` default to the manifest's; if given they must equal it, so a build
+    cannot label a bundle with something its manifest does not say. `progress(done, total)` is
+    called with file bytes sealed so far. Raises `SealError` (or `ManifestError`).
+    """
+    source = Path(source)
+    if not source.is_dir():
+        raise SealError(f"{source} is not a directory: give the application directory")
+    manifest = load_manifest(source / MANIFEST_NAME)
+    for label, given, declared in (
+        ("app id", app_id, manifest.app_id),
+        ("app version", app_version, manifest.app_version),
+    ):
+        if given is not None and given != declared:
+            raise SealError(
+                f"{label} {given!r} does not match the manifest's {declared!r}: "
+                f"change {source / MANIFEST_NAME} or drop the option"
+            )
+    entries = _collect_entries(source, _identity(out))
+    total = sum(e.size for e in entries)
+    context = bundle_encryption_context(manifest.app_id, manifest.app_version)
+    reader = _ChunkReader(_tar_stream(entries, total, progress))
+    written = 0
+    try:
+        encryptor = esdk_client().stream(
+            mode="e",
+            source=reader,
+            key_provider=key_provider,
+            encryption_context=context,
+            algorithm=ALGORITHM,
+            frame_length=FRAME_LENGTH,
+        )
+        while chunk := encryptor.read(FRAME_LENGTH):
+            out.write(chunk)
+            written += len(chunk)
+        header = encryptor.header
+        encryptor.close()
+    except (AWSEncryptionSDKClientError, BotoCoreError, ClientError) as exc:
+        raise SealError(f"encryption failed: {_describe(exc)}") from exc
+    return SealResult(
+        app_id=manifest.app_id,
+        app_version=manifest.app_version,
+        files=sum(1 for e in entries if not e.is_dir),
+        directories=sum(1 for e in entries if e.is_dir),
+        plaintext_bytes=total,
+        tar_bytes=reader.produced,
+        ciphertext_bytes=written,
+        message_id=header.message_id.hex(),
+        encryption_context=context,
+    )
+
+
+def _identity(out: BinaryIO) -> tuple[int, int] | None:
+    try:
+        st = os.fstat(out.fileno())
+    except (AttributeError, OSError, ValueError):
+        return None
+    return (st.st_dev, st.st_ino)
+
+
+def _collect_entries(source: Path, skip: tuple[int, int] | None) -> list[_Entry]:
+    """Walk `source` in a stable order, manifest first; refuse anything but files and dirs."""
+    entries: list[_Entry] = []
+    manifest_entry: _Entry | None = None
+    for dirpath, dirnames, filenames in os.walk(source, followlinks=False, onerror=_walk_error):
+        dirnames.sort()
+        base = Path(dirpath)
+        rel_dir = base.relative_to(source).as_posix()
+        names = sorted(filenames) + [d for d in dirnames if (base / d).is_symlink()]
+        # os.walk lists symlinks to directories under dirnames; they must be refused too.
+        dirnames[:] = [d for d in dirnames if not (base / d).is_symlink()]
+        for d in dirnames:
+            name = d if rel_dir == "." else f"{rel_dir}/{d}"
+            entries.append(_Entry(_bundle_name(name, base / d), base / d, True, 0, False))
+        for f in sorted(names):
+            path = base / f
+            name = f if rel_dir == "." else f"{rel_dir}/{f}"
+            st = path.lstat()
+            if skip is not None and (st.st_dev, st.st_ino) == skip:
+                continue  # the bundle being written, when -o points inside the app directory
+            if not stat.S_ISREG(st.st_mode):
+                raise SealError(
+                    f"{path} is a {_kind(st.st_mode)}: a bundle holds only regular files and "
+                    "directories; replace it by a copy of its target or remove it"
+                )
+            entry = _Entry(
+                _bundle_name(name, path), path, False, st.st_size, bool(st.st_mode & 0o111)
+            )
+            if name == MANIFEST_NAME:
+                manifest_entry = entry
+            else:
+                entries.append(entry)
+    if manifest_entry is None:  # load_manifest found it, so only a race gets here
+        raise SealError(f"{source / MANIFEST_NAME} disappeared while sealing")
+    if len(entries) + 1 > MAX_MEMBERS:
+        raise SealError(f"{source} has more than {MAX_MEMBERS} files and directories")
+    return [manifest_entry, *entries]
+
+
+def _walk_error(exc: OSError) -> None:
+    raise SealError(f"cannot read {exc.filename}: {exc.strerror}")
+
+
+def _bundle_name(name: str, path: Path) -> str:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise SealError(f"{path}: file names in a bundle must be valid UTF-8") from None
+    if len(name) > MAX_MEMBER_NAME_CHARS:
+        raise SealError(f"{path}: path longer than {MAX_MEMBER_NAME_CHARS} characters")
+    return name
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISLNK(mode):
+        return "symbolic link"
+    if stat.S_ISFIFO(mode):
+        return "FIFO"
+    if stat.S_ISSOCK(mode):
+        return "socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "device node"
+    return "special file"
+
+
+def _tar_header(entry: _Entry) -> bytes:
+    info = tarfile.TarInfo(entry.name)
+    # Ownership and times carry no meaning inside the enclave; modes are normalized again on
+    # unsealing anyway.
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    info.mtime = 0
+    if entry.is_dir:
+        info.type = tarfile.DIRTYPE
+        info.mode = 0o755
+    else:
+        info.type = tarfile.REGTYPE
+        info.mode = 0o755 if entry.executable else 0o644
+        info.size = entry.size
+    return info.tobuf(format=tarfile.PAX_FORMAT, encoding="utf-8", errors="strict")
+
+
+def _tar_stream(
+    entries: list[_Entry], total: int, progress: ProgressCallback | None
+) -> Iterator[bytes]:
+    """Yield the tar stream: headers, file contents in CHUNK pieces, padding, end marker."""
+    done = 0
+    for entry in entries:
+        yield _tar_header(entry)
+        if entry.is_dir:
+            continue
+        try:
+            fd = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError as exc:
+            raise SealError(f"cannot read {entry.path}: {exc.strerror}") from None
+        with open(fd, "rb", buffering=0) as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise SealError(f"{entry.path} changed into a non-regular file while sealing")
+            remaining = entry.size
+            while remaining:
+                data = f.read(min(CHUNK, remaining))
+                if not data:
+                    raise SealError(f"{entry.path} shrank while sealing; seal again")
+                remaining -= len(data)
+                done += len(data)
+                yield data
+                if progress is not None:
+                    progress(done, total)
+            if f.read(1):
+                raise SealError(f"{entry.path} grew while sealing; seal again")
+        if entry.size % _BLOCK:
+            yield bytes(_BLOCK - entry.size % _BLOCK)
+    yield bytes(2 * _BLOCK)
+
+
+class _ChunkReader:
+    """A file-like `read(n)` over an iterator of byte chunks.
+
+    The SDK treats a short read as the end of the plaintext, so `read(n)` returns exactly `n`
+    bytes until the iterator is exhausted.
+    """
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = chunks
+        self._pending = memoryview(b"")
+        self.produced = 0
+
+    def read(self, n: int = -1) -> bytes:
+        if n is None or n < 0:
+            n = 1 << 62
+        parts: list[bytes | memoryview] = []
+        have = 0
+        while have < n:
+            if not self._pending:
+                chunk = next(self._chunks, None)
+                if chunk is None:
+                    break
+                self._pending = memoryview(chunk)
+            take = min(n - have, len(self._pending))
+            parts.append(self._pending[:take])
+            self._pending = self._pending[take:]
+            have += take
+        self.produced += have
+        if len(parts) == 1 and isinstance(parts[0], memoryview):
+            return parts[0].tobytes()
+        return b"".join(parts)
+
+
+# --- unsealing --------------------------------------------------------------------------------
+
+
+def unseal_bundle(
+    src: BinaryIO,
+    target: Path,
+    *,
+    key_provider: MasterKeyProvider,
+    expected_app_id: str | None = None,
+    expected_app_version: str | None = None,
+) -> Manifest:
+    """Decrypt and extract a bundle into `target` (created if missing, else it must be empty).
+
+    Order of checks: the header's algorithm, frame length and encryption context (format,
+    expected app id / version) before any byte is written; each tar member confined (regular
+    files and directories only, relative names without `..`); the first member must be a
+    valid manifest whose app id and version equal the encryption context's; the message's
+    final frame and signature; no bytes after the message. Members are written into a staging
+    directory inside `target` and moved into place only after all of that passed; on any
+    failure everything written (and `target` itself, if this call created it) is removed.
+
+    File modes are normalized to owner-only (0700 for directories and executables, 0600
+    otherwise). Returns the validated manifest. Raises `UnsealError`.
+    """
+    target = Path(target)
+    created_target = _prepare_target(target)
+    staging: Path | None = None
+    try:
+        decryptor = esdk_client().stream(
+            mode="d",
+            source=src,
+            key_provider=key_provider,
+            max_body_length=MAX_FRAME_LENGTH,
+        )
+        try:
+            header = decryptor.header
+        except (AWSEncryptionSDKClientError, BotoCoreError, ClientError, InvalidTag) as exc:
+            raise UnsealError(f"cannot open the bundle: {_describe(exc)}") from exc
+        _check_header(header, expected_app_id, expected_app_version)
+        context = header.encryption_context
+        staging = Path(tempfile.mkdtemp(prefix=".unseal-", dir=target))
+        manifest = _extract(decryptor, staging, header.frame_length)
+        if (manifest.app_id, manifest.app_version) != (context["app_id"], context["app_version"]):
+            raise UnsealError(
+                f"the bundle's manifest says {manifest.app_id} {manifest.app_version} but it "
+                f"was sealed as {context['app_id']} {context['app_version']}: rejected"
+            )
+        _finish_message(decryptor, src)
+        for child in staging.iterdir():
+            os.rename(child, target / child.name)
+        staging.rmdir()
+        staging = None
+        return manifest
+    except BaseException as exc:
+        _clean_up(target, staging, created_target)
+        if isinstance(exc, BundleError | KeyboardInterrupt | SystemExit):
+            raise
+        if isinstance(exc, AWSEncryptionSDKClientError | InvalidTag | InvalidSignature):
+            raise UnsealError(f"the bundle is corrupt or was altered: {_describe(exc)}") from exc
+        if isinstance(exc, tarfile.TarError | ManifestError):
+            raise UnsealError(f"the bundle's content is malformed: {_describe(exc)}") from exc
+        if isinstance(exc, BotoCoreError | ClientError):
+            raise UnsealError(f"key service error: {_describe(exc)}") from exc
+        if isinstance(exc, OSError):
+            raise UnsealError(f"cannot write into {target}: {_describe(exc)}") from exc
+        raise
+
+
+def _prepare_target(target: Path) -> bool:
+    try:
+        target.mkdir(mode=0o700)
+        return True
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise UnsealError(f"cannot create {target}: {exc.strerror}") from None
+    if target.is_symlink() or not target.is_dir():
+        raise UnsealError(f"{target} exists and is not a directory")
+    if any(target.iterdir()):
+        raise UnsealError(f"{target} is not empty: unseal into a new or empty directory")
+    return False
+
+
+def _clean_up(target: Path, staging: Path | None, created_target: bool) -> None:
+    if staging is not None:
+        shutil.rmtree(staging, ignore_errors=True)
+    if created_target:
+        shutil.rmtree(target, ignore_errors=True)
+
+
+def _check_header(header: Any, expected_app_id: str | None, expected_version: str | None) -> None:
+    if header.algorithm != ALGORITHM:
+        raise UnsealError(
+            f"bundle uses algorithm suite {header.algorithm.name}, expected {ALGORITHM.name}"
+        )
+    if header.content_type != ContentType.FRAMED_DATA:
+        raise UnsealError("bundle is not a framed message")
+    context = dict(header.encryption_context)
+    context.pop(SIGNER_KEY_CONTEXT, None)
+    if set(context) != {"bundle_format", "app_id", "app_version"}:
+        raise UnsealError(
+            f"bundle encryption context has keys {sorted(context)}, expected "
+            "app_id, app_version, bundle_format: this is not a sealed application bundle"
+        )
+    if context["bundle_format"] != BUNDLE_FORMAT:
+        raise UnsealError(
+            f"bundle format {context['bundle_format']!r} is not supported (expected "
+            f"{BUNDLE_FORMAT!r}): use a matching runtime version"
+        )
+    if not _APP_ID.fullmatch(context["app_id"]) or not _APP_VERSION.fullmatch(
+        context["app_version"]
+    ):
+        raise UnsealError("bundle encryption context has a malformed app_id or app_version")
+    for label, expected, actual in (
+        ("app_id", expected_app_id, context["app_id"]),
+        ("app_version", expected_version, context["app_version"]),
+    ):
+        if expected is not None and expected != actual:
+            raise UnsealError(
+                f"bundle was sealed for {label} {actual!r}, expected {expected!r}: "
+                "check that this is the bundle you meant"
+            )
+
+
+def _extract(decryptor: Any, staging: Path, frame_length: int) -> Manifest:
+    # Reading in whole frames keeps the SDK's output buffer from being re-sliced per tar block.
+    bufsize = max(frame_length, 64 * 1024)
+    tar = tarfile.open(fileobj=decryptor, mode="r|", bufsize=bufsize)
+    manifest: Manifest | None = None
+    count = 0
+    while (member := tar.next()) is not None:
+        count += 1
+        if count > MAX_MEMBERS:
+            raise UnsealError(f"bundle has more than {MAX_MEMBERS} members")
+        parts = _member_parts(member)
+        if manifest is None:
+            if parts != [MANIFEST_NAME] or not _is_plain_file(member):
+                raise UnsealError(f"the first member must be {MANIFEST_NAME}, got {member.name!r}")
+            if member.size > MAX_MANIFEST_BYTES:
+                raise UnsealError(f"{MANIFEST_NAME} is larger than {MAX_MANIFEST_BYTES} bytes")
+            data = _read_member(tar, member)
+            try:
+                manifest = parse_manifest(data)
+            except ManifestError as exc:
+                raise UnsealError(f"the bundle's {MANIFEST_NAME} is invalid: {exc}") from None
+            _write_bytes(staging, parts, data, member.mode)
+        elif member.isdir() and member.type == tarfile.DIRTYPE:
+            _make_dir(staging, parts)
+        elif _is_plain_file(member):
+            _write_member(tar, member, staging, parts)
+        else:
+            raise UnsealError(
+                f"member {member.name!r} is a {_member_kind(member)}: only regular files "
+                "and directories are allowed in a bundle"
+            )
+        # Stream mode keeps every TarInfo for random access we never use.
+        tar.members.clear()
+    if manifest is None:
+        raise UnsealError(f"the bundle is empty: expected {MANIFEST_NAME} as its first member")
+    return manifest
+
+
+def _is_plain_file(member: tarfile.TarInfo) -> bool:
+    return member.type in (tarfile.REGTYPE, tarfile.AREGTYPE) and member.sparse is None
+
+
+def _member_kind(member: tarfile.TarInfo) -> str:
+    if member.issym():
+        return "symbolic link"
+    if member.islnk():
+        return "hard link"
+    if member.ischr() or member.isblk():
+        return "device node"
+    if member.isfifo():
+        return "FIFO"
+    if member.issparse():
+        return "sparse file"
+    return f"member of type {member.type!r}"
+
+
+def _member_parts(member: tarfile.TarInfo) -> list[str]:
+    """Validate a member name lexically; links are refused elsewhere, so this confines it."""
+    name = member.name
+    if not name or len(name) > MAX_MEMBER_NAME_CHARS or "\0" in name:
+        raise UnsealError(f"member name {name[:80]!r} is empty, too long or contains NUL")
+    if name.startswith("/"):
+        raise UnsealError(f"member {name!r} has an absolute path")
+    parts = name.split("/")
+    if any(p in ("", ".", "..") for p in parts):
+        raise UnsealError(f"member {name!r} has an empty, '.' or '..' path component")
+    return parts
+
+
+def _make_dir(staging: Path, parts: list[str]) -> None:
+    path = staging.joinpath(*parts)
+    _make_parents(staging, parts)
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        if path.is_symlink() or not path.is_dir():
+            raise UnsealError(f"member {'/'.join(parts)!r} collides with a file") from None
+
+
+def _make_parents(staging: Path, parts: list[str]) -> None:
+    current = staging
+    for part in parts[:-1]:
+        current = current / part
+        try:
+            os.mkdir(current, 0o700)
+        except FileExistsError:
+            if current.is_symlink() or not current.is_dir():
+                raise UnsealError(
+                    f"member {'/'.join(parts)!r} needs {part!r} to be a directory"
+                ) from None
+
+
+def _open_new_file(staging: Path, parts: list[str], mode: int) -> int:
+    _make_parents(staging, parts)
+    file_mode = 0o700 if mode & 0o111 else 0o600
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        return os.open(staging.joinpath(*parts), flags, file_mode)
+    except FileExistsError:
+        raise UnsealError(f"member {'/'.join(parts)!r} appears twice in the bundle") from None
+
+
+def _write_bytes(staging: Path, parts: list[str], data: bytes, mode: int) -> None:
+    with open(_open_new_file(staging, parts, mode), "wb") as f:
+        f.write(data)
+
+
+def _read_member(tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
+    f = tar.extractfile(member)
+    assert f is not None
+    data = f.read()
+    if len(data) != member.size:
+        raise UnsealError(f"member {member.name!r} is truncated")
+    return data
+
+
+def _write_member(
+    tar: tarfile.TarFile, member: tarfile.TarInfo, staging: Path, parts: list[str]
+) -> None:
+    src = tar.extractfile(member)
+    assert src is not None
+    with open(_open_new_file(staging, parts, member.mode), "wb", buffering=0) as dst:
+        remaining = member.size
+        while remaining:
+            data = src.read(min(CHUNK, remaining))
+            if not data:
+                raise UnsealError(f"member {member.name!r} is truncated")
+            dst.write(data)
+            remaining -= len(data)
+
+
+def _finish_message(decryptor: Any, src: BinaryIO) -> None:
+    """Read the rest of the message so the final frame and the signature are verified."""
+    while decryptor.read(FRAME_LENGTH):
+        pass  # zero padding after the tar end marker, still authenticated
+    if not hasattr(decryptor, "footer"):
+        raise UnsealError("the bundle ended before its final frame: it is truncated")
+    decryptor.close()
+    if src.read(1):
+        raise UnsealError("unexpected bytes after the end of the bundle")
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f"{exc.filename}: " if exc.filename else ""
+        return f"{where}{exc.strerror}" + (" (disk full?)" if exc.errno == errno.ENOSPC else "")
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
