@@ -1,0 +1,66 @@
+#!/bin/bash
+# Enclave host bootstrap (Amazon Linux 2023, arm64). Rendered at synth time by
+# constructs/enclave_host.py: every double-braced name below is replaced with a value from the
+# config, and rendering fails if one is left. Safe to run again: each step overwrites or is a no-op.
+set -euo pipefail
+exec > >(tee -a /var/log/sealed-enclave-bootstrap.log) 2>&1
+
+REGION='{{region}}'
+APP_HOME=/opt/sealed-enclave
+VENV="$APP_HOME/venv"
+
+# Nitro Enclaves CLI (nitro-cli, the allocator service, vsock-proxy) and its headers.
+dnf install -y aws-nitro-enclaves-cli aws-nitro-enclaves-cli-devel python3.11 python3.11-pip unzip
+
+# Memory and CPUs the allocator reserves for enclaves at boot. Whole cores only, and the parent
+# keeps the rest; the config check enforces both before this file is ever rendered.
+install -d -m 0755 /etc/nitro_enclaves
+cat > /etc/nitro_enclaves/allocator.yaml <<'ALLOCATOR'
+---
+# Written by the enclave host bootstrap; values come from EnclaveMemoryMiB and EnclaveCpuCount.
+memory_mib: {{memory_mib}}
+cpu_count: {{cpu_count}}
+ALLOCATOR
+systemctl enable --now nitro-enclaves-allocator.service
+
+# The enclave's only way out is vsock-proxy, and this allow list is its only destination: this
+# region's KMS endpoint on 443. The package's default list names every region's endpoint.
+cat > /etc/nitro_enclaves/vsock-proxy.yaml <<'ALLOWLIST'
+allowlist:
+- {address: {{kms_endpoint}}, port: 443}
+ALLOWLIST
+
+# Only members of `ne` may talk to /dev/nitro_enclaves.
+usermod -aG ne ec2-user
+
+# Host settings for the client, at a fixed path so it never depends on the working directory.
+install -d -m 0755 /etc/sealed-enclave
+cat > /etc/sealed-enclave/host.json <<'HOSTJSON'
+{{host_json}}
+HOSTJSON
+chmod 0644 /etc/sealed-enclave/host.json
+
+# The project's client and the shared enclave code, from this stack's assets, into a virtualenv.
+install -d -m 0755 "$APP_HOME" "$APP_HOME/app"
+staging=$(mktemp -d)
+trap 'rm -rf "$staging"' EXIT
+aws s3 cp --region "$REGION" '{{client_asset_url}}' "$staging/client.zip"
+aws s3 cp --region "$REGION" '{{enclave_asset_url}}' "$staging/enclave.zip"
+rm -rf "$APP_HOME/app/client" "$APP_HOME/app/enclave"
+unzip -q -o "$staging/client.zip" -d "$APP_HOME/app/client"
+unzip -q -o "$staging/enclave.zip" -d "$APP_HOME/app/enclave"
+[ -x "$VENV/bin/python" ] || python3.11 -m venv "$VENV"
+"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check {{runtime_requirements}}
+# A .pth file puts the app folder on the virtualenv's path: `python -m client` works from anywhere.
+site_packages=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+echo "$APP_HOME/app" > "$site_packages/sealed_enclave.pth"
+
+cat > /usr/local/bin/sealed-client <<'WRAPPER'
+#!/bin/sh
+# The Enclave User's entry point: `sealed-client proxy -s kms`, `sealed-client sync -d DIR`, ...
+export SEALED_HOST_CONFIG=/etc/sealed-enclave/host.json
+exec /opt/sealed-enclave/venv/bin/python -m client "$@"
+WRAPPER
+chmod 0755 /usr/local/bin/sealed-client
+
+echo "enclave host bootstrap complete"
