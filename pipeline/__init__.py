@@ -1,0 +1,1 @@
+"""Plain-Python tools the sealing pipeline's builds call (see `pipeline/buildspecs/`)."""
