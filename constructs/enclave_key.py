@@ -179,7 +179,7 @@ class MeasurementKeeper(Construct):
             ])})
         self.function = lambda_.Function(
             self, "Function",
-            runtime=lambda_.Runtime.PYTHON_3_13,
+            runtime=lambda_.Runtime.PYTHON_3_14,
             architecture=lambda_.Architecture.ARM_64,
             handler="pipeline.measurement_resource.handler",
             code=lambda_.Code.from_asset(_stage_handler_code()),
@@ -200,5 +200,3 @@ class MeasurementKeeper(Construct):
                 "Keep": str(keep),
                 "TemplatePolicyDigest": cdk.Lazy.string(digest),
             })
-        self.resource.node.add_dependency(key)
-        self.resource.node.add_dependency(self.role)
