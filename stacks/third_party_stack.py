@@ -12,7 +12,8 @@ from stacks.config import Config
 
 
 class ThirdPartyStack(cdk.Stack):
-    def __init__(self, scope: Construct, construct_id: str, *, config: Config, **kwargs: Any) -> None:
+    def __init__(self, scope: Construct, construct_id: str, *, config: Config,
+                 **kwargs: Any) -> None:
         super().__init__(scope, construct_id, **kwargs)
         self.config = config
         self.enclave_key = EnclaveKey(
