@@ -1,0 +1,49 @@
+"""`status [RUN_ID]`: the runtime's health and runs, or one run; `--cancel` stops a run."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from client.output import emit
+from client.target import resolve_target
+
+
+def register(subparsers: argparse._SubParsersAction,
+             parents: list[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "status", parents=parents, help="show the runtime's health and runs, or one run",
+        description="Without RUN_ID: where the runtime is, its health and its runs. With RUN_ID: "
+                    "that run's state, exit code and allowed output.")
+    parser.add_argument("run_id", nargs="?", metavar="RUN_ID")
+    parser.add_argument("--cancel", action="store_true", help="cancel RUN_ID")
+    parser.set_defaults(func=status_command)
+
+
+def describe_run(run: dict[str, Any]) -> str:
+    exit_code = run.get("exit_code")
+    tail = f" exit {exit_code}" if exit_code is not None else ""
+    error = f" ({run['error']})" if run.get("error") else ""
+    return f"{run.get('id')}  {run.get('state')}{tail}  {run.get('entrypoint')}  " \
+           f"{run.get('bundle')}{error}"
+
+
+def status_command(args: argparse.Namespace) -> int:
+    target = resolve_target(args)
+    with target.client(timeout=args.timeout) as client:
+        if args.run_id:
+            run = client.cancel_run(args.run_id) if args.cancel else client.get_run(args.run_id)
+            text = describe_run(run)
+            if run.get("stdout"):
+                text += "\n--- stdout ---\n" + run["stdout"].rstrip("\n")
+            emit(args, run, text)
+            return 0
+        health = client.health()
+        runs = client.list_runs()
+    data = {"target": str(target.address), "found_by": target.source, "health": health,
+            "runs": runs}
+    lines = [f"runtime {target.address} (found by {target.source}): {health.get('status')}"
+             f" version {health.get('version')}"]
+    lines += [describe_run(r) for r in runs] or ["no runs"]
+    emit(args, data, "\n".join(lines))
+    return 0

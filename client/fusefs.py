@@ -1,0 +1,362 @@
+"""The exchange area as a FUSE file system: `DIR/inbox` (writable) and `DIR/outbox` (read-only).
+
+Every operation becomes one or two runtime API calls. A file opened for writing is buffered in a
+local temporary file and uploaded when it is closed: on `flush` (whose result `close(2)` returns,
+so a failed upload is seen by the writer as EIO) and, if still pending, on `release`. The runtime
+has no partial writes, so this is the only way to give programs ordinary file semantics; the
+runtime's own temp-and-rename keeps a half-written file from ever appearing in the enclave.
+
+Errors map to the errno a program expects: ENOENT, EROFS (outbox), EACCES (the fixed top level),
+EISDIR, ENOTDIR, ENOTEMPTY, EEXIST, EINVAL (names the runtime refuses), EXDEV (rename: `mv`
+falls back to copy and delete), EPERM (links, devices, modes), EIO (server or transport failure).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import mfusepy as fuse
+
+from client.api import ApiError, RuntimeClient
+from client.errors import ClientError, NotFoundError, UsageError
+
+log = logging.getLogger(__name__)
+
+AREAS = {"inbox": True, "outbox": False}  # area -> writable by the host
+MAX_READ = 1 << 20
+
+
+def errno_for(exc: Exception) -> int:
+    """The errno a program should see for a failed runtime call."""
+    if isinstance(exc, NotFoundError):
+        return errno.ENOENT
+    if isinstance(exc, ApiError):
+        message = str(exc).lower()
+        if exc.code == "bad_path":
+            if "not a directory" in message:
+                return errno.ENOTDIR
+            if "too long" in message:
+                return errno.ENAMETOOLONG
+            return errno.EINVAL
+        if exc.http_status == 409 or exc.code in ("conflict", "exists", "not_empty",
+                                                  "is_a_directory"):
+            if "not empty" in message or exc.code == "not_empty":
+                return errno.ENOTEMPTY
+            if "is a directory" in message or exc.code == "is_a_directory":
+                return errno.EISDIR
+            return errno.EEXIST
+        if exc.http_status in (401, 403):
+            return errno.EACCES
+        if exc.http_status == 413:
+            return errno.EFBIG
+        if exc.http_status == 507:
+            return errno.ENOSPC
+        if 400 <= exc.http_status < 500:
+            return errno.EINVAL
+        return errno.EIO
+    if isinstance(exc, UsageError):
+        return errno.EINVAL
+    return errno.EIO
+
+
+def split_mount_path(path: str) -> tuple[str | None, str]:
+    """"/inbox/a/b" -> ("inbox", "a/b"); "/" -> (None, ""); unknown top level -> ENOENT."""
+    parts = [p for p in path.split("/") if p]
+    if not parts:
+        return None, ""
+    if parts[0] not in AREAS:
+        raise fuse.FuseOSError(errno.ENOENT)
+    return parts[0], "/".join(parts[1:])
+
+
+@dataclass
+class Handle:
+    area: str
+    relative: str
+    writable: bool
+    temp: Any = None  # a local temporary file holding the content being written
+    dirty: bool = False
+    append: bool = False
+
+
+class ExchangeFs(fuse.Operations):
+    use_ns = True
+
+    def __init__(self, client: RuntimeClient, *, staging_dir: str | None = None) -> None:
+        self.client = client
+        self.staging_dir = staging_dir
+        self.uid = os.getuid()
+        self.gid = os.getgid()
+        self.mounted_at = time.time_ns()
+        self._handles: dict[int, Handle] = {}
+        self._next = 1
+        self._lock = threading.Lock()
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def _call(self, function: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return function(*args, **kwargs)
+        except (ClientError, OSError) as exc:
+            if isinstance(exc, fuse.FuseOSError):
+                raise
+            code = errno_for(exc) if isinstance(exc, ClientError) else errno.EIO
+            if code == errno.EIO:
+                log.warning("runtime call failed: %s", exc)
+            raise fuse.FuseOSError(code) from exc
+
+    def _writable_area(self, path: str) -> tuple[str, str]:
+        parts = [p for p in path.split("/") if p]
+        if len(parts) < 2 or parts[0] not in AREAS:
+            raise fuse.FuseOSError(errno.EACCES)  # the top level and area roots are fixed
+        area, relative = split_mount_path(path)
+        if area is None or not relative:
+            raise fuse.FuseOSError(errno.EACCES)  # the top level and area roots are fixed
+        if not AREAS[area]:
+            raise fuse.FuseOSError(errno.EROFS)
+        return area, relative
+
+    def _dir_attrs(self, writable: bool, mtime_ns: int | None = None) -> dict[str, Any]:
+        mtime_ns = mtime_ns or self.mounted_at
+        return {"st_mode": stat.S_IFDIR | (0o755 if writable else 0o555), "st_nlink": 2,
+                "st_uid": self.uid, "st_gid": self.gid, "st_size": 0,
+                "st_atime": mtime_ns, "st_mtime": mtime_ns, "st_ctime": mtime_ns}
+
+    def _add_handle(self, handle: Handle) -> int:
+        with self._lock:
+            fh = self._next
+            self._next += 1
+            self._handles[fh] = handle
+        return fh
+
+    def _handle(self, fh: int) -> Handle:
+        handle = self._handles.get(fh)
+        if handle is None:
+            raise fuse.FuseOSError(errno.EBADF)
+        return handle
+
+    def _pending_write(self, area: str, relative: str) -> Handle | None:
+        """An open, not yet uploaded handle for this path (so new files are visible at once)."""
+        with self._lock:
+            for handle in self._handles.values():
+                if handle.writable and handle.area == area and handle.relative == relative:
+                    return handle
+        return None
+
+    def _new_temp(self) -> Any:
+        return tempfile.TemporaryFile(dir=self.staging_dir, prefix="sealed-sync-")
+
+    def _upload(self, handle: Handle) -> None:
+        if not handle.dirty:
+            return
+        temp = handle.temp
+        size = os.fstat(temp.fileno()).st_size
+        temp.seek(0)
+        self._call(self.client.upload, handle.relative, temp, size)
+        handle.dirty = False
+
+    # -- attributes and directories -------------------------------------------------------
+
+    def getattr(self, path: str, fh: int | None = None) -> dict[str, Any]:
+        area, relative = split_mount_path(path)
+        if area is None:
+            return self._dir_attrs(False)
+        if not relative:
+            return self._dir_attrs(AREAS[area])
+        pending = self._pending_write(area, relative)
+        if pending is not None:
+            size = os.fstat(pending.temp.fileno()).st_size
+            now = time.time_ns()
+            return {"st_mode": stat.S_IFREG | 0o644, "st_nlink": 1, "st_uid": self.uid,
+                    "st_gid": self.gid, "st_size": size, "st_atime": now, "st_mtime": now,
+                    "st_ctime": now}
+        info = self._call(self.client.stat, area, relative)
+        mtime_ns = int(float(info.get("mtime") or 0) * 1e9)
+        if info.get("type") == "dir":
+            return self._dir_attrs(AREAS[area], mtime_ns)
+        mode = 0o644 if AREAS[area] else 0o444
+        return {"st_mode": stat.S_IFREG | mode, "st_nlink": 1, "st_uid": self.uid,
+                "st_gid": self.gid, "st_size": int(info.get("size") or 0),
+                "st_atime": mtime_ns, "st_mtime": mtime_ns, "st_ctime": mtime_ns}
+
+    def readdir(self, path: str, fh: int) -> list[str]:
+        area, relative = split_mount_path(path)
+        if area is None:
+            return [".", "..", *AREAS]
+        entries = self._call(self.client.list, area, relative)
+        return [".", "..", *(e["name"] for e in entries)]
+
+    def mkdir(self, path: str, mode: int) -> int:
+        _area, relative = self._writable_area(path)
+        self._call(self.client.mkdir, relative)
+        return 0
+
+    def rmdir(self, path: str) -> int:
+        area, relative = self._writable_area(path)
+        info = self._call(self.client.stat, area, relative)
+        if info.get("type") != "dir":
+            raise fuse.FuseOSError(errno.ENOTDIR)
+        if self._call(self.client.list, area, relative):
+            raise fuse.FuseOSError(errno.ENOTEMPTY)
+        self._call(self.client.delete, area, relative)
+        return 0
+
+    def unlink(self, path: str) -> int:
+        area, relative = self._writable_area(path)
+        info = self._call(self.client.stat, area, relative)
+        if info.get("type") == "dir":
+            raise fuse.FuseOSError(errno.EISDIR)
+        self._call(self.client.delete, area, relative)
+        return 0
+
+    def statfs(self, path: str) -> dict[str, int]:
+        return {"f_bsize": 4096, "f_frsize": 4096, "f_blocks": 1 << 20, "f_bfree": 1 << 19,
+                "f_bavail": 1 << 19, "f_files": 1 << 16, "f_ffree": 1 << 15, "f_namemax": 255}
+
+    # -- files -------------------------------------------------------------------------------
+
+    def create(self, path: str, mode: int, flags: int = 0) -> int:
+        area, relative = self._writable_area(path)
+        if not stat.S_ISREG(mode) and stat.S_IFMT(mode):
+            raise fuse.FuseOSError(errno.EPERM)
+        handle = Handle(area, relative, writable=True, temp=self._new_temp(), dirty=True)
+        # Upload the empty file now so the name is checked by the runtime at creation time.
+        self._upload(handle)
+        handle.dirty = True
+        return self._add_handle(handle)
+
+    def open(self, path: str, flags: int) -> int:
+        area, relative = split_mount_path(path)
+        if area is None or not relative:
+            raise fuse.FuseOSError(errno.EISDIR)
+        access = flags & os.O_ACCMODE
+        wants_write = access != os.O_RDONLY or flags & os.O_TRUNC
+        if wants_write and not AREAS[area]:
+            raise fuse.FuseOSError(errno.EROFS)
+        info = self._call(self.client.stat, area, relative)
+        if info.get("type") == "dir":
+            raise fuse.FuseOSError(errno.EISDIR)
+        if not wants_write:
+            return self._add_handle(Handle(area, relative, writable=False))
+        temp = self._new_temp()
+        if not flags & os.O_TRUNC:  # keep the existing content for an in-place change
+            self._call(self.client.download, area, relative, temp)
+            temp.flush()  # later reads and writes go through the descriptor
+        return self._add_handle(Handle(area, relative, writable=True, temp=temp,
+                                       dirty=bool(flags & os.O_TRUNC),
+                                       append=bool(flags & os.O_APPEND)))
+
+    def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
+        handle = self._handle(fh)
+        if handle.temp is not None:
+            return os.pread(handle.temp.fileno(), size, offset)
+        return self._call(self.client.read_range, handle.area, handle.relative, offset,
+                          min(size, MAX_READ))
+
+    def write(self, path: str, data: bytes, offset: int, fh: int) -> int:
+        handle = self._handle(fh)
+        if not handle.writable:
+            raise fuse.FuseOSError(errno.EBADF)
+        if handle.append:  # the kernel may not know the remote size: append here
+            offset = os.fstat(handle.temp.fileno()).st_size
+        written = os.pwrite(handle.temp.fileno(), data, offset)
+        handle.dirty = True
+        return written
+
+    def truncate(self, path: str, length: int, fh: int | None = None) -> int:
+        if fh is not None and fh in self._handles and self._handles[fh].writable:
+            handle = self._handles[fh]
+        else:
+            area, relative = self._writable_area(path)
+            handle = self._pending_write(area, relative)
+            if handle is None:
+                temp = self._new_temp()
+                if length:
+                    self._call(self.client.download, area, relative, temp)
+                    temp.flush()
+                else:
+                    self._call(self.client.stat, area, relative)  # ENOENT if missing
+                handle = Handle(area, relative, writable=True, temp=temp, dirty=True)
+                os.ftruncate(temp.fileno(), length)
+                try:
+                    self._upload(handle)
+                finally:
+                    temp.close()
+                return 0
+        os.ftruncate(handle.temp.fileno(), length)
+        handle.dirty = True
+        return 0
+
+    def flush(self, path: str, fh: int) -> int:
+        handle = self._handle(fh)
+        if handle.writable:
+            self._upload(handle)
+        return 0
+
+    def fsync(self, path: str, datasync: int, fh: int) -> int:
+        return self.flush(path, fh)
+
+    def release(self, path: str, fh: int) -> int:
+        with self._lock:
+            handle = self._handles.pop(fh, None)
+        if handle is None:
+            return 0
+        try:
+            if handle.writable:
+                self._upload(handle)
+        finally:
+            if handle.temp is not None:
+                handle.temp.close()
+        return 0
+
+    def utimens(self, path: str, times: tuple[int, int] | None = None) -> int:
+        area, relative = split_mount_path(path)
+        if area is not None and relative and not AREAS[area]:
+            raise fuse.FuseOSError(errno.EROFS)
+        return 0  # the runtime keeps its own times; accepting this lets `touch` work
+
+    # -- what the exchange area never holds -------------------------------------------------
+
+    def rename(self, old: str, new: str) -> int:
+        self._writable_area(old)
+        self._writable_area(new)
+        raise fuse.FuseOSError(errno.EXDEV)
+
+    def symlink(self, target: str, source: str) -> int:
+        self._writable_area(target)
+        raise fuse.FuseOSError(errno.EPERM)
+
+    def link(self, target: str, source: str) -> int:
+        self._writable_area(target)
+        raise fuse.FuseOSError(errno.EPERM)
+
+    def mknod(self, path: str, mode: int, dev: int) -> int:
+        self._writable_area(path)
+        raise fuse.FuseOSError(errno.EPERM)
+
+    def chmod(self, path: str, mode: int) -> int:
+        self._writable_area(path)
+        raise fuse.FuseOSError(errno.EPERM)
+
+    def chown(self, path: str, uid: int, gid: int) -> int:
+        self._writable_area(path)
+        raise fuse.FuseOSError(errno.EPERM)
+
+    def readlink(self, path: str) -> str:
+        raise fuse.FuseOSError(errno.EINVAL)  # nothing in the area is a link
+
+
+def mount(client: RuntimeClient, mountpoint: str, *, foreground: bool = True,
+          debug: bool = False) -> None:
+    """Mount and serve until unmounted (blocks). `foreground=False` lets libfuse daemonize."""
+    fuse.FUSE(ExchangeFs(client), mountpoint, foreground=foreground, debug=debug,
+              nothreads=False, fsname="sealed-exchange", subtype="sealed",
+              default_permissions=True)

@@ -1,0 +1,213 @@
+"""`sync -d DIR`: a real FUSE mount of the exchange area, served by a stand-in runtime."""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from client.cli import main
+from client.errors import ExitStatus
+from tests.fake_runtime import FakeRuntime
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+pytestmark = [
+    pytest.mark.fuse,
+    pytest.mark.skipif(not os.path.exists("/dev/fuse") or shutil.which("fusermount3") is None,
+                       reason="needs /dev/fuse and fusermount3"),
+]
+
+
+@pytest.fixture
+def mounted(tmp_path, monkeypatch):
+    monkeypatch.setenv("SEALED_STATE_DIR", str(tmp_path / "state"))
+    with FakeRuntime(tmp_path / "area", tmp_path / "rt.sock") as runtime:
+        mnt = tmp_path / "mnt"
+        code = main(["--socket", str(runtime.socket_path), "sync", "-d", str(mnt)])
+        assert code == 0
+        try:
+            yield runtime, mnt
+        finally:
+            if os.path.ismount(mnt):
+                subprocess.run(["fusermount3", "-u", str(mnt)], check=False)
+
+
+def expect_errno(code: int, function, *args):
+    with pytest.raises(OSError) as info:
+        function(*args)
+    assert info.value.errno == code, f"expected {errno.errorcode[code]}, got " \
+                                     f"{errno.errorcode.get(info.value.errno)}"
+
+
+def test_mount_shows_inbox_and_outbox(mounted):
+    _, mnt = mounted
+    assert sorted(os.listdir(mnt)) == ["inbox", "outbox"]
+
+
+def test_write_is_uploaded_on_close_and_reads_back(mounted):
+    runtime, mnt = mounted
+    data = os.urandom(300_000)
+    (mnt / "inbox" / "data.bin").write_bytes(data)
+    assert (runtime.root / "inbox" / "data.bin").read_bytes() == data
+    assert (mnt / "inbox" / "data.bin").read_bytes() == data
+
+
+def test_outbox_file_is_listed_and_readable(mounted):
+    runtime, mnt = mounted
+    (runtime.root / "outbox" / "result.json").write_text('{"ok": true}')
+    assert os.listdir(mnt / "outbox") == ["result.json"]
+    assert (mnt / "outbox" / "result.json").read_text() == '{"ok": true}'
+    assert (mnt / "outbox" / "result.json").stat().st_size == 12
+
+
+def test_write_into_outbox_is_refused(mounted):
+    _, mnt = mounted
+    with pytest.raises(OSError) as info:
+        (mnt / "outbox" / "forged.json").write_text("x")
+    assert info.value.errno in (errno.EROFS, errno.EACCES)
+
+
+def test_overwrite_of_outbox_file_is_refused(mounted):
+    runtime, mnt = mounted
+    (runtime.root / "outbox" / "r.txt").write_text("result")
+    with pytest.raises(OSError) as info:
+        open(mnt / "outbox" / "r.txt", "w").close()
+    assert info.value.errno in (errno.EROFS, errno.EACCES)
+    assert (runtime.root / "outbox" / "r.txt").read_text() == "result"
+
+
+def test_unlink_missing_file_is_enoent(mounted):
+    _, mnt = mounted
+    expect_errno(errno.ENOENT, os.unlink, mnt / "inbox" / "missing.txt")
+
+
+def test_unlink_in_outbox_is_erofs(mounted):
+    runtime, mnt = mounted
+    (runtime.root / "outbox" / "r.txt").write_text("result")
+    expect_errno(errno.EROFS, os.unlink, mnt / "outbox" / "r.txt")
+
+
+def test_creating_at_the_top_level_is_refused(mounted):
+    _, mnt = mounted
+    expect_errno(errno.EACCES, os.mkdir, mnt / "elsewhere")
+
+
+def test_dotdot_names_cannot_leave_the_mount(mounted):
+    runtime, mnt = mounted
+    (runtime.root / "outbox" / "r.txt").write_text("result")
+    # The kernel resolves `..` before FUSE sees it: inbox/../outbox is the outbox, still
+    # read-only, and the mount root's parent is never reached through the runtime.
+    with pytest.raises(OSError) as info:
+        (mnt / "inbox" / ".." / "outbox" / "x").write_text("x")
+    assert info.value.errno in (errno.EROFS, errno.EACCES)
+    assert os.path.realpath(mnt / "inbox" / ".." / "..") == str(mnt.parent)
+    assert not (runtime.root / "x").exists()
+
+
+def test_traversal_name_in_file_is_treated_as_plain_missing_name(mounted):
+    _, mnt = mounted
+    expect_errno(errno.ENOENT, os.stat, mnt / "inbox" / "..%2F..%2Fetc")
+
+
+def test_mkdir_rmdir_and_their_errnos(mounted):
+    runtime, mnt = mounted
+    os.mkdir(mnt / "inbox" / "d")
+    assert (runtime.root / "inbox" / "d").is_dir()
+    expect_errno(errno.EEXIST, os.mkdir, mnt / "inbox" / "d")
+    (mnt / "inbox" / "d" / "f").write_text("x")
+    expect_errno(errno.ENOTEMPTY, os.rmdir, mnt / "inbox" / "d")
+    expect_errno(errno.EISDIR, os.unlink, mnt / "inbox" / "d")
+    expect_errno(errno.ENOTDIR, os.rmdir, mnt / "inbox" / "d" / "f")
+    os.unlink(mnt / "inbox" / "d" / "f")
+    os.rmdir(mnt / "inbox" / "d")
+    assert not (runtime.root / "inbox" / "d").exists()
+
+
+def test_opening_a_directory_for_writing_is_eisdir(mounted):
+    _, mnt = mounted
+    os.mkdir(mnt / "inbox" / "d")
+    expect_errno(errno.EISDIR, open, mnt / "inbox" / "d", "w")
+
+
+def test_links_and_device_nodes_are_refused(mounted):
+    runtime, mnt = mounted
+    (mnt / "inbox" / "a").write_text("a")
+    expect_errno(errno.EPERM, os.symlink, "/etc/passwd", mnt / "inbox" / "link")
+    expect_errno(errno.EPERM, os.link, mnt / "inbox" / "a", mnt / "inbox" / "hard")
+    expect_errno(errno.EPERM, os.mkfifo, mnt / "inbox" / "fifo")
+    assert sorted(os.listdir(runtime.root / "inbox")) == ["a"]
+
+
+def test_name_the_runtime_refuses_is_einval(mounted):
+    runtime, mnt = mounted
+    original = runtime.fs
+
+    def refuse_names_with_colon(h, method, rest, query):
+        if ":" in rest:
+            return runtime.error(h, 400, "bad_path", "name not allowed")
+        return original(h, method, rest, query)
+
+    runtime.fs = refuse_names_with_colon
+    expect_errno(errno.EINVAL, open, mnt / "inbox" / "a:b", "w")
+
+
+def test_server_failure_is_eio(mounted):
+    runtime, mnt = mounted
+    (mnt / "inbox" / "a").write_text("a")
+    original = runtime.fs
+
+    def broken(h, method, rest, query):
+        if method == "PUT":
+            return runtime.error(h, 500, "internal", "disk on fire")
+        return original(h, method, rest, query)
+
+    runtime.fs = broken
+    with pytest.raises(OSError) as info:
+        with open(mnt / "inbox" / "a", "w") as f:
+            f.write("b")
+    assert info.value.errno == errno.EIO
+
+
+def test_rename_is_exdev_so_mv_copies(mounted):
+    runtime, mnt = mounted
+    (mnt / "inbox" / "a").write_text("a")
+    expect_errno(errno.EXDEV, os.rename, mnt / "inbox" / "a", mnt / "inbox" / "b")
+    subprocess.run(["mv", str(mnt / "inbox" / "a"), str(mnt / "inbox" / "b")], check=True)
+    assert sorted(os.listdir(runtime.root / "inbox")) == ["b"]
+
+
+def test_append_keeps_existing_content(mounted):
+    runtime, mnt = mounted
+    (mnt / "inbox" / "log.txt").write_text("one\n")
+    with open(mnt / "inbox" / "log.txt", "a") as f:
+        f.write("two\n")
+    assert (runtime.root / "inbox" / "log.txt").read_text() == "one\ntwo\n"
+
+
+def test_unmount_removes_the_mount(mounted):
+    _, mnt = mounted
+    assert main(["sync", "-d", str(mnt), "--unmount"]) == 0
+    assert not os.path.ismount(mnt)
+
+
+def test_unmount_of_a_plain_directory_is_not_found(tmp_path):
+    assert main(["sync", "-d", str(tmp_path), "--unmount"]) == ExitStatus.NOT_FOUND
+
+
+def test_mount_fails_cleanly_when_runtime_is_down(tmp_path, monkeypatch):
+    monkeypatch.setenv("SEALED_STATE_DIR", str(tmp_path / "state"))
+    code = main(["--socket", str(tmp_path / "none.sock"), "sync", "-d", str(tmp_path / "m")])
+    assert code == ExitStatus.ENCLAVE_ERROR
+    assert not os.path.ismount(tmp_path / "m")
+
+
+def test_sync_help_keeps_runbook_spelling():
+    done = subprocess.run([sys.executable, "-m", "client", "sync", "--help"], cwd=PROJECT_ROOT,
+                          capture_output=True, text=True, check=True)
+    assert "-d DIR" in done.stdout
