@@ -1,0 +1,598 @@
+"""Runs: unseal a bundle from the inbox into a private directory, run one declared entrypoint, wipe.
+
+What the host controls is narrow on purpose: which bundle (an inbox path), which entrypoint (a name
+the bundle's own manifest declares), and the arguments (a list, checked and mapped into the exchange
+area by `Manifest.resolve_arguments`). The command itself, the time limit, whether stdout/stderr are
+returned and how much of them, all come from the sealed manifest.
+
+The plaintext lives in a fresh 0700 directory under `RuntimeConfig.private_root` (RAM inside the
+enclave), which is outside the exchange root and so unreachable through the API. It is removed in
+a `finally` whatever happens. File contents are not overwritten first: in the enclave that
+directory is in enclave memory, which the host cannot read, and pages the kernel frees are zeroed
+before any process gets them again, so an overwrite would cost time and protect nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from enclave.config import RuntimeConfig
+from enclave.events import EventLog
+from enclave.exchange import INBOX, OUTBOX, Conflict, ExchangeArea, ExchangeError
+from enclave.manifest import Manifest, ManifestError
+from enclave.receipt import RECEIPT_FORMAT
+
+UNSEALING = "unsealing"
+RUNNING = "running"
+SUCCEEDED = "succeeded"
+FAILED = "failed"
+TIMED_OUT = "timed_out"
+CANCELLED = "cancelled"
+ACTIVE_STATES = frozenset({UNSEALING, RUNNING})
+TERMINAL_STATES = frozenset({SUCCEEDED, FAILED, TIMED_OUT, CANCELLED})
+
+_PIPE_CHUNK = 64 * 1024
+_SOURCE_SCAN_FILE_LIMIT = 4 * 1024 * 1024
+_SOURCE_SCAN_TOTAL_LIMIT = 64 * 1024 * 1024
+_SOURCE_LINE_MIN_CHARS = 6
+WITHHELD_LINE = "[line withheld: it repeats a line of the application's files]"
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """AWS credentials for one run's KMS call. Never logged, never stored beyond the run."""
+
+    access_key_id: str
+    secret_access_key: str
+    session_token: str | None = None
+
+    def __repr__(self) -> str:
+        return "Credentials(<withheld>)"
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    bundle: str
+    entrypoint: str
+    args: tuple[str, ...]
+    credentials: Credentials | None = field(default=None, repr=False)
+    region: str | None = None
+    expected_app_id: str | None = None
+
+
+# Builds the key provider that unseals with this run's credentials and region.
+KeyProviderFactory = Callable[[Credentials | None, str | None], Any]
+Unseal = Callable[..., Manifest]
+
+
+class RunRefused(Exception):
+    """The run cannot be accepted now; `code`/`status` map to the HTTP error."""
+
+    def __init__(self, code: str, status: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.status = status
+        self.message = message
+
+
+class _RunFailure(Exception):
+    """A run-ending failure whose message is safe to show the host."""
+
+
+class _Cancelled(Exception):
+    pass
+
+
+@dataclass
+class Job:
+    id: str
+    bundle: str
+    entrypoint: str
+    args: tuple[str, ...]
+    state: str = UNSEALING
+    exit_code: int | None = None
+    stdout: str | None = None
+    stderr: str | None = None
+    error: str | None = None
+    started_at: float = field(default_factory=time.time)
+    ended_at: float | None = None
+    output_digests: dict[str, str] = field(default_factory=dict)
+    # Receipt material, known once the bundle has been read and the inputs hashed.
+    bundle_sha256: str | None = None
+    input_digests: dict[str, str] = field(default_factory=dict)
+    app_id: str | None = None
+    app_version: str | None = None
+    # Internal.
+    private_dir: Path | None = field(default=None, repr=False)
+    cancel_requested: threading.Event = field(default_factory=threading.Event, repr=False)
+    done: threading.Event = field(default_factory=threading.Event, repr=False)
+
+    def view(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "bundle": self.bundle,
+            "entrypoint": self.entrypoint,
+            "state": self.state,
+            "exit_code": self.exit_code,
+            "stdout": self.stdout,
+            "stderr": self.stderr,
+            "error": self.error,
+            "started_at": self.started_at,
+            "ended_at": self.ended_at,
+            "output_digests": dict(self.output_digests),
+        }
+
+    def receipt(self) -> dict[str, Any]:
+        return {
+            "format": RECEIPT_FORMAT,
+            "run_id": self.id,
+            "app_id": self.app_id,
+            "app_version": self.app_version,
+            "bundle": {"path": self.bundle, "sha256": self.bundle_sha256},
+            "entrypoint": self.entrypoint,
+            "args": list(self.args),
+            "inputs": dict(self.input_digests),
+            "outputs": dict(self.output_digests),
+            "state": self.state,
+            "exit_code": self.exit_code,
+        }
+
+
+def attested_kms_key_provider_factory(config: RuntimeConfig, nsm: Any) -> KeyProviderFactory:
+    """Production: KMS Decrypt with an attestation document, through the in-enclave bridge."""
+
+    def build(credentials: Credentials | None, region: str | None) -> Any:
+        import boto3
+
+        from enclave.keyprovider import AttestedKmsMasterKeyProvider
+
+        if credentials is None:
+            raise _RunFailure(
+                "the run request carries no AWS credentials; the enclave has no other source. "
+                "Send credentials (the client takes them from IMDSv2)"
+            )
+        if region is None:
+            raise _RunFailure("the run request names no region and the runtime has no default")
+        kms = boto3.session.Session(
+            aws_access_key_id=credentials.access_key_id,
+            aws_secret_access_key=credentials.secret_access_key,
+            aws_session_token=credentials.session_token,
+            region_name=region,
+        ).client("kms", endpoint_url=config.kms_endpoint_for(region))
+        return AttestedKmsMasterKeyProvider(None, kms, nsm)
+
+    return build
+
+
+def _default_unseal(src: BinaryIO, target: Path, **kwargs: Any) -> Manifest:
+    from enclave.sealing import unseal_bundle
+
+    return unseal_bundle(src, target, **kwargs)
+
+
+class _BundleReader:
+    """Reads the sealed bundle for the decryptor, hashing it and honouring cancellation."""
+
+    def __init__(self, raw: BinaryIO, cancelled: threading.Event) -> None:
+        self._raw = raw
+        self._cancelled = cancelled
+        self._digest = hashlib.sha256()
+
+    def read(self, size: int = -1) -> bytes:
+        if self._cancelled.is_set():
+            raise _Cancelled()
+        data = self._raw.read(size)
+        self._digest.update(data)
+        return data
+
+    def readable(self) -> bool:
+        return True
+
+    def hexdigest(self) -> str:
+        # Whatever the decryptor left unread (it stops at the end of the message) still counts.
+        while self.read(1024 * 1024):
+            pass
+        return self._digest.hexdigest()
+
+
+class Runner:
+    """Accepts runs, executes each in its own worker thread, keeps their records."""
+
+    def __init__(
+        self,
+        config: RuntimeConfig,
+        exchange: ExchangeArea,
+        events: EventLog,
+        *,
+        key_provider_factory: KeyProviderFactory,
+        unseal: Unseal = _default_unseal,
+        app_path: str | None = None,
+    ) -> None:
+        self.config = config
+        self.exchange = exchange
+        self.events = events
+        self._key_provider_factory = key_provider_factory
+        self._unseal = unseal
+        # The interpreter running the runtime comes first, so `python3` in a manifest means the
+        # image's Python (and, in simulation, the project's virtualenv with its packages).
+        self._app_path = app_path or os.pathsep.join(
+            [os.path.dirname(sys.executable), "/usr/local/bin", "/usr/bin", "/bin"]
+        )
+        self._jobs: dict[str, Job] = {}
+        self._lock = threading.Lock()
+        # concurrent_runs as last seen in each bundle's manifest, keyed by inbox path.
+        self._known_limits: dict[str, int] = {}
+        Path(config.private_root).mkdir(mode=0o700, parents=True, exist_ok=True)
+
+    # -- public --------------------------------------------------------------------------------
+
+    def submit(self, request: RunRequest) -> Job:
+        entry = self.exchange.stat(INBOX, request.bundle)  # confined; raises ExchangeError
+        if entry.type != "file":
+            raise Conflict(f"bundle {request.bundle!r} is a directory; name the sealed file")
+        with self._lock:
+            active = [j for j in self._jobs.values() if j.state in ACTIVE_STATES]
+            if len(active) >= self.config.max_active_runs:
+                raise RunRefused(
+                    "busy", 429,
+                    f"{len(active)} runs are in progress, the limit is "
+                    f"{self.config.max_active_runs}; wait for one to finish and retry",
+                )
+            same = [j for j in active if j.bundle == request.bundle]
+            limit = self._known_limits.get(request.bundle, 1)
+            if len(same) >= limit:
+                raise RunRefused(
+                    "run_in_progress", 409,
+                    f"bundle {request.bundle!r} already has {len(same)} run(s) in progress "
+                    f"({same[0].id}); its manifest allows {limit} at a time. Wait or cancel it",
+                )
+            job = Job(
+                id=secrets.token_hex(8),
+                bundle=request.bundle,
+                entrypoint=request.entrypoint,
+                args=tuple(request.args),
+            )
+            self._jobs[job.id] = job
+            self._prune()
+        self.events.add(f"run {job.id}: accepted, bundle {job.bundle!r}, entrypoint "
+                        f"{job.entrypoint!r}")
+        worker = threading.Thread(
+            target=self._execute, args=(job, request), name=f"run-{job.id}", daemon=True
+        )
+        worker.start()
+        return job
+
+    def get(self, run_id: str) -> Job | None:
+        with self._lock:
+            return self._jobs.get(run_id)
+
+    def list(self) -> list[Job]:
+        with self._lock:
+            return sorted(self._jobs.values(), key=lambda j: j.started_at)
+
+    def cancel(self, run_id: str) -> Job | None:
+        job = self.get(run_id)
+        if job is not None and job.state in ACTIVE_STATES:
+            job.cancel_requested.set()
+            self.events.add(f"run {job.id}: cancel requested")
+        return job
+
+    # -- the run -------------------------------------------------------------------------------
+
+    def _execute(self, job: Job, request: RunRequest) -> None:
+        outcome, error = FAILED, None
+        private: Path | None = None
+        try:
+            private = Path(tempfile.mkdtemp(prefix="run-", dir=self.config.private_root))
+            job.private_dir = private
+            app_dir = private / "app"
+            app_dir.mkdir(mode=0o700)
+            manifest = self._unseal_into(job, request, app_dir)
+            del request  # the credentials are not needed past this point
+            argv = self._prepare(job, manifest)
+            self._claim_slot(job, manifest)
+            before = self.exchange.files(OUTBOX)
+            outcome = self._launch(job, manifest, argv, app_dir, private)
+            job.output_digests = self._output_digests(before)
+            error = {
+                FAILED: f"the application exited with status {job.exit_code}",
+                TIMED_OUT: f"time limit of {manifest.time_limit_seconds}s reached; "
+                           "the application was killed",
+                CANCELLED: "cancelled at the host's request",
+            }.get(outcome)
+        except _Cancelled:
+            outcome, error = CANCELLED, "cancelled at the host's request"
+        except _RunFailure as exc:
+            outcome, error = FAILED, str(exc)
+        except (ManifestError, ExchangeError) as exc:
+            outcome, error = FAILED, getattr(exc, "message", None) or str(exc)
+        except Exception as exc:  # a runtime fault: report it without internals
+            outcome = FAILED
+            error = (f"the runtime failed while running ({exc.__class__.__name__}); "
+                     "see `logs` and retry")
+            self.events.add(f"run {job.id}: internal error {exc.__class__.__name__}")
+        finally:
+            wiped = _wipe(private) if private is not None else True
+            if not wiped:
+                self.events.add(f"run {job.id}: could not remove its private directory")
+                error = (error + "; " if error else "") + "private directory not fully removed"
+                outcome = FAILED if outcome == SUCCEEDED else outcome
+            with self._lock:
+                job.state = outcome
+                job.error = error
+                job.ended_at = time.time()
+            job.done.set()
+            self.events.add(f"run {job.id}: {outcome}"
+                            + (f" (exit {job.exit_code})" if job.exit_code is not None else ""))
+
+    def _unseal_into(self, job: Job, request: RunRequest, app_dir: Path) -> Manifest:
+        key_provider = self._key_provider_factory(
+            request.credentials, request.region or self.config.default_region
+        )
+        with self.exchange.open_read(INBOX, request.bundle) as raw:
+            reader = _BundleReader(raw, job.cancel_requested)
+            try:
+                manifest = self._unseal(
+                    reader, app_dir, key_provider=key_provider,
+                    expected_app_id=request.expected_app_id,
+                )
+            except _Cancelled:
+                raise
+            except Exception as exc:
+                if job.cancel_requested.is_set():
+                    raise _Cancelled() from exc
+                message = str(exc) or exc.__class__.__name__
+                raise _RunFailure(f"unsealing {request.bundle!r} failed: {message}") from exc
+            job.bundle_sha256 = reader.hexdigest()
+        job.app_id, job.app_version = manifest.app_id, manifest.app_version
+        if job.cancel_requested.is_set():
+            raise _Cancelled()
+        return manifest
+
+    def _prepare(self, job: Job, manifest: Manifest) -> list[str]:
+        entry = manifest.entrypoint(job.entrypoint)
+        inbox_root = self.exchange.area_root(INBOX)
+        outbox_root = self.exchange.area_root(OUTBOX)
+        tail = manifest.resolve_arguments(job.entrypoint, list(job.args), inbox_root, outbox_root)
+        for spec, value in zip(entry.args, job.args, strict=False):
+            if spec.kind == "input":
+                # Opened the confined way: no link on the path, a single-link regular file.
+                try:
+                    job.input_digests[value] = self.exchange.sha256(INBOX, value)
+                except ExchangeError as exc:
+                    raise _RunFailure(f"input {spec.name!r}: {exc.message}") from exc
+            elif spec.kind == "output":
+                self._make_parents(value)
+        return [*entry.command, *tail]
+
+    def _make_parents(self, relative: str) -> None:
+        parts = relative.split("/")[:-1]
+        for depth in range(1, len(parts) + 1):
+            try:
+                self.exchange.mkdir(OUTBOX, "/".join(parts[:depth]))
+            except Conflict:
+                pass
+
+    def _claim_slot(self, job: Job, manifest: Manifest) -> None:
+        """Enforce the manifest's `concurrent_runs` across every bundle of the same app."""
+        with self._lock:
+            self._known_limits[job.bundle] = manifest.concurrent_runs
+            if job.cancel_requested.is_set():
+                raise _Cancelled()
+            running = [j for j in self._jobs.values()
+                       if j is not job and j.state == RUNNING and j.app_id == job.app_id]
+            if len(running) >= manifest.concurrent_runs:
+                raise _RunFailure(
+                    f"app {job.app_id!r} already has {len(running)} run(s) in progress and its "
+                    f"manifest allows {manifest.concurrent_runs}; wait for them or cancel one"
+                )
+            job.state = RUNNING
+
+    def _launch(self, job: Job, manifest: Manifest, argv: list[str], app_dir: Path,
+                private: Path) -> str:
+        home, tmp = private / "home", private / "tmp"
+        home.mkdir(mode=0o700)
+        tmp.mkdir(mode=0o700)
+        env = {
+            "PATH": self._app_path,
+            "HOME": str(home),
+            "TMPDIR": str(tmp),
+            "LANG": "C.UTF-8",
+            "LC_ALL": "C.UTF-8",
+            "PYTHONDONTWRITEBYTECODE": "1",
+            "PYTHONNOUSERSITE": "1",
+            "PYTHONUNBUFFERED": "1",
+        }
+        policy = manifest.output
+        capture_out = _Capture(policy.max_bytes) if policy.stdout else None
+        capture_err = _Capture(policy.max_bytes) if policy.stderr else None
+        self.events.add(f"run {job.id}: starting entrypoint {job.entrypoint!r}")
+        try:
+            process = subprocess.Popen(
+                argv,
+                cwd=app_dir,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE if capture_out else subprocess.DEVNULL,
+                stderr=subprocess.PIPE if capture_err else subprocess.DEVNULL,
+                start_new_session=True,  # its own process group, killed as a whole
+                close_fds=True,
+            )
+        except OSError as exc:
+            raise _RunFailure(
+                f"entrypoint {job.entrypoint!r} could not be started: {exc.strerror or exc}; "
+                "the bundle's manifest names a command the image does not have"
+            ) from exc
+        readers = []
+        if capture_out:
+            readers.append(capture_out.start(process.stdout))
+        if capture_err:
+            readers.append(capture_err.start(process.stderr))
+        deadline = time.monotonic() + manifest.time_limit_seconds
+        outcome = None
+        try:
+            while outcome is None:
+                try:
+                    process.wait(timeout=0.1)
+                    outcome = SUCCEEDED if process.returncode == 0 else FAILED
+                except subprocess.TimeoutExpired:
+                    if job.cancel_requested.is_set():
+                        outcome = CANCELLED
+                    elif time.monotonic() >= deadline:
+                        outcome = TIMED_OUT
+        finally:
+            # Always, also after a clean exit: nothing the app started outlives the run.
+            _kill_group(process.pid)
+            process.wait()
+            for reader in readers:
+                reader.join(timeout=5)
+            for pipe in (process.stdout, process.stderr):
+                if pipe is not None:
+                    pipe.close()
+        job.exit_code = process.returncode
+        if capture_out:
+            job.stdout = capture_out.text()
+        if capture_err:
+            job.stderr = _withhold_source_lines(capture_err.text(), app_dir)
+        return outcome
+
+    def _output_digests(self, before: dict[str, tuple[int, int, int]]) -> dict[str, str]:
+        digests = {}
+        for relative, meta in self.exchange.files(OUTBOX).items():
+            if before.get(relative) == meta:
+                continue
+            try:
+                digests[relative] = self.exchange.sha256(OUTBOX, relative)
+            except ExchangeError:
+                continue  # not a single-link regular file: the host cannot read it either
+        return digests
+
+    def _prune(self) -> None:
+        excess = len(self._jobs) - self.config.max_kept_runs
+        if excess <= 0:
+            return
+        finished = sorted((j for j in self._jobs.values() if j.state in TERMINAL_STATES),
+                          key=lambda j: j.started_at)
+        for job in finished[:excess]:
+            del self._jobs[job.id]
+
+
+class _Capture:
+    """Keeps at most `limit` bytes of a pipe and drains the rest so the child never blocks."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._chunks: list[bytes] = []
+        self._size = 0
+
+    def start(self, pipe: Any) -> threading.Thread:
+        thread = threading.Thread(target=self._drain, args=(pipe,), daemon=True)
+        thread.start()
+        return thread
+
+    def _drain(self, pipe: Any) -> None:
+        try:
+            while chunk := pipe.read1(_PIPE_CHUNK) if hasattr(pipe, "read1") else pipe.read(
+                    _PIPE_CHUNK):
+                room = self.limit - self._size
+                if room > 0:
+                    kept = chunk[:room]
+                    self._chunks.append(kept)
+                    self._size += len(kept)
+        except (OSError, ValueError):
+            pass  # pipe closed under us at the end of the run
+
+    def text(self) -> str:
+        return b"".join(self._chunks).decode("utf-8", errors="replace")
+
+
+def _withhold_source_lines(text: str, app_dir: Path) -> str:
+    """Replace stderr lines that repeat a line of the application's own files.
+
+    A traceback quotes source lines; the owner may allow stderr for diagnostics without meaning
+    to publish code, so any line that also occurs in the bundle's files is withheld.
+    """
+    if not text:
+        return text
+    known = _file_lines(app_dir)
+    out = []
+    for line in text.splitlines(keepends=True):
+        stripped = line.strip()
+        if len(stripped) >= _SOURCE_LINE_MIN_CHARS and stripped in known:
+            out.append(WITHHELD_LINE + ("\n" if line.endswith("\n") else ""))
+        else:
+            out.append(line)
+    return "".join(out)
+
+
+def _file_lines(root: Path) -> set[str]:
+    lines: set[str] = set()
+    budget = _SOURCE_SCAN_TOTAL_LIMIT
+    for dirpath, _dirnames, filenames in os.walk(root, followlinks=False):
+        for name in filenames:
+            path = os.path.join(dirpath, name)
+            try:
+                st = os.lstat(path)
+                if not stat.S_ISREG(st.st_mode) or st.st_size > _SOURCE_SCAN_FILE_LIMIT:
+                    continue
+                if st.st_size > budget:
+                    return lines
+                budget -= st.st_size
+                with open(path, "rb") as f:
+                    data = f.read()
+            except OSError:
+                continue
+            for line in data.decode("utf-8", errors="ignore").splitlines():
+                stripped = line.strip()
+                if len(stripped) >= _SOURCE_LINE_MIN_CHARS:
+                    lines.add(stripped)
+    return lines
+
+
+def _kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _wipe(path: Path) -> bool:
+    """Remove a run's private directory, including parts the app made read-only. True if gone."""
+
+    def make_writable_and_retry(function: Callable, failed: str, _exc: Any) -> None:
+        parent = os.path.dirname(failed)
+        for target in (parent, failed):
+            try:
+                if not os.path.islink(target):
+                    os.chmod(target, 0o700)
+            except OSError:
+                pass
+        try:
+            function(failed)
+        except FileNotFoundError:
+            pass
+
+    for _attempt in range(3):
+        try:
+            shutil.rmtree(path, onerror=make_writable_and_retry)
+        except FileNotFoundError:
+            pass
+        except OSError:
+            time.sleep(0.05)
+        if not os.path.lexists(path):
+            return True
+    return False

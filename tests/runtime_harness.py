@@ -1,0 +1,160 @@
+"""The real enclave runtime server on a real Unix socket, in a thread, with fake NSM and key.
+
+Shared by the runtime's tests. The key provider is a raw AES key (aws_encryption_sdk's
+RawMasterKeyProvider), standing in for attested KMS, so bundles are sealed and unsealed with the
+project's own sealing code and the real ESDK message format.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aws_encryption_sdk.identifiers import EncryptionKeyType, WrappingAlgorithm
+from aws_encryption_sdk.internal.crypto.wrapping_keys import WrappingKey
+from aws_encryption_sdk.key_providers.raw import RawMasterKeyProvider
+
+from enclave.config import RuntimeConfig
+from enclave.server import RuntimeServer, make_server
+
+
+class StaticKeyProvider(RawMasterKeyProvider):
+    provider_id = "test-static"
+
+    def __init__(self, key: bytes = b"k" * 32, **kwargs: Any) -> None:
+        self._key = key
+        super().__init__(**kwargs)
+        self.add_master_key(b"test-key")
+
+    def _get_raw_key(self, key_id: bytes) -> WrappingKey:
+        return WrappingKey(
+            wrapping_algorithm=WrappingAlgorithm.AES_256_GCM_IV12_TAG16_NO_PADDING,
+            wrapping_key=self._key,
+            wrapping_key_type=EncryptionKeyType.SYMMETRIC,
+        )
+
+
+class FakeNsm:
+    """Returns a recognisable 'document' carrying what it was asked to attest."""
+
+    def __init__(self) -> None:
+        self.calls: list[dict] = []
+
+    def attestation(self, *, user_data: bytes | None = None, nonce: bytes | None = None,
+                    public_key: bytes | None = None) -> bytes:
+        self.calls.append({"user_data": user_data, "nonce": nonce, "public_key": public_key})
+        return b"DOC|" + (nonce or b"") + b"|" + (user_data or b"")
+
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float = 10.0) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.socket_path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        sock.connect(self.socket_path)
+        self.sock = sock
+
+
+@dataclass
+class Runtime:
+    socket_path: str
+    server: RuntimeServer
+    config: RuntimeConfig
+    nsm: FakeNsm
+    key_provider: StaticKeyProvider
+
+    @property
+    def inbox(self) -> Path:
+        return self.config.exchange_root / "inbox"
+
+    @property
+    def outbox(self) -> Path:
+        return self.config.exchange_root / "outbox"
+
+    def connection(self, timeout: float = 10.0) -> UnixHTTPConnection:
+        return UnixHTTPConnection(self.socket_path, timeout=timeout)
+
+    def request(self, method: str, url: str, body: Any = None,
+                headers: dict[str, str] | None = None) -> tuple[int, Any, dict[str, str]]:
+        """One request on a fresh connection; JSON answers are decoded, others returned raw."""
+        conn = self.connection()
+        try:
+            if body is not None and not isinstance(body, bytes):
+                body = json.dumps(body).encode()
+            conn.request(method, url, body=body, headers=headers or {})
+            response = conn.getresponse()
+            raw = response.read()
+            kind = response.getheader("Content-Type", "")
+            data = json.loads(raw) if kind == "application/json" else raw
+            return response.status, data, dict(response.getheaders())
+        finally:
+            conn.close()
+
+    def raw(self, payload: bytes, *, read_timeout: float = 5.0) -> bytes:
+        """Send bytes as they are on a fresh socket and return everything read until close."""
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(read_timeout)
+            s.connect(self.socket_path)
+            s.sendall(payload)
+            chunks = []
+            try:
+                while chunk := s.recv(65536):
+                    chunks.append(chunk)
+            except (TimeoutError, ConnectionResetError):
+                pass
+            return b"".join(chunks)
+
+    def wait_run(self, run_id: str, timeout: float = 30.0) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            status, view, _ = self.request("GET", f"/v1/runs/{run_id}")
+            assert status == 200, view
+            if view["state"] not in ("unsealing", "running"):
+                return view
+            time.sleep(0.05)
+        raise AssertionError(f"run {run_id} did not end within {timeout}s")
+
+
+def start_runtime(tmp_path: Path, **overrides: Any) -> Runtime:
+    base = tmp_path / "rt"
+    base.mkdir(exist_ok=True)
+    settings: dict[str, Any] = {
+        "exchange_root": base / "exchange",
+        "private_root": base / "sealed",
+        "header_timeout": 2.0,
+        "io_timeout": 5.0,
+        "max_connections": 8,
+    }
+    settings.update(overrides)
+    config = RuntimeConfig(**settings)
+    # AF_UNIX paths are limited to ~107 bytes; pytest's tmp_path can be longer.
+    socket_path = f"/tmp/rt-{os.getpid()}-{id(config):x}.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(socket_path)
+    nsm = FakeNsm()
+    key_provider = StaticKeyProvider()
+    server = make_server(sock, config=config, nsm=nsm,
+                         key_provider_factory=lambda credentials, region: key_provider)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                              daemon=True)
+    thread.start()
+    return Runtime(socket_path, server, config, nsm, key_provider)
+
+
+def stop_runtime(runtime: Runtime) -> None:
+    runtime.server.shutdown()
+    runtime.server.server_close()
+    try:
+        os.unlink(runtime.socket_path)
+    except FileNotFoundError:
+        pass
