@@ -84,6 +84,10 @@ class SealError(BundleError):
     """The application directory cannot be sealed as it is."""
 
 
+class KeyProviderError(BundleError):
+    """The KMS key provider cannot be set up (key id form, region)."""
+
+
 class UnsealError(BundleError):
     """The bundle was not unsealed; nothing was left in the target directory."""
 
@@ -122,7 +126,13 @@ def kms_key_provider(key_arn: str, *, botocore_session: Any = None) -> MasterKey
     kwargs: dict[str, Any] = {"key_ids": [key_arn]}
     if botocore_session is not None:
         kwargs["botocore_session"] = botocore_session
-    return StrictAwsKmsMasterKeyProvider(**kwargs)
+    try:
+        return StrictAwsKmsMasterKeyProvider(**kwargs)
+    except (AWSEncryptionSDKClientError, BotoCoreError, ValueError) as exc:
+        raise KeyProviderError(
+            f"cannot use KMS key {key_arn!r}: {_describe(exc)}; give the key ARN, or set "
+            "AWS_REGION for a key id or alias"
+        ) from exc
 
 
 # --- sealing ----------------------------------------------------------------------------------
