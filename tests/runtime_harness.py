@@ -27,16 +27,16 @@ from enclave.server import RuntimeServer, make_server
 
 class StaticKeyProvider(RawMasterKeyProvider):
     provider_id = "test-static"
+    key = b"k" * 32  # subclass with another key for "sealed under a different key"
 
-    def __init__(self, key: bytes = b"k" * 32, **kwargs: Any) -> None:
-        self._key = key
+    def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.add_master_key(b"test-key")
 
     def _get_raw_key(self, key_id: bytes) -> WrappingKey:
         return WrappingKey(
             wrapping_algorithm=WrappingAlgorithm.AES_256_GCM_IV12_TAG16_NO_PADDING,
-            wrapping_key=self._key,
+            wrapping_key=self.key,
             wrapping_key_type=EncryptionKeyType.SYMMETRIC,
         )
 

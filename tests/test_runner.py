@@ -1,0 +1,406 @@
+"""Runs through the real API: only what the sealed manifest allows, and no plaintext left behind.
+
+Bundles are sealed with the project's sealing code under a raw test key (standing in for attested
+KMS); the runtime unseals them with the same key, as the enclave would after attestation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from runtime_harness import Runtime, start_runtime, stop_runtime
+
+from enclave.receipt import receipt_user_data
+from enclave.runner import WITHHELD_LINE
+from enclave.sealing import seal_directory
+
+SECRET_SOURCE_LINE = 'raise ValueError("proprietary threshold " + str(0.8731))'
+
+APP = f'''\
+import os, subprocess, sys, time
+
+mode = sys.argv[1]
+if mode == "copy":
+    source, target = sys.argv[2], sys.argv[3]
+    with open(source, "rb") as f:
+        data = f.read()
+    with open(target, "wb") as f:
+        f.write(data.upper())
+    print("copied", len(data), "bytes")
+elif mode == "noisy":
+    sys.stdout.write("o" * 10000)
+    sys.stderr.write("e" * 10000)
+elif mode == "crash":
+    {SECRET_SOURCE_LINE}
+elif mode == "exit3":
+    print("about to fail")
+    sys.exit(3)
+elif mode == "sleep":
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    with open(sys.argv[2], "w") as f:
+        f.write(str(child.pid))
+    time.sleep(60)
+elif mode == "leak":
+    os.symlink(os.path.abspath("app.py"), sys.argv[2])
+    with open(sys.argv[2] + ".where", "w") as f:
+        f.write(os.getcwd())
+    time.sleep(60)
+elif mode == "readonly":
+    os.makedirs("locked/inner")
+    open("locked/inner/f", "w").write("x")
+    os.chmod("locked/inner", 0o500)
+    os.chmod("locked", 0o000)
+'''
+
+
+def manifest(**overrides: Any) -> dict:
+    m = {
+        "format": 1,
+        "app_id": "test-app",
+        "app_version": "1.0.0",
+        "entrypoints": {
+            "copy": {"command": ["python3", "app.py", "copy"],
+                     "args": [{"name": "input", "kind": "input"},
+                              {"name": "output", "kind": "output"}]},
+            "noisy": {"command": ["python3", "app.py", "noisy"], "args": []},
+            "crash": {"command": ["python3", "app.py", "crash"], "args": []},
+            "exit3": {"command": ["python3", "app.py", "exit3"], "args": []},
+            "sleep": {"command": ["python3", "app.py", "sleep"],
+                      "args": [{"name": "pidfile", "kind": "output"}]},
+            "leak": {"command": ["python3", "app.py", "leak"],
+                     "args": [{"name": "link", "kind": "output"}]},
+            "readonly": {"command": ["python3", "app.py", "readonly"], "args": []},
+            "echo": {"command": ["python3", "app.py", "echo"],
+                     "args": [{"name": "word", "kind": "value", "optional": True}]},
+        },
+        "output": {"stdout": True, "stderr": True, "max_bytes": 4096},
+        "time_limit_seconds": 30,
+        "concurrent_runs": 1,
+    }
+    m.update(overrides)
+    return m
+
+
+def seal_app(rt: Runtime, tmp_path: Path, name: str = "app.sealed", **overrides: Any) -> str:
+    source = tmp_path / f"src-{name}"
+    source.mkdir()
+    (source / "manifest.json").write_text(json.dumps(manifest(**overrides)))
+    (source / "app.py").write_text(APP)
+    with open(rt.inbox / name, "wb") as out:
+        seal_directory(source, out, key_provider=rt.key_provider)
+    return name
+
+
+def start(rt: Runtime, entrypoint: str, args: list[str] | None = None,
+          bundle: str = "app.sealed", **extra: Any) -> tuple[int, dict]:
+    status, body, _ = rt.request("POST", "/v1/runs", {
+        "bundle": bundle, "entrypoint": entrypoint, "args": args or [],
+        "credentials": {"access_key_id": "AKIDEXAMPLE",
+                        "secret_access_key": "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+                        "session_token": "TOKEN-VALUE-1234"},
+        "region": "us-east-1", **extra})
+    return status, body
+
+
+def run(rt: Runtime, entrypoint: str, args: list[str] | None = None, **extra: Any) -> dict:
+    status, body = start(rt, entrypoint, args, **extra)
+    assert status == 202, body
+    return rt.wait_run(body["id"])
+
+
+def private_entries(rt: Runtime) -> list[str]:
+    return os.listdir(rt.config.private_root)
+
+
+def wait_for(predicate: Any, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.fixture
+def rt(tmp_path: Path):
+    runtime = start_runtime(tmp_path)
+    yield runtime
+    stop_runtime(runtime)
+
+
+@pytest.fixture
+def bundle(rt: Runtime, tmp_path: Path) -> str:
+    return seal_app(rt, tmp_path)
+
+
+# -- what a run does ---------------------------------------------------------------------------
+
+def test_run_maps_paths_returns_stdout_and_output_digest(rt: Runtime, bundle: str) -> None:
+    (rt.inbox / "in.txt").write_bytes(b"hello")
+    view = run(rt, "copy", ["in.txt", "results/out.txt"])
+    assert view["state"] == "succeeded" and view["exit_code"] == 0
+    assert view["stdout"] == "copied 5 bytes\n"
+    assert (rt.outbox / "results" / "out.txt").read_bytes() == b"HELLO"
+    assert view["output_digests"] == {"results/out.txt": hashlib.sha256(b"HELLO").hexdigest()}
+
+
+def test_private_dir_is_wiped_after_success(rt: Runtime, bundle: str) -> None:
+    (rt.inbox / "in.txt").write_bytes(b"x")
+    run(rt, "copy", ["in.txt", "out.txt"])
+    assert private_entries(rt) == []
+
+
+def test_nonzero_exit_fails_and_wipes(rt: Runtime, bundle: str) -> None:
+    view = run(rt, "exit3")
+    assert (view["state"], view["exit_code"]) == ("failed", 3)
+    assert "status 3" in view["error"]
+    assert private_entries(rt) == []
+
+
+def test_files_the_app_made_unremovable_are_still_wiped(rt: Runtime, bundle: str) -> None:
+    view = run(rt, "readonly")
+    assert view["state"] == "succeeded"
+    assert private_entries(rt) == []
+
+
+def test_bad_bundle_fails_cleanly_and_wipes(rt: Runtime) -> None:
+    (rt.inbox / "junk.sealed").write_bytes(b"not an encrypted message" * 100)
+    view = run(rt, "copy", ["a", "b"], bundle="junk.sealed")
+    assert view["state"] == "failed" and "unsealing" in view["error"]
+    assert private_entries(rt) == []
+
+
+def test_bundle_under_another_key_is_refused(rt: Runtime, tmp_path: Path) -> None:
+    from runtime_harness import StaticKeyProvider
+
+    class OtherKeyProvider(StaticKeyProvider):
+        key = b"o" * 32
+
+    source = tmp_path / "other"
+    source.mkdir()
+    (source / "manifest.json").write_text(json.dumps(manifest()))
+    (source / "app.py").write_text(APP)
+    with open(rt.inbox / "other.sealed", "wb") as out:
+        seal_directory(source, out, key_provider=OtherKeyProvider())
+    view = run(rt, "noisy", bundle="other.sealed")
+    assert view["state"] == "failed" and view["stdout"] is None
+    assert private_entries(rt) == []
+
+
+def test_expected_app_id_mismatch_is_refused(rt: Runtime, bundle: str) -> None:
+    view = run(rt, "noisy", expected_app_id="someone-else")
+    assert view["state"] == "failed" and view["stdout"] is None
+
+
+# -- what the host may not do ------------------------------------------------------------------
+
+def test_entrypoint_not_in_manifest_is_refused(rt: Runtime, bundle: str) -> None:
+    view = run(rt, "shell")
+    assert view["state"] == "failed"
+    assert "unknown entrypoint 'shell'" in view["error"]
+    assert view["exit_code"] is None
+    assert private_entries(rt) == []
+
+
+@pytest.mark.parametrize("args", [
+    ["-c", "print(open('app.py').read())"],
+    ["-m", "zipfile"],
+    ["-s", "-m", "zipfile", "-c", "/tmp/x.zip", "."],
+    ["--help"],
+    ["-c"],
+    ["-sm"],
+])
+def test_interpreter_flags_as_args_are_refused(rt: Runtime, bundle: str, args: list[str]) -> None:
+    view = run(rt, "echo", args)
+    assert view["state"] == "failed" and view["exit_code"] is None
+    assert view["stdout"] is None
+
+
+@pytest.mark.parametrize("bundle_name", ["../sealed/x", "/etc/passwd", "a/../../x", "x\x00y"])
+def test_traversal_in_bundle_name_is_refused(rt: Runtime, bundle_name: str) -> None:
+    status, body = start(rt, "copy", ["a", "b"], bundle=bundle_name)
+    assert (status, body["error"]["code"]) == (400, "bad_path")
+
+
+@pytest.mark.parametrize("args", [
+    ["../../etc/passwd", "out.txt"],
+    ["/etc/passwd", "out.txt"],
+    ["in.txt", "../escape.txt"],
+    ["in.txt", "/tmp/escape.txt"],
+])
+def test_traversal_in_args_is_refused(rt: Runtime, bundle: str, args: list[str]) -> None:
+    (rt.inbox / "in.txt").write_bytes(b"x")
+    view = run(rt, "copy", args)
+    assert view["state"] == "failed" and view["exit_code"] is None
+    assert not (rt.config.exchange_root / "escape.txt").exists()
+
+
+def test_input_symlink_planted_in_inbox_is_refused(rt: Runtime, bundle: str,
+                                                   tmp_path: Path) -> None:
+    secret = tmp_path / "host-secret"
+    secret.write_text("secret")
+    os.symlink(secret, rt.inbox / "in.txt")
+    view = run(rt, "copy", ["in.txt", "out.txt"])
+    assert view["state"] == "failed" and "symbolic link" in view["error"]
+    assert not (rt.outbox / "out.txt").exists()
+
+
+def test_missing_bundle_is_404(rt: Runtime) -> None:
+    status, body = start(rt, "copy", ["a", "b"], bundle="nothing.sealed")
+    assert (status, body["error"]["code"]) == (404, "not_found")
+
+
+# -- output policy -----------------------------------------------------------------------------
+
+def test_output_is_capped_at_manifest_max_bytes(rt: Runtime, tmp_path: Path) -> None:
+    seal_app(rt, tmp_path, output={"stdout": True, "stderr": True, "max_bytes": 100})
+    view = run(rt, "noisy")
+    assert view["stdout"] == "o" * 100 and view["stderr"] == "e" * 100
+
+
+def test_stdout_and_stderr_suppressed_when_not_allowed(rt: Runtime, tmp_path: Path) -> None:
+    seal_app(rt, tmp_path, output={"stdout": False, "stderr": False, "max_bytes": 100})
+    view = run(rt, "crash")
+    assert view["state"] == "failed"
+    assert view["stdout"] is None and view["stderr"] is None
+    assert "proprietary" not in json.dumps(rt.request("GET", "/v1/logs?since=0")[1])
+
+
+def test_stderr_never_carries_source_lines_back(rt: Runtime, bundle: str) -> None:
+    view = run(rt, "crash")
+    assert view["state"] == "failed"
+    assert "Traceback" in view["stderr"]
+    assert SECRET_SOURCE_LINE not in view["stderr"]
+    assert WITHHELD_LINE in view["stderr"]
+
+
+# -- time limit, cancel, concurrency -----------------------------------------------------------
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie (not yet reaped by its new parent) counts as dead.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_time_limit_kills_the_whole_process_group(rt: Runtime, tmp_path: Path) -> None:
+    seal_app(rt, tmp_path, time_limit_seconds=1)
+    started = time.monotonic()
+    view = run(rt, "sleep", ["child.pid"])
+    assert view["state"] == "timed_out"
+    assert time.monotonic() - started < 15
+    child = int((rt.outbox / "child.pid").read_text())
+    assert wait_for(lambda: not _pid_alive(child), 5)
+    assert private_entries(rt) == []
+
+
+def test_cancel_stops_a_running_app_and_wipes(rt: Runtime, bundle: str) -> None:
+    status, body = start(rt, "sleep", ["child.pid"])
+    run_id = body["id"]
+    assert wait_for(lambda: (rt.outbox / "child.pid").exists())
+    status, _, _ = rt.request("DELETE", f"/v1/runs/{run_id}")
+    assert status == 202
+    view = rt.wait_run(run_id)
+    assert view["state"] == "cancelled"
+    assert private_entries(rt) == []
+    status, body, _ = rt.request("DELETE", f"/v1/runs/{run_id}")
+    assert (status, body["error"]["code"]) == (409, "run_finished")
+
+
+def test_one_run_at_a_time_per_bundle(rt: Runtime, bundle: str) -> None:
+    status, first = start(rt, "sleep", ["p1"])
+    assert status == 202
+    status, body = start(rt, "sleep", ["p2"])
+    assert (status, body["error"]["code"]) == (409, "run_in_progress")
+    rt.request("DELETE", f"/v1/runs/{first['id']}")
+    rt.wait_run(first["id"])
+
+
+def test_copying_the_bundle_does_not_bypass_the_limit(rt: Runtime, bundle: str) -> None:
+    status, first = start(rt, "sleep", ["p1"])
+    assert wait_for(lambda: (rt.outbox / "p1").exists())
+    shutil.copy(rt.inbox / bundle, rt.inbox / "copy.sealed")
+    view = run(rt, "noisy", bundle="copy.sealed")
+    assert view["state"] == "failed" and "already has 1 run" in view["error"]
+    rt.request("DELETE", f"/v1/runs/{first['id']}")
+    rt.wait_run(first["id"])
+
+
+def test_manifest_may_allow_concurrent_runs(rt: Runtime, tmp_path: Path) -> None:
+    seal_app(rt, tmp_path, concurrent_runs=2)
+    first = run(rt, "noisy")  # the runtime learns the manifest's limit
+    assert first["state"] == "succeeded"
+    status, a = start(rt, "sleep", ["a.pid"])
+    assert status == 202
+    status, b = start(rt, "sleep", ["b.pid"])
+    assert status == 202
+    assert wait_for(lambda: (rt.outbox / "a.pid").exists() and (rt.outbox / "b.pid").exists())
+    for job in (a, b):
+        rt.request("DELETE", f"/v1/runs/{job['id']}")
+        rt.wait_run(job["id"])
+
+
+# -- the private directory is out of reach -----------------------------------------------------
+
+def test_private_run_dir_cannot_be_read_through_the_api(rt: Runtime, bundle: str) -> None:
+    status, body = start(rt, "leak", ["source.py"])
+    assert wait_for(lambda: (rt.outbox / "source.py.where").exists())
+    private_dir = Path((rt.outbox / "source.py.where").read_text())
+    assert rt.config.exchange_root not in private_dir.parents
+    assert rt.config.private_root in private_dir.parents
+    status, answer, _ = rt.request("GET", "/v1/fs/outbox/source.py")
+    assert status == 400 and b"ValueError" not in json.dumps(answer).encode()
+    relative = os.path.relpath(private_dir / "app.py", rt.outbox)
+    status, answer, _ = rt.request("GET", f"/v1/fs/outbox/{relative}")
+    assert status == 400
+    assert (private_dir / "app.py").exists()  # it was there to be taken, and was not
+    rt.request("DELETE", f"/v1/runs/{body['id']}")
+    rt.wait_run(body["id"])
+    assert not private_dir.exists()
+
+
+def test_credentials_are_never_shown_or_logged(rt: Runtime, bundle: str) -> None:
+    view = run(rt, "noisy")
+    everything = json.dumps([view, rt.request("GET", "/v1/runs")[1],
+                             rt.request("GET", "/v1/logs?since=0")[1]])
+    for secret in ("AKIDEXAMPLE", "wJalrXUtnFEMI", "TOKEN-VALUE-1234"):
+        assert secret not in everything
+
+
+# -- receipts ----------------------------------------------------------------------------------
+
+def test_receipt_binds_bundle_inputs_and_outputs(rt: Runtime, bundle: str) -> None:
+    (rt.inbox / "in.txt").write_bytes(b"data")
+    view = run(rt, "copy", ["in.txt", "out.txt"])
+    status, body, _ = rt.request("POST", f"/v1/runs/{view['id']}/receipt", {"nonce": "beef"})
+    assert status == 200
+    receipt = body["receipt"]
+    assert receipt["bundle"] == {
+        "path": bundle, "sha256": hashlib.sha256((rt.inbox / bundle).read_bytes()).hexdigest()}
+    assert receipt["inputs"] == {"in.txt": hashlib.sha256(b"data").hexdigest()}
+    assert receipt["outputs"] == {"out.txt": hashlib.sha256(b"DATA").hexdigest()}
+    assert (receipt["app_id"], receipt["state"]) == ("test-app", "succeeded")
+    call = rt.nsm.calls[-1]
+    assert call["nonce"] == b"\xbe\xef"
+    assert call["user_data"] == receipt_user_data(receipt)
+
+
+def test_receipt_is_refused_while_the_run_is_in_progress(rt: Runtime, bundle: str) -> None:
+    status, body = start(rt, "sleep", ["x.pid"])
+    status, answer, _ = rt.request("POST", f"/v1/runs/{body['id']}/receipt", {"nonce": "00"})
+    assert (status, answer["error"]["code"]) == (409, "run_in_progress")
+    rt.request("DELETE", f"/v1/runs/{body['id']}")
+    rt.wait_run(body["id"])
