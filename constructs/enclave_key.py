@@ -18,8 +18,8 @@ The explicit Denies name the host principal, so no Allow (the root statement, a 
 IAM policy in either account) can lift them. While no measurement is allowed the lists hold
 `allowlist.PLACEHOLDER`, a non-hex string no attestation can carry: the Allow admits nothing.
 
-A later `cdk deploy` rewrites the policy from the template; `MeasurementKeeper` then re-merges the
-measurements the pipeline recorded (see docs/deploy-third-party.md).
+A later `cdk deploy` rewrites the policy from the template; `MeasurementKeeper` (same module) then
+re-merges the measurements the pipeline recorded (see docs/deploy-third-party.md).
 """
 
 from __future__ import annotations
@@ -52,14 +52,15 @@ def measurement_record_parameter_name(app_id: str) -> str:
 class EnclaveKey(Construct):
     """KMS key with rotation and alias whose policy pins Decrypt to attested, allowed images.
 
-    Attributes: `key` (kms.Key), `alias` (kms.Alias), `record_parameter_name` (str),
-    `keeper` (MeasurementKeeper or None).
+    Attributes: `key` (kms.Key), `alias` (kms.Alias), `record_parameter_name` (str: where the
+    pipeline records what it adds), `measurements_to_keep`. Pair it with a `MeasurementKeeper`
+    so that a later deploy does not drop what the pipeline added.
     """
 
     def __init__(self, scope: Construct, construct_id: str, *, alias_name: str,
                  administrator_account: str, host_principal_arn: str, app_id: str,
                  allowed_measurements: Sequence[str] = (), allowed_signer_pcr8: str | None = None,
-                 measurements_to_keep: int = 3, keep_pipeline_measurements: bool = True) -> None:
+                 measurements_to_keep: int = 3) -> None:
         super().__init__(scope, construct_id)
         measurements = [allowlist.validate_measurement(m, "allowed measurement")
                         for m in allowed_measurements]
@@ -83,10 +84,7 @@ class EnclaveKey(Construct):
                               measurements=measurements, signer_pcr8=signer),
         )
         self.alias = self.key.add_alias(alias_name)
-        self.keeper = (MeasurementKeeper(self, "MeasurementKeeper", key=self.key,
-                                         record_parameter_name=self.record_parameter_name,
-                                         keep=measurements_to_keep)
-                       if keep_pipeline_measurements else None)
+        self.measurements_to_keep = measurements_to_keep
 
 
 def key_policy(*, administrator_account: str, host_principal_arn: str, app_id: str,
@@ -160,12 +158,14 @@ class MeasurementKeeper(Construct):
     """
 
     def __init__(self, scope: Construct, construct_id: str, *, key: kms.Key,
-                 record_parameter_name: str, keep: int) -> None:
+                 record_parameter_name: str, keep: int,
+                 log_encryption_key: kms.IKey | None = None) -> None:
         super().__init__(scope, construct_id)
         stack = cdk.Stack.of(self)
         parameter_arn = stack.format_arn(service="ssm", resource="parameter",
                                          resource_name=record_parameter_name.lstrip("/"))
         self.log_group = logs.LogGroup(self, "Logs", retention=logs.RetentionDays.ONE_YEAR,
+                                       encryption_key=log_encryption_key,
                                        removal_policy=cdk.RemovalPolicy.DESTROY)
         self.role = iam.Role(
             self, "Role", assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),

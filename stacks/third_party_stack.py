@@ -5,7 +5,7 @@ from typing import Any
 import aws_cdk as cdk
 
 from constructs import Construct
-from constructs.enclave_key import EnclaveKey
+from constructs.enclave_key import EnclaveKey, MeasurementKeeper
 from constructs.sealing_pipeline import SealingPipeline
 from constructs.source_repository import SourceRepository
 from stacks.config import Config
@@ -47,6 +47,14 @@ class ThirdPartyStack(cdk.Stack):
             enclave_image_prefix=config.enclave_image_prefix,
             measurements_to_keep=config.measurements_to_keep,
             measurement_record_parameter=self.enclave_key.record_parameter_name,
+        )
+        # Runs after every deploy that rewrote the key policy; see docs/deploy-third-party.md.
+        self.measurement_keeper = MeasurementKeeper(
+            self, "MeasurementKeeper",
+            key=self.enclave_key.key,
+            record_parameter_name=self.enclave_key.record_parameter_name,
+            keep=config.measurements_to_keep,
+            log_encryption_key=self.pipeline.encryption_key,
         )
         self._acknowledge_findings()
 
