@@ -1,0 +1,491 @@
+"""HostStack template: each security property has a test that fails if the property is dropped."""
+
+from __future__ import annotations
+
+import pytest
+from aws_cdk.assertions import Annotations, Match, Template
+from host_app import REMOVE, build_host_stack, host_template, only, resources_of_type
+
+from constructs.enclave_host import AL2023_ARM64_AMI_PARAMETER, NO_ENCLAVE_KEY_WARNING_ID
+from constructs.sharing_bucket import THIRD_PARTY_KEY_SID, THIRD_PARTY_PARTS_SID, THIRD_PARTY_SID
+
+pytestmark = pytest.mark.cdk
+
+BUCKET_NAME = "example-host-sharing-bucket-222222222222"
+ENCLAVE_KEY_ARN = "arn:aws:kms:us-east-1:111111111111:key/00000000-0000-4000-8000-000000000002"
+PREFIXES = ("encrypted-apps/", "enclave-images/")
+
+
+def partition_arn(suffix: str) -> dict:
+    return {"Fn::Join": ["", ["arn:", {"Ref": "AWS::Partition"}, suffix]]}
+
+
+THIRD_PARTY_ROOT = partition_arn(":iam::111111111111:root")
+
+
+@pytest.fixture(scope="module")
+def template() -> Template:
+    return host_template()
+
+
+@pytest.fixture(scope="module")
+def no_enclave_key():
+    _, stack = build_host_stack(EnclaveKeyArn=REMOVE)
+    return Template.from_stack(stack), Annotations.from_stack(stack)
+
+
+@pytest.fixture(scope="module")
+def imported_vpc() -> Template:
+    return host_template(VpcId="vpc-0123456789abcdef0",
+                         PrivateSubnetIds=["subnet-0123456789abcdef0", "subnet-0123456789abcdef1"],
+                         AvailabilityZones=["us-east-1a", "us-east-1b"])
+
+
+def logical_id(template: Template, resource_type: str, path_fragment: str = "") -> str:
+    matches = {k: v for k, v in resources_of_type(template, resource_type).items()
+               if path_fragment in k}
+    return only(matches)[0]
+
+
+def sharing_bucket_id(template: Template) -> str:
+    return logical_id(template, "AWS::S3::Bucket", "SharingBucket")
+
+
+def sharing_key_id(template: Template) -> str:
+    return logical_id(template, "AWS::KMS::Key")
+
+
+def bucket_policy_statements(template: Template) -> list[dict]:
+    bucket = sharing_bucket_id(template)
+    policies = [p for p in resources_of_type(template, "AWS::S3::BucketPolicy").values()
+                if p["Properties"]["Bucket"] == {"Ref": bucket}]
+    return only(dict(enumerate(policies)))[1]["Properties"]["PolicyDocument"]["Statement"]
+
+
+def statement_with_sid(statements: list[dict], sid: str) -> dict:
+    return only({i: s for i, s in enumerate(statements) if s.get("Sid") == sid})[1]
+
+
+def host_role_statements(template: Template) -> list[dict]:
+    role = logical_id(template, "AWS::IAM::Role", "EnclaveHostRole")
+    statements: list[dict] = []
+    for policy in resources_of_type(template, "AWS::IAM::Policy").values():
+        if {"Ref": role} in policy["Properties"].get("Roles", []):
+            statements += policy["Properties"]["PolicyDocument"]["Statement"]
+    for inline in resources_of_type(template, "AWS::IAM::Role")[role]["Properties"].get(
+            "Policies", []):
+        statements += inline["PolicyDocument"]["Statement"]
+    return statements
+
+
+def as_list(value) -> list:
+    return value if isinstance(value, list) else [value]
+
+
+# ---- sharing bucket -------------------------------------------------------------------------
+
+def test_bucket_is_sse_kms_with_the_sharing_key_and_a_bucket_key(template):
+    template.has_resource_properties("AWS::S3::Bucket", {
+        "BucketName": BUCKET_NAME,
+        "BucketEncryption": {"ServerSideEncryptionConfiguration": [{
+            "BucketKeyEnabled": True,
+            "ServerSideEncryptionByDefault": {
+                "SSEAlgorithm": "aws:kms",
+                "KMSMasterKeyID": {"Fn::GetAtt": [sharing_key_id(template), "Arn"]},
+            },
+        }]},
+    })
+
+
+def test_bucket_name_comes_from_config():
+    template = host_template(HostBucketName="another-sharing-bucket")
+    bucket = resources_of_type(template, "AWS::S3::Bucket")[sharing_bucket_id(template)]
+    assert bucket["Properties"]["BucketName"] == "another-sharing-bucket"
+
+
+def test_bucket_is_versioned_owner_enforced_and_private(template):
+    bucket = resources_of_type(template, "AWS::S3::Bucket")[sharing_bucket_id(template)]
+    properties = bucket["Properties"]
+    assert properties["VersioningConfiguration"] == {"Status": "Enabled"}
+    assert properties["OwnershipControls"] == {
+        "Rules": [{"ObjectOwnership": "BucketOwnerEnforced"}]}
+    assert properties["PublicAccessBlockConfiguration"] == {
+        "BlockPublicAcls": True, "BlockPublicPolicy": True,
+        "IgnorePublicAcls": True, "RestrictPublicBuckets": True}
+
+
+def test_bucket_and_key_are_retained_when_the_stack_is_deleted(template):
+    for resource_type in ("AWS::S3::Bucket", "AWS::KMS::Key"):
+        for resource in resources_of_type(template, resource_type).values():
+            assert resource["DeletionPolicy"] == "Retain"
+
+
+def test_noncurrent_versions_and_incomplete_uploads_expire(template):
+    template.has_resource_properties("AWS::S3::Bucket", {
+        "BucketName": BUCKET_NAME,
+        "LifecycleConfiguration": {"Rules": Match.array_with([Match.object_like({
+            "NoncurrentVersionExpiration": {"NoncurrentDays": 90},
+            "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 7},
+            "Status": "Enabled",
+        })])},
+    })
+
+
+def test_access_logs_go_to_a_separate_sse_s3_bucket(template):
+    buckets = resources_of_type(template, "AWS::S3::Bucket")
+    sharing = buckets[sharing_bucket_id(template)]["Properties"]
+    target = sharing["LoggingConfiguration"]["DestinationBucketName"]
+    assert target != {"Ref": sharing_bucket_id(template)}
+    log_bucket = buckets[target["Ref"]]["Properties"]
+    assert log_bucket["BucketEncryption"]["ServerSideEncryptionConfiguration"][0][
+        "ServerSideEncryptionByDefault"] == {"SSEAlgorithm": "AES256"}
+    assert log_bucket["PublicAccessBlockConfiguration"]["RestrictPublicBuckets"] is True
+
+
+@pytest.mark.parametrize("bucket_fragment", ["SharingBucket", "SharingAccessLogs"])
+def test_every_bucket_denies_requests_without_tls(template, bucket_fragment):
+    bucket = logical_id(template, "AWS::S3::Bucket", bucket_fragment)
+    policy = only({k: p for k, p in resources_of_type(template, "AWS::S3::BucketPolicy").items()
+                   if p["Properties"]["Bucket"] == {"Ref": bucket}})[1]
+    assert {
+        "Action": "s3:*", "Effect": "Deny", "Principal": {"AWS": "*"},
+        "Condition": {"Bool": {"aws:SecureTransport": "false"}},
+        "Resource": [{"Fn::GetAtt": [bucket, "Arn"]},
+                     {"Fn::Join": ["", [{"Fn::GetAtt": [bucket, "Arn"]}, "/*"]]}],
+    } in policy["Properties"]["PolicyDocument"]["Statement"]
+
+
+def test_third_party_may_only_put_objects_under_the_agreed_prefixes(template):
+    statement = statement_with_sid(bucket_policy_statements(template), THIRD_PARTY_SID)
+    assert statement["Effect"] == "Allow"
+    assert statement["Principal"] == {"AWS": THIRD_PARTY_ROOT}
+    assert statement["Action"] == "s3:PutObject"
+    assert sorted(map(str, statement["Resource"])) == sorted(
+        str(partition_arn(f":s3:::{BUCKET_NAME}/{prefix}*")) for prefix in PREFIXES)
+
+
+def test_third_party_uploads_must_name_sse_kms_with_this_exact_key(template):
+    statement = statement_with_sid(bucket_policy_statements(template), THIRD_PARTY_SID)
+    assert statement["Condition"] == {"StringEquals": {
+        "s3:x-amz-server-side-encryption": "aws:kms",
+        "s3:x-amz-server-side-encryption-aws-kms-key-id": {
+            "Fn::GetAtt": [sharing_key_id(template), "Arn"]},
+    }}
+
+
+def test_multipart_parts_are_allowed_only_without_any_encryption_header(template):
+    statement = statement_with_sid(bucket_policy_statements(template), THIRD_PARTY_PARTS_SID)
+    assert statement["Action"] == "s3:PutObject"
+    assert statement["Principal"] == {"AWS": THIRD_PARTY_ROOT}
+    assert statement["Resource"] == statement_with_sid(
+        bucket_policy_statements(template), THIRD_PARTY_SID)["Resource"]
+    assert statement["Condition"] == {"Null": {
+        "s3:x-amz-server-side-encryption": "true",
+        "s3:x-amz-server-side-encryption-aws-kms-key-id": "true",
+        "s3:x-amz-server-side-encryption-customer-algorithm": "true",
+    }}
+
+
+def test_no_other_bucket_statement_allows_anything(template):
+    allows = [s for s in bucket_policy_statements(template) if s["Effect"] == "Allow"]
+    assert sorted(s.get("Sid") for s in allows) == sorted([THIRD_PARTY_SID, THIRD_PARTY_PARTS_SID])
+
+
+def test_sharing_key_rotates_and_has_an_alias(template):
+    key = sharing_key_id(template)
+    template.has_resource_properties("AWS::KMS::Key", {"EnableKeyRotation": True})
+    template.has_resource_properties("AWS::KMS::Alias", {
+        "AliasName": "alias/sealed-enclave-sharing-example-ml-vendor",
+        "TargetKeyId": {"Fn::GetAtt": [key, "Arn"]},
+    })
+
+
+def key_policy_statements(template: Template) -> list[dict]:
+    key = resources_of_type(template, "AWS::KMS::Key")[sharing_key_id(template)]
+    return key["Properties"]["KeyPolicy"]["Statement"]
+
+
+def test_third_party_uses_the_sharing_key_only_through_s3_in_this_region(template):
+    statement = statement_with_sid(key_policy_statements(template), THIRD_PARTY_KEY_SID)
+    assert statement["Principal"] == {"AWS": THIRD_PARTY_ROOT}
+    assert statement["Condition"]["StringEquals"] == {
+        "kms:ViaService": "s3.us-east-1.amazonaws.com",
+        "kms:CallerAccount": "111111111111",
+    }
+
+
+def test_third_party_key_use_is_bound_to_this_bucket(template):
+    statement = statement_with_sid(key_policy_statements(template), THIRD_PARTY_KEY_SID)
+    assert statement["Condition"]["StringLike"] == {"kms:EncryptionContext:aws:s3:arn": [
+        partition_arn(f":s3:::{BUCKET_NAME}"), partition_arn(f":s3:::{BUCKET_NAME}/*")]}
+
+
+def test_third_party_key_actions_are_only_those_s3_uploads_need(template):
+    statement = statement_with_sid(key_policy_statements(template), THIRD_PARTY_KEY_SID)
+    assert sorted(as_list(statement["Action"])) == ["kms:Decrypt", "kms:GenerateDataKey"]
+
+
+def test_only_the_host_account_and_the_third_party_appear_in_the_key_policy(template):
+    principals = [s["Principal"] for s in key_policy_statements(template)]
+    assert principals == [{"AWS": partition_arn(":iam::222222222222:root")},
+                          {"AWS": THIRD_PARTY_ROOT}]
+
+
+# ---- host role ------------------------------------------------------------------------------
+
+def test_host_role_has_the_fixed_name_the_enclave_key_policy_names(template):
+    template.has_resource_properties("AWS::IAM::Role", {
+        "RoleName": "sealed-enclave-host-example-ml-vendor",
+        "AssumeRolePolicyDocument": {"Statement": [Match.object_like({
+            "Principal": {"Service": "ec2.amazonaws.com"}})]},
+    })
+
+
+def test_host_role_name_comes_from_config():
+    template = host_template(HostRoleName="custom-host-role")
+    template.has_resource_properties("AWS::IAM::Role", {"RoleName": "custom-host-role"})
+
+
+def _kms_statements(statements: list[dict]) -> list[dict]:
+    return [s for s in statements if s["Effect"] == "Allow" and any(
+        a == "*" or a.startswith("kms:") for a in as_list(s["Action"]))]
+
+
+def test_no_iam_policy_in_the_stack_allows_kms_on_every_resource(template):
+    # Key policies use "Resource": "*" to mean "this key"; IAM policies must name the key.
+    for policy in resources_of_type(template, "AWS::IAM::Policy").values():
+        for statement in _kms_statements(policy["Properties"]["PolicyDocument"]["Statement"]):
+            assert "*" not in as_list(statement["Resource"]), statement
+
+
+def test_host_role_decrypts_with_the_enclave_key_only_by_its_arn(template):
+    decrypts = [s for s in _kms_statements(host_role_statements(template))
+                if "kms:Decrypt" in as_list(s["Action"]) and "Condition" not in s]
+    assert decrypts == [{"Sid": "DecryptWithEnclaveKeyOnly", "Effect": "Allow",
+                         "Action": "kms:Decrypt", "Resource": ENCLAVE_KEY_ARN}]
+
+
+def test_host_role_uses_the_sharing_key_only_through_s3(template):
+    key_arn = {"Fn::GetAtt": [sharing_key_id(template), "Arn"]}
+    statements = [s for s in _kms_statements(host_role_statements(template))
+                  if s["Resource"] == key_arn]
+    assert statements == [{"Effect": "Allow", "Action": "kms:Decrypt", "Resource": key_arn,
+                           "Condition": {"StringEquals": {
+                               "kms:ViaService": "s3.us-east-1.amazonaws.com"}}}]
+
+
+def test_host_role_has_no_other_kms_permission(template):
+    kms = _kms_statements(host_role_statements(template))
+    assert len(kms) == 2
+    assert all(as_list(s["Action"]) == ["kms:Decrypt"] for s in kms)
+
+
+def test_without_enclave_key_arn_there_is_no_enclave_decrypt(no_enclave_key):
+    template, _ = no_enclave_key
+    kms = _kms_statements(host_role_statements(template))
+    assert [s.get("Condition") for s in kms] == [
+        {"StringEquals": {"kms:ViaService": "s3.us-east-1.amazonaws.com"}}]
+
+
+def test_without_enclave_key_arn_synth_warns_how_to_set_it(no_enclave_key):
+    _, annotations = no_enclave_key
+    annotations.has_warning("/HostStack/EnclaveHost", Match.string_like_regexp(
+        r"EnclaveKeyArn is not set.*-c EnclaveKeyArn=arn:aws:kms:.*" + NO_ENCLAVE_KEY_WARNING_ID))
+
+
+def test_with_enclave_key_arn_there_is_no_warning():
+    _, stack = build_host_stack()
+    Annotations.from_stack(stack).has_no_warning("*", Match.string_like_regexp("EnclaveKeyArn"))
+
+
+def test_host_role_reads_only_the_upload_prefixes_of_the_sharing_bucket(template):
+    bucket_arn = {"Fn::GetAtt": [sharing_bucket_id(template), "Arn"]}
+    gets = [s for s in host_role_statements(template)
+            if "s3:GetObject" in as_list(s["Action"]) and s.get("Sid") != "ReadClientAssets"]
+    assert gets == [{"Effect": "Allow", "Action": "s3:GetObject", "Resource": [
+        {"Fn::Join": ["", [bucket_arn, f"/{prefix}*"]]} for prefix in sorted(PREFIXES)]}]
+    assert {"Effect": "Allow", "Action": "s3:ListBucket", "Resource": bucket_arn} in (
+        host_role_statements(template))
+
+
+def test_host_role_has_no_s3_write_or_wildcard_action(template):
+    for statement in host_role_statements(template):
+        for action in as_list(statement["Action"]):
+            assert "*" not in action
+            assert not action.startswith(("s3:Put", "s3:Delete")), statement
+
+
+def test_host_role_reads_exactly_the_client_asset_objects(template):
+    statement = statement_with_sid(host_role_statements(template), "ReadClientAssets")
+    assert statement["Action"] == "s3:GetObject"
+    assert len(statement["Resource"]) == 2
+    for resource in statement["Resource"]:
+        suffix = resource["Fn::Join"][1][-1]
+        assert suffix.startswith(":s3:::cdk-hnb659fds-assets-222222222222-us-east-1/")
+        assert suffix.endswith(".zip") and "*" not in suffix
+
+
+def test_host_role_has_session_manager_access(template):
+    role = resources_of_type(template, "AWS::IAM::Role")[
+        logical_id(template, "AWS::IAM::Role", "EnclaveHostRole")]
+    assert role["Properties"]["ManagedPolicyArns"] == [
+        partition_arn(":iam::aws:policy/AmazonSSMManagedInstanceCore")]
+
+
+# ---- hosts ----------------------------------------------------------------------------------
+
+def launch_template_data(template: Template) -> dict:
+    return only(resources_of_type(template, "AWS::EC2::LaunchTemplate"))[1]["Properties"][
+        "LaunchTemplateData"]
+
+
+def host_security_group_id(template: Template) -> str:
+    return logical_id(template, "AWS::EC2::SecurityGroup", "EnclaveHostSecurityGroup")
+
+
+def test_host_security_group_has_no_inbound_rule(template):
+    group_id = host_security_group_id(template)
+    group = resources_of_type(template, "AWS::EC2::SecurityGroup")[group_id]
+    assert "SecurityGroupIngress" not in group["Properties"]
+    for ingress in resources_of_type(template, "AWS::EC2::SecurityGroupIngress").values():
+        assert ingress["Properties"]["GroupId"] != {"Fn::GetAtt": [group_id, "GroupId"]}
+
+
+def test_host_security_group_allows_only_https_out(template):
+    group = resources_of_type(template, "AWS::EC2::SecurityGroup")[host_security_group_id(template)]
+    assert group["Properties"]["SecurityGroupEgress"] == [{
+        "CidrIp": "0.0.0.0/0", "IpProtocol": "tcp", "FromPort": 443, "ToPort": 443,
+        "Description": "HTTPS to AWS endpoints and package repositories"}]
+
+
+def test_launch_template_uses_the_host_security_group(template):
+    assert launch_template_data(template)["SecurityGroupIds"] == [
+        {"Fn::GetAtt": [host_security_group_id(template), "GroupId"]}]
+
+
+def test_imdsv2_is_required_with_a_hop_limit_of_one(template):
+    assert launch_template_data(template)["MetadataOptions"] == {
+        "HttpTokens": "required", "HttpPutResponseHopLimit": 1}
+
+
+def test_nitro_enclaves_are_enabled(template):
+    assert launch_template_data(template)["EnclaveOptions"] == {"Enabled": True}
+
+
+def test_every_volume_is_encrypted(template):
+    mappings = launch_template_data(template)["BlockDeviceMappings"]
+    assert mappings and all(m["Ebs"]["Encrypted"] is True for m in mappings)
+    assert not resources_of_type(template, "AWS::EC2::Volume")
+
+
+def test_image_is_latest_al2023_arm64_from_the_public_ssm_parameter(template):
+    image = launch_template_data(template)["ImageId"]
+    parameter = template.to_json()["Parameters"][image["Ref"]]
+    assert parameter == {"Type": "AWS::SSM::Parameter::Value<AWS::EC2::Image::Id>",
+                         "Default": AL2023_ARM64_AMI_PARAMETER}
+    assert AL2023_ARM64_AMI_PARAMETER.endswith("al2023-ami-kernel-default-arm64")
+
+
+def test_instance_type_is_the_configured_graviton_type():
+    template = host_template(InstanceType="m7g.2xlarge", EnclaveCpuCount=4)
+    assert launch_template_data(template)["InstanceType"] == "m7g.2xlarge"
+
+
+def test_group_size_comes_from_config():
+    template = host_template(HostCount=3)
+    group = only(resources_of_type(template, "AWS::AutoScaling::AutoScalingGroup"))[1]
+    assert (group["Properties"]["MinSize"], group["Properties"]["MaxSize"]) == ("3", "3")
+
+
+def test_group_launches_the_latest_launch_template_version(template):
+    lt_id = only(resources_of_type(template, "AWS::EC2::LaunchTemplate"))[0]
+    template.has_resource_properties("AWS::AutoScaling::AutoScalingGroup", {
+        "LaunchTemplate": {"LaunchTemplateId": {"Ref": lt_id},
+                           "Version": {"Fn::GetAtt": [lt_id, "LatestVersionNumber"]}},
+        "MinSize": "1", "MaxSize": "1",
+    })
+
+
+def test_hosts_run_only_in_private_subnets_without_public_addresses(template):
+    group = only(resources_of_type(template, "AWS::AutoScaling::AutoScalingGroup"))[1]
+    subnets = resources_of_type(template, "AWS::EC2::Subnet")
+    for ref in group["Properties"]["VPCZoneIdentifier"]:
+        subnet = subnets[ref["Ref"]]["Properties"]
+        assert subnet["MapPublicIpOnLaunch"] is False
+        tags = {t["Key"]: t["Value"] for t in subnet["Tags"]}
+        assert tags["aws-cdk:subnet-type"] == "Private"
+    assert "NetworkInterfaces" not in launch_template_data(template)
+
+
+# ---- network --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("service", ["kms", "ssm", "ssmmessages", "ec2messages"])
+def test_created_vpc_has_a_private_interface_endpoint(template, service):
+    template.has_resource_properties("AWS::EC2::VPCEndpoint", {
+        "ServiceName": f"com.amazonaws.us-east-1.{service}",
+        "VpcEndpointType": "Interface",
+        "PrivateDnsEnabled": True,
+    })
+
+
+def test_created_vpc_has_an_s3_gateway_endpoint(template):
+    template.has_resource_properties("AWS::EC2::VPCEndpoint", {
+        "ServiceName": {"Fn::Join": ["", ["com.amazonaws.", {"Ref": "AWS::Region"}, ".s3"]]},
+        "VpcEndpointType": "Gateway",
+    })
+
+
+def test_interface_endpoints_accept_https_only_from_the_hosts(template):
+    hosts = {"Fn::GetAtt": [host_security_group_id(template), "GroupId"]}
+    endpoint_group = logical_id(template, "AWS::EC2::SecurityGroup", "EndpointSecurityGroup")
+    ingresses = list(resources_of_type(template, "AWS::EC2::SecurityGroupIngress").values())
+    assert [i["Properties"] for i in ingresses] == [{
+        "GroupId": {"Fn::GetAtt": [endpoint_group, "GroupId"]},
+        "SourceSecurityGroupId": hosts, "IpProtocol": "tcp", "FromPort": 443, "ToPort": 443,
+        "Description": "HTTPS from the enclave hosts"}]
+    group = resources_of_type(template, "AWS::EC2::SecurityGroup")[endpoint_group]["Properties"]
+    assert "SecurityGroupIngress" not in group
+
+
+def test_created_vpc_logs_its_flows(template):
+    template.has_resource_properties("AWS::EC2::FlowLog", {
+        "ResourceType": "VPC", "TrafficType": "ALL",
+        "LogDestinationType": "cloud-watch-logs"})
+
+
+def test_imported_vpc_is_used_by_id_without_creating_a_network(imported_vpc):
+    for resource_type in ("AWS::EC2::VPC", "AWS::EC2::Subnet", "AWS::EC2::NatGateway",
+                          "AWS::EC2::VPCEndpoint"):
+        assert not resources_of_type(imported_vpc, resource_type)
+    imported_vpc.has_resource_properties("AWS::AutoScaling::AutoScalingGroup", {
+        "VPCZoneIdentifier": ["subnet-0123456789abcdef0", "subnet-0123456789abcdef1"]})
+    imported_vpc.has_resource_properties("AWS::EC2::SecurityGroup", {
+        "VpcId": "vpc-0123456789abcdef0",
+        "GroupDescription": Match.string_like_regexp("Enclave host")})
+
+
+def test_imported_vpc_hosts_still_have_no_inbound_rule(imported_vpc):
+    assert not resources_of_type(imported_vpc, "AWS::EC2::SecurityGroupIngress")
+    group = resources_of_type(imported_vpc, "AWS::EC2::SecurityGroup")[
+        host_security_group_id(imported_vpc)]
+    assert "SecurityGroupIngress" not in group["Properties"]
+
+
+# ---- outputs --------------------------------------------------------------------------------
+
+def test_outputs_are_the_names_the_runbook_uses(template):
+    assert set(template.to_json()["Outputs"]) == {
+        "BucketName", "BucketArn", "KeyArn", "KeyAlias", "AutoScalingGroupName", "RoleArn"}
+
+
+def test_outputs_point_at_the_resources_they_name(template):
+    outputs = template.to_json()["Outputs"]
+    bucket, key = sharing_bucket_id(template), sharing_key_id(template)
+    role = logical_id(template, "AWS::IAM::Role", "EnclaveHostRole")
+    group = only(resources_of_type(template, "AWS::AutoScaling::AutoScalingGroup"))[0]
+    assert outputs["BucketName"]["Value"] == {"Ref": bucket}
+    assert outputs["BucketArn"]["Value"] == {"Fn::GetAtt": [bucket, "Arn"]}
+    assert outputs["KeyArn"]["Value"] == {"Fn::GetAtt": [key, "Arn"]}
+    assert outputs["KeyAlias"]["Value"] == "alias/sealed-enclave-sharing-example-ml-vendor"
+    assert outputs["AutoScalingGroupName"]["Value"] == {"Ref": group}
+    assert outputs["RoleArn"]["Value"] == {"Fn::GetAtt": [role, "Arn"]}
