@@ -70,13 +70,13 @@ class ThirdPartyStack(cdk.Stack):
     def _acknowledge_findings(self) -> None:
         """The few cdk-nag findings this stack accepts, each on one resource, with the reason."""
         sealing = self.pipeline
-        cdk.Validations.of(sealing.artifact_bucket).acknowledge(cdk.Acknowledgment(
+        _resource(sealing.artifact_bucket).acknowledge(cdk.Acknowledgment(
             id="AwsSolutions-S1",
             reason="Pipeline artifacts are transient source snapshots (expire after 30 days) "
                    "read only by this pipeline's roles; CloudTrail records their access."))
         for role, prefix in ((sealing.encryptor_role, self.config.encrypted_app_prefix),
                              (sealing.image_builder_role, self.config.enclave_image_prefix)):
-            cdk.Validations.of(role).acknowledge(cdk.Acknowledgment(
+            _resource(role).acknowledge(cdk.Acknowledgment(
                 id="AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:s3:::"
                    f"{self.config.host_bucket_name}/{prefix}*]",
                 reason="Uploads go to build-named objects under the one agreed prefix of the "
@@ -85,7 +85,7 @@ class ThirdPartyStack(cdk.Stack):
                             f"{self.get_logical_id(sealing.artifact_bucket.node.default_child)}"
                             ".Arn>/*]")
         for runtime in sealing.runtime_policies:
-            cdk.Validations.of(runtime).acknowledge(cdk.Acknowledgment(
+            _resource(runtime).acknowledge(cdk.Acknowledgment(
                 id=artifact_objects,
                 reason="A build reads the source artifact CodePipeline names at run time, "
                        "anywhere in this pipeline's own artifact bucket (read only)."))
@@ -101,7 +101,15 @@ class ThirdPartyStack(cdk.Stack):
         }
         for policy in sealing.pipeline_policies:
             for finding, purpose in pipeline_grants.items():
-                cdk.Validations.of(policy).acknowledge(cdk.Acknowledgment(
+                _resource(policy).acknowledge(cdk.Acknowledgment(
                     id=f"AwsSolutions-IAM5[{finding}]",
                     reason=f"CodePipeline's generated grant lets the pipeline {purpose}; it is "
                            "scoped to this pipeline's artifact bucket and key."))
+
+
+def _resource(construct: Construct) -> cdk.Validations:
+    """Validations of the one CloudFormation resource behind `construct`, so that an
+    acknowledgement never reaches a sibling (a bucket's policy, a role's default policy)."""
+    child = construct.node.default_child
+    assert isinstance(child, cdk.CfnResource), construct.node.path
+    return cdk.Validations.of(child)
