@@ -59,7 +59,8 @@ class FakeRuntime:
             daemon_threads = True
 
         self.server = Server(str(socket_path), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,),
+                                       daemon=True)
 
     def __enter__(self) -> FakeRuntime:
         self.thread.start()

@@ -32,8 +32,12 @@ def format_line(line: Any) -> str:
     if isinstance(line, str):
         return line
     if isinstance(line, dict):
-        head = " ".join(str(line[k]) for k in ("time", "level", "event") if k in line)
-        rest = " ".join(f"{k}={v}" for k, v in line.items() if k not in ("time", "level", "event"))
+        known = ("seq", "time", "level", "message", "event")
+        shown = dict(line)
+        if isinstance(shown.get("time"), int | float):
+            shown["time"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(shown["time"]))
+        head = " ".join(str(shown[k]) for k in known if k in shown)
+        rest = " ".join(f"{k}={v}" for k, v in shown.items() if k not in known)
         return f"{head} {rest}".strip()
     return str(line)
 

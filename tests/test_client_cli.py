@@ -1,0 +1,343 @@
+"""`python -m client`: parsing, exit-code mapping, and each command against a stand-in runtime."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from client import cli
+from client.commands.run import run_arguments
+from client.errors import (
+    AwsError,
+    ClientError,
+    EnclaveError,
+    ExitStatus,
+    NotFoundError,
+    TimeoutExpired,
+    UsageError,
+    VerificationError,
+)
+from tests.fake_runtime import FakeRuntime
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+RUNBOOK_COMMANDS = {"proxy", "enclave", "sync", "push", "pull", "run", "attest", "status", "logs",
+                    "simulate"}
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path, monkeypatch):
+    monkeypatch.setenv("SEALED_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("SEALED_SIM_DIR", str(tmp_path / "sim"))
+    monkeypatch.setenv("PATH", str(tmp_path / "nobin"))  # no nitro-cli, no vsock-proxy
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAHOSTTEST")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "host-secret")
+    monkeypatch.setenv("AWS_SESSION_TOKEN", "host-token")
+    monkeypatch.setenv("AWS_REGION", "eu-west-1")
+
+
+@pytest.fixture
+def runtime(tmp_path):
+    with FakeRuntime(tmp_path / "area", tmp_path / "rt.sock") as fake:
+        yield fake
+
+
+def sock(runtime) -> list[str]:
+    return ["--socket", str(runtime.socket_path)]
+
+
+# -- parsing and exit codes ------------------------------------------------------------------------
+
+
+def test_every_runbook_command_is_registered():
+    parser = cli.build_parser()
+    choices = next(a for a in parser._actions if a.dest == "command").choices
+    assert RUNBOOK_COMMANDS <= set(choices)
+
+
+def test_unknown_command_is_usage_error(capsys):
+    assert cli.main(["frobnicate"]) == ExitStatus.USAGE
+
+
+def test_missing_required_option_is_usage_error(capsys):
+    assert cli.main(["run", "-s", "predict"]) == ExitStatus.USAGE
+    assert "-f/--file" in capsys.readouterr().err
+
+
+def test_global_options_accepted_after_the_command():
+    args = cli.apply_global_defaults(cli.build_parser().parse_args(
+        ["status", "--json", "--socket", "/x.sock", "--timeout", "3"]))
+    assert args.json is True and args.socket == "/x.sock" and args.timeout == 3.0
+
+
+def test_global_defaults_when_not_given():
+    args = cli.apply_global_defaults(cli.build_parser().parse_args(["status"]))
+    assert (args.json, args.cid, args.socket, args.region, args.timeout) == \
+        (False, None, None, None, 30.0)
+
+
+@pytest.mark.parametrize(("error", "status"), [
+    (UsageError("u"), 2), (VerificationError("v"), 3), (NotFoundError("n"), 4),
+    (EnclaveError("e"), 5), (AwsError("a"), 6), (TimeoutExpired("t"), 7), (ClientError("c"), 1),
+    (OSError(28, "No space left on device"), 1), (KeyboardInterrupt(), 130),
+])
+def test_exceptions_map_to_documented_exit_codes(monkeypatch, capsys, error, status):
+    def fail(args):
+        raise error
+
+    monkeypatch.setattr("client.commands.status.status_command", fail)
+    assert cli.main(["status"]) == status
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1  # one line, no traceback
+
+
+def test_error_message_is_one_prefixed_line(capsys):
+    cli.main(["--socket", "/nonexistent/rt.sock", "status"])
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot reach the enclave runtime at unix:/nonexistent/rt.sock")
+    assert err.count("\n") == 1
+
+
+def test_python_dash_m_client_exits_with_mapped_status(tmp_path):
+    env = dict(os.environ, PATH=str(tmp_path), SEALED_SIM_DIR=str(tmp_path / "sim"))
+    done = subprocess.run([sys.executable, "-m", "client", "status"], cwd=PROJECT_ROOT, env=env,
+                          capture_output=True, text=True)
+    assert done.returncode == ExitStatus.NOT_FOUND
+    assert "simulate up" in done.stderr
+
+
+def test_run_arguments_split_like_a_shell_then_append_extras():
+    assert run_arguments("input.csv 'out dir/r.json' 0.5", ["--", "x"]) == \
+        ["input.csv", "out dir/r.json", "0.5", "--", "x"]
+
+
+def test_run_arguments_with_unbalanced_quotes_is_usage_error():
+    with pytest.raises(UsageError, match="shell-quoted"):
+        run_arguments("'oops", [])
+
+
+# -- push and pull ---------------------------------------------------------------------------------
+
+
+def test_push_then_pull_round_trip(runtime, tmp_path, capsys):
+    data = os.urandom(200_000)
+    (tmp_path / "in.bin").write_bytes(data)
+    assert cli.main([*sock(runtime), "--json", "push", str(tmp_path / "in.bin"), "d.bin"]) == 0
+    pushed = json.loads(capsys.readouterr().out)
+    assert pushed["remote"] == "inbox/d.bin" and pushed["size"] == len(data)
+    (runtime.root / "outbox" / "r.bin").write_bytes(data[::-1])
+    out = tmp_path / "out"
+    out.mkdir()
+    assert cli.main([*sock(runtime), "pull", "r.bin", str(out)]) == 0
+    assert (out / "r.bin").read_bytes() == data[::-1]
+
+
+def test_push_default_name_and_directory_destination(runtime, tmp_path):
+    (tmp_path / "a.csv").write_text("x")
+    (runtime.root / "inbox" / "sub").mkdir()
+    assert cli.main([*sock(runtime), "push", str(tmp_path / "a.csv")]) == 0
+    assert cli.main([*sock(runtime), "push", str(tmp_path / "a.csv"), "inbox/sub/"]) == 0
+    assert (runtime.root / "inbox" / "a.csv").exists()
+    assert (runtime.root / "inbox" / "sub" / "a.csv").exists()
+
+
+def test_push_into_outbox_is_refused_before_sending(runtime, tmp_path, capsys):
+    (tmp_path / "a").write_text("x")
+    assert cli.main([*sock(runtime), "push", str(tmp_path / "a"), "outbox/a"]) == ExitStatus.USAGE
+    assert not any(m == "PUT" for m, _ in runtime.requests)
+
+
+def test_push_traversal_name_is_refused(runtime, tmp_path):
+    (tmp_path / "a").write_text("x")
+    assert cli.main([*sock(runtime), "push", str(tmp_path / "a"), "../../etc/a"]) == \
+        ExitStatus.USAGE
+
+
+def test_push_missing_local_file_is_not_found(runtime, tmp_path):
+    assert cli.main([*sock(runtime), "push", str(tmp_path / "nope")]) == ExitStatus.NOT_FOUND
+
+
+def test_pull_missing_remote_is_not_found_and_leaves_no_file(runtime, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert cli.main([*sock(runtime), "pull", "missing.json"]) == ExitStatus.NOT_FOUND
+    assert list(tmp_path.glob("*missing*")) == []
+
+
+def test_pull_interrupted_leaves_no_partial_file(runtime, tmp_path, monkeypatch):
+    (runtime.root / "outbox" / "big.bin").write_bytes(b"z" * 3_000_000)
+
+    def broken_download(self, area, path, sink, **kwargs):
+        sink.write(b"partial")
+        raise EnclaveError("connection lost")
+
+    monkeypatch.setattr("client.api.RuntimeClient.download", broken_download)
+    assert cli.main([*sock(runtime), "pull", "big.bin", str(tmp_path / "big.bin")]) == \
+        ExitStatus.ENCLAVE_ERROR
+    assert not (tmp_path / "big.bin").exists()
+    assert not list(tmp_path.glob(".big.bin.*"))
+
+
+def test_pull_to_stdout(runtime, capsysbinary):
+    (runtime.root / "outbox" / "r.txt").write_bytes(b"result\n")
+    assert cli.main([*sock(runtime), "pull", "r.txt", "-"]) == 0
+    assert capsysbinary.readouterr().out == b"result\n"
+
+
+# -- run, status, logs -----------------------------------------------------------------------------
+
+
+def test_run_sends_host_credentials_and_exits_with_app_code(runtime, capsys):
+    (runtime.root / "inbox" / "app.sealed").write_bytes(b"sealed")
+    runtime.run_script = ["unsealing", "running", "failed"]
+    runtime.run_exit_code = 3
+    code = cli.main([*sock(runtime), "run", "-f", "app.sealed", "-s", "predict",
+                     "-a", "data.csv 'out/r.json'", "--", "0.5"])
+    assert code == 3
+    request = runtime.run_requests[-1]
+    assert request["args"] == ["data.csv", "out/r.json", "0.5"]
+    assert request["credentials"] == {"access_key_id": "AKIAHOSTTEST",
+                                      "secret_access_key": "host-secret",
+                                      "session_token": "host-token"}
+    assert request["region"] == "eu-west-1"
+    captured = capsys.readouterr()
+    assert "prediction: 0.93" in captured.out
+    assert "running" in captured.err and "failed" in captured.err
+
+
+def test_run_success_is_zero(runtime):
+    (runtime.root / "inbox" / "app.sealed").write_bytes(b"sealed")
+    assert cli.main([*sock(runtime), "run", "-f", "inbox/app.sealed", "-s", "predict"]) == 0
+
+
+def test_run_no_wait_prints_id(runtime, capsys):
+    (runtime.root / "inbox" / "app.sealed").write_bytes(b"sealed")
+    assert cli.main([*sock(runtime), "--json", "run", "-f", "app.sealed", "-s", "p",
+                     "--no-wait"]) == 0
+    assert json.loads(capsys.readouterr().out)["id"] == "r1"
+
+
+def test_run_missing_bundle_is_not_found(runtime):
+    assert cli.main([*sock(runtime), "run", "-f", "none.sealed", "-s", "p"]) == \
+        ExitStatus.NOT_FOUND
+
+
+def test_run_wait_timeout_is_exit_7(runtime):
+    (runtime.root / "inbox" / "app.sealed").write_bytes(b"sealed")
+    runtime.run_script = ["running"] * 100
+    assert cli.main([*sock(runtime), "run", "-f", "app.sealed", "-s", "p",
+                     "--wait-timeout", "0.2"]) == ExitStatus.TIMEOUT
+
+
+def test_status_lists_runs_as_json(runtime, capsys):
+    (runtime.root / "inbox" / "app.sealed").write_bytes(b"sealed")
+    cli.main([*sock(runtime), "run", "-f", "app.sealed", "-s", "p", "--no-wait"])
+    capsys.readouterr()
+    assert cli.main([*sock(runtime), "--json", "status"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["found_by"] == "--socket" and data["runs"][0]["id"] == "r1"
+
+
+def test_status_of_unknown_run_is_not_found(runtime):
+    assert cli.main([*sock(runtime), "status", "r99"]) == ExitStatus.NOT_FOUND
+
+
+def test_logs_prints_lines(runtime, capsys):
+    assert cli.main([*sock(runtime), "logs"]) == 0
+    assert capsys.readouterr().out.splitlines() == ["runtime started", "run r1 succeeded"]
+
+
+# -- attest ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def signing_runtime(runtime, tmp_path):
+    """The stand-in runtime answering with real-format documents from the development PKI."""
+    from client.sim import pki as sim_pki
+    from client.sim.nsm import build_attestation_document
+
+    pki = sim_pki.load_or_create(tmp_path / "sim")
+    pcrs = {i: bytes([i + 1]) * 48 for i in range(3)}
+    original = runtime.dispatch
+
+    def dispatch(h, method):
+        if h.path == "/v1/attestation":
+            request = runtime.read_json(h)
+            nonce = bytes.fromhex(runtime.replay_nonce or request["nonce"])
+            runtime.document = build_attestation_document(pki, pcrs=pcrs, module_id="i-sim",
+                                                          nonce=nonce)
+            import base64
+            return runtime.send_json(h, 200, {"document":
+                                              base64.b64encode(runtime.document).decode()})
+        return original(h, method)
+
+    runtime.dispatch = dispatch
+    runtime.replay_nonce = None
+    runtime.pcrs = pcrs
+    runtime.root_pem = tmp_path / "sim" / "pki" / "root.pem"
+    return runtime
+
+
+def attest_args(rt, *extra):
+    return [*sock(rt), "attest", "--root", str(rt.root_pem), *extra]
+
+
+def test_attest_verifies_fresh_document_against_expected_pcr0(signing_runtime, capsys):
+    rt = signing_runtime
+    assert cli.main([*attest_args(rt, "--expect-pcr0", rt.pcrs[0].hex()), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["verified"] is True and result["pcrs_checked"] == [0]
+
+
+def test_attest_wrong_pcr0_fails_with_exit_3(signing_runtime):
+    assert cli.main(attest_args(signing_runtime, "--expect-pcr0", "ab" * 48)) == \
+        ExitStatus.VERIFICATION_FAILED
+
+
+def test_attest_replayed_document_fails(signing_runtime):
+    rt = signing_runtime
+    rt.replay_nonce = "00" * 32  # the runtime answers with a document for another nonce
+    assert cli.main(attest_args(rt, "--expect-pcr0", rt.pcrs[0].hex())) == \
+        ExitStatus.VERIFICATION_FAILED
+
+
+def test_attest_without_any_expectation_fails_closed(signing_runtime):
+    assert cli.main(attest_args(signing_runtime)) == ExitStatus.VERIFICATION_FAILED
+
+
+def test_attest_against_pinned_aws_root_refuses_development_document(signing_runtime):
+    rt = signing_runtime
+    assert cli.main([*sock(rt), "attest", "--expect-pcr0", rt.pcrs[0].hex()]) == \
+        ExitStatus.VERIFICATION_FAILED
+
+
+def test_attest_measurements_file_in_nitro_cli_format(signing_runtime, tmp_path):
+    rt = signing_runtime
+    eif = tmp_path / "image.eif"
+    eif.write_bytes(b"eif")
+    (tmp_path / "image.json").write_text(json.dumps({"Measurements": {
+        "HashAlgorithm": "Sha384 { ... }", **{f"PCR{i}": rt.pcrs[i].hex() for i in range(3)}}}))
+    assert cli.main(attest_args(rt, "--eif", str(eif))) == 0
+    (tmp_path / "image.json").write_text(json.dumps({"Measurements": {"PCR0": rt.pcrs[0].hex(),
+                                                                      "PCR2": "cd" * 48}}))
+    assert cli.main(attest_args(rt, "--eif", str(eif))) == ExitStatus.VERIFICATION_FAILED
+
+
+def test_attest_sends_a_new_32_byte_nonce_each_time(signing_runtime, runtime):
+    rt = signing_runtime
+    nonces = []
+    original = rt.read_json
+
+    def record(h):
+        request = original(h)
+        nonces.append(request["nonce"])
+        return request
+
+    rt.read_json = record
+    for _ in range(2):
+        cli.main(attest_args(rt, "--expect-pcr0", rt.pcrs[0].hex()))
+    assert len(nonces) == 2 and nonces[0] != nonces[1]
+    assert all(len(bytes.fromhex(n)) == 32 for n in nonces)
