@@ -1,0 +1,243 @@
+"""The enclave host's user data: rendered content, shell syntax, and a sandboxed double run
+(every absolute path moved under a temporary root, system commands replaced by stubs)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import stat
+import subprocess
+import zipfile
+from pathlib import Path
+
+import pytest
+import yaml
+from host_app import build_host_stack
+
+from constructs.enclave_host import (
+    HOST_RUNTIME_PACKAGES,
+    USER_DATA_TEMPLATE,
+    render_template,
+    render_user_data,
+    runtime_requirements,
+)
+
+CLIENT_URL = "s3://assets-bucket/client.zip"
+ENCLAVE_URL = "s3://assets-bucket/enclave.zip"
+HOST_CONFIG = {
+    "region": "eu-west-1",
+    "bucket": "sharing-bucket",
+    "enclave_key_arn": "arn:aws:kms:eu-west-1:111111111111:key/"
+                       "00000000-0000-4000-8000-000000000002",
+    "vsock_proxy_port": 8000,
+    "enclave_port": 5005,
+}
+
+
+def render(**overrides) -> str:
+    values = dict(region="eu-west-1", enclave_cpu_count=4, enclave_memory_mib=6144,
+                  host_config=HOST_CONFIG, client_asset_url=CLIENT_URL,
+                  enclave_asset_url=ENCLAVE_URL, requirements=runtime_requirements())
+    values.update(overrides)
+    return render_user_data(**values)
+
+
+def heredoc(script: str, path: str) -> str:
+    """The body of `cat > PATH <<'TAG' ... TAG` in the script."""
+    match = re.search(rf"^cat > {re.escape(path)} <<'(\w+)'\n(.*?)^\1$", script, re.M | re.S)
+    assert match, f"no quoted heredoc writes {path}"
+    return match.group(2)
+
+
+# ---- rendering ------------------------------------------------------------------------------
+
+def test_every_placeholder_is_filled():
+    assert "{{" not in render() and "}}" not in render()
+
+
+def test_template_without_a_value_is_refused():
+    with pytest.raises(ValueError, match=r"placeholders without a value \['missing'\]"):
+        render_template("a {{missing}} b", {})
+
+
+def test_value_without_a_placeholder_is_refused():
+    with pytest.raises(ValueError, match=r"values without a placeholder \['extra'\]"):
+        render_template("no placeholders", {"extra": "x"})
+
+
+def test_values_are_not_rescanned_for_placeholders():
+    assert render_template("{{a}}", {"a": "{{b}}"}) == "{{b}}"
+
+
+def test_script_is_bash_with_strict_mode_before_any_command():
+    lines = render().splitlines()
+    assert lines[0] == "#!/bin/bash"
+    first_command = next(line for line in lines[1:] if line and not line.startswith("#"))
+    assert first_command == "set -euo pipefail"
+
+
+def test_rendered_script_parses_as_bash():
+    result = subprocess.run(["bash", "-n"], input=render(), text=True, capture_output=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_installs_the_nitro_enclaves_cli_and_its_devel_package():
+    install = next(line for line in render().splitlines() if line.startswith("dnf install"))
+    assert "-y" in install.split()
+    assert {"aws-nitro-enclaves-cli", "aws-nitro-enclaves-cli-devel"} <= set(install.split())
+
+
+def test_allocator_memory_and_cpus_come_from_config():
+    allocator = yaml.safe_load(heredoc(render(), "/etc/nitro_enclaves/allocator.yaml"))
+    assert allocator == {"memory_mib": 6144, "cpu_count": 4}
+
+
+def test_allocator_service_is_enabled_and_started_after_its_config_is_written():
+    script = render()
+    enable = script.index("systemctl enable --now nitro-enclaves-allocator.service")
+    assert script.index("/etc/nitro_enclaves/allocator.yaml") < enable
+
+
+def test_vsock_proxy_allows_only_the_regions_kms_endpoint_on_443():
+    allow = yaml.safe_load(heredoc(render(), "/etc/nitro_enclaves/vsock-proxy.yaml"))
+    assert allow == {"allowlist": [{"address": "kms.eu-west-1.amazonaws.com", "port": 443}]}
+
+
+def test_vsock_proxy_allow_list_follows_the_region():
+    allow = yaml.safe_load(heredoc(render(region="ap-south-1"),
+                                   "/etc/nitro_enclaves/vsock-proxy.yaml"))
+    assert allow["allowlist"] == [{"address": "kms.ap-south-1.amazonaws.com", "port": 443}]
+
+
+def test_ec2_user_joins_the_ne_group():
+    assert "usermod -aG ne ec2-user" in render().splitlines()
+
+
+def test_host_settings_file_is_the_given_json_at_a_fixed_path():
+    assert json.loads(heredoc(render(), "/etc/sealed-enclave/host.json")) == HOST_CONFIG
+
+
+def test_client_code_comes_from_both_assets():
+    script = render()
+    assert f"'{CLIENT_URL}'" in script and f"'{ENCLAVE_URL}'" in script
+
+
+def test_client_dependencies_are_the_pinned_versions_from_requirements_txt():
+    pins = runtime_requirements()
+    assert [pin.split("==")[0] for pin in pins] == list(HOST_RUNTIME_PACKAGES)
+    requirements = (Path(__file__).resolve().parent.parent / "requirements.txt").read_text()
+    for pin in pins:
+        assert re.search(rf"^{re.escape(pin)}\s*$", requirements, re.M)
+    pip = next(line for line in render().splitlines() if "-m pip install" in line)
+    assert pip.split()[-len(pins):] == list(pins)
+
+
+def test_missing_pin_is_reported_with_the_file_and_package(tmp_path):
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text("boto3==1.0\n")
+    with pytest.raises(ValueError, match=r"no pinned version for cbor2"):
+        runtime_requirements(requirements, ("boto3", "cbor2"))
+
+
+def test_wrapper_runs_the_client_from_the_virtualenv_with_the_host_settings():
+    wrapper = heredoc(render(), "/usr/local/bin/sealed-client")
+    assert "export SEALED_HOST_CONFIG=/etc/sealed-enclave/host.json" in wrapper
+    assert 'exec /opt/sealed-enclave/venv/bin/python -m client "$@"' in wrapper
+
+
+def test_template_file_is_the_one_shipped_with_the_construct():
+    assert USER_DATA_TEMPLATE.parent.name == "templates"
+    assert USER_DATA_TEMPLATE.read_text().startswith("#!/bin/bash\n")
+
+
+# ---- in the synthesized launch template -----------------------------------------------------
+
+def test_launch_template_carries_the_rendered_script_with_config_values():
+    _, stack = build_host_stack(EnclaveMemoryMiB=6144, Region="eu-west-1",
+                                HostEncryptionKeyArn="arn:aws:kms:eu-west-1:222222222222:key/"
+                                                     "00000000-0000-4000-8000-000000000001",
+                                EnclaveKeyArn="arn:aws:kms:eu-west-1:111111111111:key/"
+                                              "00000000-0000-4000-8000-000000000002")
+    script = stack.resolve(stack.host.user_data_script)
+    assert isinstance(script, str), "asset locations should resolve to plain strings"
+    assert "memory_mib: 6144" in script
+    assert "- {address: kms.eu-west-1.amazonaws.com, port: 443}" in script
+    settings = json.loads(heredoc(script, "/etc/sealed-enclave/host.json"))
+    assert settings["bucket"] == "example-host-sharing-bucket-222222222222"
+    assert settings["region"] == "eu-west-1"
+    assert settings["enclave_key_arn"].startswith("arn:aws:kms:eu-west-1:111111111111:key/")
+    assert (settings["vsock_proxy_port"], settings["enclave_port"]) == (8000, 5005)
+    assert "s3://cdk-hnb659fds-assets-222222222222-eu-west-1/" in script
+
+
+# ---- sandboxed run --------------------------------------------------------------------------
+
+STUB = """#!/bin/bash
+echo "$(basename "$0") $*" >> "$SANDBOX/calls.log"
+"""
+AWS_STUB = STUB + 'cp "$SANDBOX/package.zip" "${@: -1}"\n'
+PYTHON_STUB = STUB + """if [ "$1" = -m ] && [ "$2" = venv ]; then
+  mkdir -p "$3/bin"
+  cp "$0" "$3/bin/python"
+elif [ "$1" = -c ]; then
+  mkdir -p "$SANDBOX/site-packages" && echo "$SANDBOX/site-packages"
+fi
+"""
+
+
+def _sandbox(tmp_path: Path) -> tuple[Path, Path, dict[str, str]]:
+    root = tmp_path / "root"
+    bin_dir = tmp_path / "bin"
+    for directory in (root / "var" / "log", root / "usr" / "local" / "bin", bin_dir):
+        directory.mkdir(parents=True)
+    stubs = {"dnf": STUB, "systemctl": STUB, "usermod": STUB, "aws": AWS_STUB,
+             "python3.11": PYTHON_STUB}
+    for name, body in stubs.items():
+        (bin_dir / name).write_text(body)
+        (bin_dir / name).chmod(stat.S_IRWXU)
+    with zipfile.ZipFile(root / "package.zip", "w") as archive:
+        archive.writestr("__init__.py", "")
+    script = render()
+    for prefix in ("/etc/", "/opt/", "/usr/local/bin/", "/var/log/"):
+        script = script.replace(prefix, f"{root}{prefix}")
+    (tmp_path / "user_data.sh").write_text(script)
+    env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "SANDBOX": str(root),
+           "HOME": str(tmp_path)}
+    return root, tmp_path / "user_data.sh", env
+
+
+def _snapshot(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file() and p.name not in ("calls.log", "sealed-enclave-bootstrap.log")}
+
+
+@pytest.mark.skipif(shutil.which("unzip") is None, reason="needs unzip")
+def test_script_runs_and_a_second_run_changes_nothing(tmp_path):
+    root, script, env = _sandbox(tmp_path)
+    first = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True)
+    assert first.returncode == 0, first.stdout + first.stderr
+    after_first = _snapshot(root)
+    assert "etc/nitro_enclaves/allocator.yaml" in after_first
+    assert "opt/sealed-enclave/app/client/__init__.py" in after_first
+    assert "opt/sealed-enclave/app/enclave/__init__.py" in after_first
+    app_dir = f"{root}/opt/sealed-enclave/app\n".encode()
+    assert after_first["site-packages/sealed_enclave.pth"] == app_dir
+    assert os.access(root / "usr/local/bin/sealed-client", os.X_OK)
+
+    second = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert _snapshot(root) == after_first
+    calls = (root / "calls.log").read_text().splitlines()
+    assert sum(" -m venv " in f" {call} " for call in calls) == 1, "virtualenv made twice"
+    assert calls.count("systemctl enable --now nitro-enclaves-allocator.service") == 2
+
+
+@pytest.mark.skipif(shutil.which("unzip") is None, reason="needs unzip")
+def test_script_stops_at_the_first_failing_command(tmp_path):
+    root, script, env = _sandbox(tmp_path)
+    (Path(env["PATH"].split(":")[0]) / "dnf").write_text("#!/bin/bash\nexit 1\n")
+    result = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True)
+    assert result.returncode != 0
+    assert not (root / "etc" / "nitro_enclaves").exists()
