@@ -34,7 +34,8 @@ def running_kms(state: Path) -> Iterator[str]:
     register_principal(state, HOST_KEY, HOST_SESSION_ARN)
     register_principal(state, STRANGER_KEY, STRANGER_ARN)
     server = make_kms_server("127.0.0.1", 0, state_dir=state)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                              daemon=True)
     thread.start()
     try:
         yield f"http://127.0.0.1:{server.server_address[1]}"
