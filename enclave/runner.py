@@ -46,6 +46,7 @@ ACTIVE_STATES = frozenset({UNSEALING, RUNNING})
 TERMINAL_STATES = frozenset({SUCCEEDED, FAILED, TIMED_OUT, CANCELLED})
 
 _PIPE_CHUNK = 64 * 1024
+MAX_DATA_KEYS = 16
 _SOURCE_SCAN_FILE_LIMIT = 4 * 1024 * 1024
 _SOURCE_SCAN_TOTAL_LIMIT = 64 * 1024 * 1024
 _SOURCE_LINE_MIN_CHARS = 6
@@ -74,8 +75,9 @@ class RunRequest:
     expected_app_id: str | None = None
 
 
-# Builds the key provider that unseals with this run's credentials and region.
-KeyProviderFactory = Callable[[Credentials | None, str | None], Any]
+# Builds the key provider that unseals with this run's credentials and region, given the KMS key
+# ARNs the bundle's header names (its "aws-kms" encrypted data keys).
+KeyProviderFactory = Callable[[Credentials | None, str | None, list[str]], Any]
 Unseal = Callable[..., Manifest]
 
 
@@ -155,27 +157,54 @@ class Job:
 def attested_kms_key_provider_factory(config: RuntimeConfig, nsm: Any) -> KeyProviderFactory:
     """Production: KMS Decrypt with an attestation document, through the in-enclave bridge."""
 
-    def build(credentials: Credentials | None, region: str | None) -> Any:
+    def build(credentials: Credentials | None, region: str | None, key_arns: list[str]) -> Any:
         import boto3
 
         from enclave.keyprovider import AttestedKmsMasterKeyProvider
 
+        if not key_arns:
+            raise _RunFailure("the bundle was not sealed under a KMS key; seal it with "
+                              "envelope_encryptor.py and the third party's enclave key")
+        if region is None:  # the key's own region
+            region = key_arns[0].split(":")[3]
+        in_region = [arn for arn in key_arns if arn.split(":")[3] == region]
+        if not in_region:
+            raise _RunFailure(f"the bundle's KMS key(s) are not in region {region}; "
+                              "run with the key's region")
+        key_arn = in_region[0]
         if credentials is None:
             raise _RunFailure(
                 "the run request carries no AWS credentials; the enclave has no other source. "
                 "Send credentials (the client takes them from IMDSv2)"
             )
-        if region is None:
-            raise _RunFailure("the run request names no region and the runtime has no default")
         kms = boto3.session.Session(
             aws_access_key_id=credentials.access_key_id,
             aws_secret_access_key=credentials.secret_access_key,
             aws_session_token=credentials.session_token,
             region_name=region,
         ).client("kms", endpoint_url=config.kms_endpoint_for(region))
-        return AttestedKmsMasterKeyProvider(None, kms, nsm)
+        return AttestedKmsMasterKeyProvider(key_arn, kms, nsm)
 
     return build
+
+
+def bundle_kms_key_arns(stream: BinaryIO, name: str) -> list[str]:
+    """The KMS key ARNs a sealed bundle's header names, read without decrypting anything."""
+    from aws_encryption_sdk.internal.formatting.deserialize import deserialize_header
+
+    try:
+        header, _raw = deserialize_header(stream, max_encrypted_data_keys=MAX_DATA_KEYS)
+    except Exception as exc:  # the SDK raises several unrelated types for a malformed header
+        raise _RunFailure(
+            f"unsealing {name!r} failed: it is not a sealed bundle ({exc.__class__.__name__}); "
+            "upload the .sealed file the pipeline produced"
+        ) from exc
+    arns = []
+    for key in header.encrypted_data_keys:
+        if key.key_provider.provider_id == "aws-kms":
+            info = key.key_provider.key_info
+            arns.append(info.decode("utf-8", "replace") if isinstance(info, bytes) else str(info))
+    return arns
 
 
 def _default_unseal(src: BinaryIO, target: Path, **kwargs: Any) -> Manifest:
@@ -236,7 +265,13 @@ class Runner:
         self._lock = threading.Lock()
         # concurrent_runs as last seen in each bundle's manifest, keyed by inbox path.
         self._known_limits: dict[str, int] = {}
-        Path(config.private_root).mkdir(mode=0o700, parents=True, exist_ok=True)
+        private_root = Path(config.private_root)
+        private_root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(private_root, 0o700)
+        # Plaintext left by a runtime that died mid-run (on a host, not in RAM) goes first.
+        for stale in private_root.glob("run-*"):
+            if not _wipe(stale):
+                events.add("a private directory left by an earlier runtime could not be removed")
 
     # -- public --------------------------------------------------------------------------------
 
@@ -291,6 +326,15 @@ class Runner:
             self.events.add(f"run {job.id}: cancel requested")
         return job
 
+    def shutdown(self, timeout: float = 10.0) -> None:
+        """Cancel every active run and wait for them to end (and wipe), up to `timeout`."""
+        active = [job for job in self.list() if job.state in ACTIVE_STATES]
+        for job in active:
+            job.cancel_requested.set()
+        deadline = time.monotonic() + timeout
+        for job in active:
+            job.done.wait(max(0.0, deadline - time.monotonic()))
+
     # -- the run -------------------------------------------------------------------------------
 
     def _execute(self, job: Job, request: RunRequest) -> None:
@@ -340,10 +384,12 @@ class Runner:
                             + (f" (exit {job.exit_code})" if job.exit_code is not None else ""))
 
     def _unseal_into(self, job: Job, request: RunRequest, app_dir: Path) -> Manifest:
-        key_provider = self._key_provider_factory(
-            request.credentials, request.region or self.config.default_region
-        )
         with self.exchange.open_read(INBOX, request.bundle) as raw:
+            key_arns = bundle_kms_key_arns(raw, request.bundle)
+            raw.seek(0)
+            key_provider = self._key_provider_factory(
+                request.credentials, request.region or self.config.default_region, key_arns
+            )
             reader = _BundleReader(raw, job.cancel_requested)
             try:
                 manifest = self._unseal(

@@ -663,8 +663,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             document = nsm.attestation(nonce=nonce, user_data=user_data)
         except Exception as exc:
             self.server.events.add(f"attestation failed: {exc.__class__.__name__}")
+            detail = (str(exc) or exc.__class__.__name__)[:200]
             raise ApiError(502, "attestation_failed",
-                           f"the NSM refused the attestation request ({exc.__class__.__name__}); "
+                           f"the NSM refused the attestation request ({detail}); "
                            "check the runtime's --nsm-device and retry") from exc
         self.server.events.add("attestation document issued")
         return base64.b64encode(document).decode("ascii")

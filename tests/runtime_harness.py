@@ -144,7 +144,7 @@ def start_runtime(tmp_path: Path, **overrides: Any) -> Runtime:
     nsm = FakeNsm()
     key_provider = StaticKeyProvider()
     server = make_server(sock, config=config, nsm=nsm,
-                         key_provider_factory=lambda credentials, region: key_provider)
+                         key_provider_factory=lambda credentials, region, key_arns: key_provider)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
                               daemon=True)
     thread.start()

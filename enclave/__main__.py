@@ -1,0 +1,220 @@
+"""`python -m enclave serve`: the enclave runtime's entry point.
+
+    python -m enclave serve (--vsock-port PORT | --unix PATH) --exchange DIR --private DIR
+        [--nsm-device PATH] [--kms-endpoint URL] [--region REGION] [limits...]
+
+The enclave image runs `production_argv()` (containers/Dockerfile's CMD, checked by a test); the
+local simulation runs `simulation_argv(...)`, the same command with the transport, paths and
+endpoints replaced, so what is tested locally is what the image starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import logging
+import os
+import signal
+import socket
+import stat
+import struct
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from enclave.config import ConfigError, GiB, KiB, RuntimeConfig
+
+VSOCK_PORT = 5005
+PARENT_CID = 3  # the parent instance, where vsock-proxy listens
+KMS_PROXY_PORT = 8000  # vsock-proxy's port for KMS (runbook: `vsock-proxy 8000 kms...`)
+
+# The production command line, one option per pair, in this order.
+_PRODUCTION_OPTIONS: tuple[tuple[str, str], ...] = (
+    ("--vsock-port", str(VSOCK_PORT)),
+    ("--exchange", "/run/exchange"),
+    ("--private", "/run/sealed"),
+    ("--nsm-device", "/dev/nsm"),
+    ("--kms-endpoint", "https://kms.{region}.amazonaws.com"),
+)
+
+
+def production_argv() -> list[str]:
+    """The exact command the enclave image runs (its Dockerfile CMD)."""
+    argv = ["python3", "-m", "enclave", "serve"]
+    for option, value in _PRODUCTION_OPTIONS:
+        argv += [option, value]
+    return argv
+
+
+def simulation_argv(*, socket_path: str | os.PathLike[str], exchange: str | os.PathLike[str],
+                    private: str | os.PathLike[str], nsm_device: str | os.PathLike[str],
+                    kms_endpoint: str, region: str, python: str = sys.executable) -> list[str]:
+    """`production_argv()` with only the transport, paths and endpoints replaced, plus a region."""
+    replacements = {
+        "--vsock-port": ("--unix", str(socket_path)),
+        "--exchange": ("--exchange", str(exchange)),
+        "--private": ("--private", str(private)),
+        "--nsm-device": ("--nsm-device", str(nsm_device)),
+        "--kms-endpoint": ("--kms-endpoint", kms_endpoint),
+    }
+    argv = [python, *production_argv()[1:4]]
+    for option, _value in _PRODUCTION_OPTIONS:
+        argv += list(replacements[option])
+    return argv + ["--region", region]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m enclave",
+                                     description="The sealed-application enclave runtime.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    serve = commands.add_parser("serve", help="serve the runtime API",
+                                description="Serve the runtime HTTP API (enclave/openapi.yaml).")
+    where = serve.add_mutually_exclusive_group(required=True)
+    where.add_argument("--vsock-port", type=int, help="listen on this AF_VSOCK port (enclave)")
+    where.add_argument("--unix", metavar="PATH", help="listen on this Unix socket (simulation)")
+    serve.add_argument("--exchange", required=True, metavar="DIR",
+                       help="exchange root: inbox/ and outbox/ are created under it")
+    serve.add_argument("--private", required=True, metavar="DIR",
+                       help="root for private run directories (outside --exchange; RAM)")
+    serve.add_argument("--nsm-device", default="/dev/nsm", metavar="PATH",
+                       help="NSM device, or the simulated NSM's Unix socket (default /dev/nsm)")
+    serve.add_argument("--kms-endpoint", default="https://kms.{region}.amazonaws.com",
+                       metavar="URL", help="KMS endpoint; {region} is replaced per run")
+    serve.add_argument("--region", default=None,
+                       help="region for runs that name none (default: the key ARN's region)")
+    serve.add_argument("--max-connections", type=int, default=32)
+    serve.add_argument("--max-upload-bytes", type=int, default=64 * GiB)
+    serve.add_argument("--max-json-bytes", type=int, default=64 * KiB)
+    serve.add_argument("--header-timeout", type=float, default=30.0,
+                       help="seconds for a whole request head, keep-alive idle included")
+    serve.add_argument("--io-timeout", type=float, default=60.0,
+                       help="seconds any single read or write may take")
+    serve.add_argument("--max-active-runs", type=int, default=4)
+    serve.add_argument("--kms-proxy-port", type=int, default=KMS_PROXY_PORT,
+                       help="vsock port of the parent's KMS vsock-proxy (with --vsock-port)")
+    serve.add_argument("--no-kms-bridge", action="store_true",
+                       help="do not start the in-enclave KMS bridge (with --vsock-port)")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> RuntimeConfig:
+    return RuntimeConfig(
+        exchange_root=Path(args.exchange),
+        private_root=Path(args.private),
+        nsm_device=args.nsm_device,
+        kms_endpoint=args.kms_endpoint,
+        default_region=args.region,
+        max_connections=args.max_connections,
+        max_upload_bytes=args.max_upload_bytes,
+        max_json_bytes=args.max_json_bytes,
+        header_timeout=args.header_timeout,
+        io_timeout=args.io_timeout,
+        max_active_runs=args.max_active_runs,
+    )
+
+
+def bind_unix(path: str) -> socket.socket:
+    try:
+        if stat.S_ISSOCK(os.lstat(path).st_mode):
+            os.unlink(path)  # a stale socket from an earlier run
+    except FileNotFoundError:
+        pass
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old_umask = os.umask(0o177)  # the socket is created 0600: only this user may connect
+    try:
+        sock.bind(path)
+    finally:
+        os.umask(old_umask)
+    return sock
+
+
+def bind_vsock(port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
+    sock.bind((socket.VMADDR_CID_ANY, port))
+    return sock
+
+
+def bring_up_loopback() -> None:
+    """An enclave boots with `lo` down; the KMS bridge listens on 127.0.0.1."""
+    siocgifflags, siocsifflags, iff_up = 0x8913, 0x8914, 0x1
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        request = struct.pack("16sH14x", b"lo", 0)
+        flags = struct.unpack("16sH14x", fcntl.ioctl(s.fileno(), siocgifflags, request))[1]
+        if not flags & iff_up:
+            fcntl.ioctl(s.fileno(), siocsifflags, struct.pack("16sH14x", b"lo", flags | iff_up))
+
+
+def start_kms_bridge(proxy_port: int) -> Any:
+    """Start enclave.bridge's forwarder (127.0.0.1:443 -> parent vsock-proxy) if it exists."""
+    try:
+        from enclave import bridge  # type: ignore[attr-defined]
+    except ImportError:
+        logging.getLogger("enclave").warning("enclave.bridge is missing: KMS is unreachable")
+        return None
+    return bridge.start(local_port=443, parent_cid=PARENT_CID, parent_port=proxy_port)
+
+
+def serve(args: argparse.Namespace) -> int:
+    from enclave.server import make_server
+
+    config = config_from_args(args)
+    nsm = _nsm_client(config.nsm_device)
+    if args.vsock_port is not None:
+        try:
+            bring_up_loopback()
+        except OSError as exc:
+            logging.getLogger("enclave").warning("could not bring up lo: %s", exc)
+        if not args.no_kms_bridge:
+            start_kms_bridge(args.kms_proxy_port)
+        sock = bind_vsock(args.vsock_port)
+        where = f"vsock port {args.vsock_port}"
+    else:
+        sock = bind_unix(args.unix)
+        where = f"unix:{args.unix}"
+    server = make_server(sock, config=config, nsm=nsm)
+
+    def stop(signum: int, _frame: Any) -> None:
+        # shutdown() waits for serve_forever() to return: call it off the main thread.
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    print(f"enclave runtime serving on {where}", file=sys.stderr, flush=True)
+    try:
+        server.serve_forever(poll_interval=0.2)
+    finally:
+        server.runner.shutdown(timeout=10)  # cancel runs, so their plaintext is wiped
+        server.server_close()
+        if args.unix:
+            try:
+                os.unlink(args.unix)
+            except OSError:
+                pass
+    return 0
+
+
+def _nsm_client(device: str) -> Any:
+    from enclave.nsm import NsmClient
+
+    return NsmClient(device)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s",
+                        stream=sys.stderr)
+    args = build_parser().parse_args(argv)
+    try:
+        return serve(args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"error: cannot start the runtime: {exc}; check the socket and directories",
+              file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
