@@ -50,12 +50,16 @@ class Imds:
     def __init__(self, endpoint: str | None = None, timeout: float = TIMEOUT) -> None:
         endpoint = (endpoint or os.environ.get("AWS_EC2_METADATA_SERVICE_ENDPOINT")
                     or DEFAULT_ENDPOINT)
-        parts = urlsplit(endpoint if "://" in endpoint else f"http://{endpoint}")
-        if parts.scheme != "http" or not parts.hostname:
+        try:
+            parts = urlsplit(endpoint if "://" in endpoint else f"http://{endpoint}")
+            port = parts.port or 80
+        except ValueError:
+            parts, port = None, 0
+        if parts is None or parts.scheme != "http" or not parts.hostname:
             raise AwsError(f"IMDS endpoint {endpoint!r} is not an http://host[:port] URL; fix "
                            "AWS_EC2_METADATA_SERVICE_ENDPOINT")
         self.host = parts.hostname
-        self.port = parts.port or 80
+        self.port = port
         self.timeout = timeout
         self._token: str | None = None
 

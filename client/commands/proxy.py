@@ -64,10 +64,11 @@ def running_proxy(service: str) -> dict[str, Any] | None:
 def _is_vsock_proxy(pid: int) -> bool:
     """Guard against a recycled pid: only signal a process that is a vsock-proxy."""
     try:
-        argv0 = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return False
-    return os.path.basename(argv0.decode(errors="replace")) == VSOCK_PROXY
+    # argv[0] for the binary; argv[1] when an interpreter runs a vsock-proxy script
+    return any(os.path.basename(a.decode(errors="replace")) == VSOCK_PROXY for a in argv[:2])
 
 
 def check_allow_list(config: Path, endpoint: str) -> None:
