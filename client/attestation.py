@@ -66,7 +66,7 @@ class AttestationResult:
     def to_json(self) -> dict[str, Any]:
         return {
             "module_id": self.module_id,
-            "timestamp": self.timestamp.isoformat().replace("+00:00", "Z"),
+            "timestamp": self.timestamp.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
             "digest": self.digest,
             "pcrs": {str(i): v.hex() for i, v in sorted(self.pcrs.items())},
             "public_key": self.public_key.hex() if self.public_key else None,

@@ -1,0 +1,157 @@
+"""`verify-attestation FILE`: verify a saved Nitro Enclaves attestation document, offline.
+
+Checks, failing closed (exit 3 on the first that fails): COSE_Sign1 ES384 signature over the
+payload as received; certificate chain from the document's cabundle to the pinned AWS Nitro
+Enclaves Root-G1 (or `--root`, e.g. the local simulation's development root); every certificate
+valid at `--at` (default now); each `--expect-pcr`; `--nonce`; and no debug-mode document unless
+`--allow-debug`. Without `--expect-pcr` the document may be genuine yet come from any enclave: that
+is said on stderr, every time.
+
+FILE holds the document as raw CBOR bytes, or as base64 text (as APIs and logs often carry it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import binascii
+import datetime as dt
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+from client.attestation import AWS_NITRO_ROOT_G1_SHA256, verify_attestation
+from client.errors import NotFoundError, UsageError
+from client.output import emit
+
+SHOWN_PCRS = (0, 1, 2, 8)  # image, kernel+boot, application, signing certificate
+PCR_ARG_RE = re.compile(r"^(\d{1,2})=([0-9A-Fa-f]{96})$")
+MAX_DOCUMENT_BYTES = 64 * 1024
+
+
+def register(subparsers: argparse._SubParsersAction,
+             parents: list[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "verify-attestation", parents=parents,
+        help="verify a saved attestation document (signature, chain, PCRs, nonce)",
+        description="Verify an AWS Nitro Enclaves attestation document: COSE signature, "
+                    "certificate chain to the pinned AWS Nitro root, validity time, expected "
+                    "PCRs, nonce, debug mode. Exit 0 only if every check holds, 3 otherwise.")
+    parser.add_argument("file", type=Path, metavar="FILE",
+                        help="the document (raw CBOR, or base64 text)")
+    parser.add_argument("--at", metavar="TIME", type=parse_time,
+                        help="verify as of this time, ISO 8601 with a zone, e.g. "
+                             "2023-01-18T13:07:20Z (default: now)")
+    parser.add_argument("--expect-pcr", action="append", default=[], metavar="N=HEX",
+                        type=parse_pcr, help="require PCR N to equal HEX (96 hex digits); "
+                                             "repeat for several PCRs")
+    parser.add_argument("--nonce", type=lambda v: parse_hex(v, "--nonce"), metavar="HEX",
+                        help="require the document to carry this nonce")
+    parser.add_argument("--root", type=Path, metavar="PEM",
+                        help="trust this root certificate instead of the pinned AWS Nitro root "
+                             "(the local simulation's <state>/pki/root.pem)")
+    parser.add_argument("--allow-debug", action="store_true",
+                        help="accept a debug-mode document (all-zero PCRs): development only")
+    parser.set_defaults(func=verify_attestation_command)
+
+
+def parse_time(value: str) -> dt.datetime:
+    try:
+        parsed = dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not an ISO 8601 time; expected e.g. 2023-01-18T13:07:20Z") from None
+    if parsed.tzinfo is None:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} has no time zone; add Z for UTC, e.g. 2023-01-18T13:07:20Z")
+    return parsed.astimezone(dt.UTC)
+
+
+def parse_pcr(value: str) -> tuple[int, bytes]:
+    match = PCR_ARG_RE.match(value.strip())
+    if not match or int(match.group(1)) > 31:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not N=HEX with N in 0..31 and HEX 96 hex digits (a SHA-384 PCR as "
+            "printed by nitro-cli describe-eif)")
+    return int(match.group(1)), bytes.fromhex(match.group(2))
+
+
+def parse_hex(value: str, option: str) -> bytes:
+    try:
+        data = bytes.fromhex(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{option} {value!r} is not hexadecimal") from None
+    if not data:
+        raise argparse.ArgumentTypeError(f"{option} must not be empty")
+    return data
+
+
+def read_document(path: Path) -> bytes:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise NotFoundError(f"no attestation document at {path}") from None
+    except OSError as exc:
+        raise NotFoundError(f"cannot read {path}: {exc.strerror}") from None
+    if len(data) > MAX_DOCUMENT_BYTES:
+        raise UsageError(f"{path} is {len(data)} bytes; an attestation document is well under "
+                         f"{MAX_DOCUMENT_BYTES}")
+    if data[:1] in (b"\x84", b"\xd2"):  # a COSE_Sign1 array, untagged or tagged
+        return data
+    try:
+        return base64.b64decode(b"".join(data.split()), validate=True)
+    except (binascii.Error, ValueError):
+        return data  # not base64 either: let the verifier say what is wrong with it
+
+
+def load_root(path: Path | None) -> bytes | None:
+    if path is None:
+        return None
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise NotFoundError(f"cannot read the root certificate {path}: {exc.strerror}") from None
+
+
+def presence(value: bytes | None) -> str:
+    return f"present, {len(value)} bytes" if value else "absent"
+
+
+def verify_attestation_command(args: argparse.Namespace) -> int:
+    document = read_document(args.file)
+    expected: dict[int, bytes] = {}
+    for index, value in args.expect_pcr:
+        if index in expected and expected[index] != value:
+            raise UsageError(f"--expect-pcr gives two different values for PCR{index}")
+        expected[index] = value
+    if not expected:
+        print("warning: no --expect-pcr given: the document may be genuine, but nothing checks "
+              "that it comes from the enclave image you trust; pass --expect-pcr 0=<PCR0 of "
+              "your EIF>", file=sys.stderr)
+    result = verify_attestation(document, at=args.at, expected_pcrs=expected or None,
+                                nonce=args.nonce, root_pem=load_root(args.root),
+                                allow_debug=args.allow_debug)
+    shown = sorted({i for i, v in result.pcrs.items() if any(v)} | set(SHOWN_PCRS)
+                   & set(result.pcrs))
+    root = (f"AWS Nitro Enclaves Root-G1 (pinned, SHA-256 {AWS_NITRO_ROOT_G1_SHA256})"
+            if args.root is None else f"{args.root} (SHA-256 {result.root_sha256})")
+    data: dict[str, Any] = {"verified": True, "root_file": str(args.root) if args.root else None,
+                            **result.to_json()}
+    lines = [
+        "attestation document verified",
+        f"module id:   {result.module_id}",
+        f"timestamp:   {data['timestamp']}",
+        f"root:        {root}",
+        f"debug mode:  {'YES (accepted by --allow-debug)' if result.debug_mode else 'no'}",
+        f"public key:  {presence(result.public_key)}",
+        f"user data:   {presence(result.user_data)}",
+        f"nonce:       {'matches' if args.nonce else presence(result.nonce) + ', not checked'}",
+    ]
+    for index in shown:
+        mark = "  (expected: match)" if index in expected else ""
+        lines.append(f"PCR{index:<2}        {result.pcrs[index].hex()}{mark}")
+    if not expected:
+        lines.append("PCRs:        NOT CHECKED (no --expect-pcr)")
+    emit(args, data, "\n".join(lines))
+    return 0

@@ -1,0 +1,137 @@
+"""`python -m client verify-attestation` on the real documents and on simulated ones."""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import cbor2
+import pytest
+
+from client.cli import main
+from client.errors import ExitStatus
+from client.sim import pki as sim_pki
+from client.sim.nsm import build_attestation_document
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+ATT3_AT = "2023-01-18T13:07:20Z"
+ATT3_PCR0 = ("d265a83faa7b4fa0d73b82b6d06253e894445922937d0ee5a74fe4891da9817611a71e71b98e5329"
+             "232902de3cf419af")
+ATT3_PCR8 = ("97c5395a83c0d6a04d53ff962663c714c178c24500bf97f78456ed3721d922cf3f940614da4bb901"
+             "07c439bc4a1443ca")
+
+
+@pytest.fixture
+def att3(fixtures_dir: Path) -> Path:
+    return fixtures_dir / "nitro" / "att_3.cbor"
+
+
+def test_real_document_with_expected_pcrs_exits_0(att3: Path, capsys) -> None:
+    status = main(["verify-attestation", str(att3), "--at", ATT3_AT,
+                   "--expect-pcr", f"0={ATT3_PCR0}", "--expect-pcr", f"8={ATT3_PCR8}"])
+    out, err = capsys.readouterr()
+    assert status == 0
+    assert "i-0ec0e572c8263d8ff-enc0185c4fd382eeb25" in out
+    assert "2023-01-18T13:07:19.280Z" in out
+    assert f"PCR0         {ATT3_PCR0}  (expected: match)" in out
+    assert "public key:  absent" in out
+    assert "warning" not in err
+
+
+def test_output_lists_pcrs_0_1_2_8_and_the_non_zero_ones(att3: Path, capsys) -> None:
+    main(["verify-attestation", str(att3), "--at", ATT3_AT, "--expect-pcr", f"0={ATT3_PCR0}"])
+    shown = [line.split()[0] for line in capsys.readouterr().out.splitlines()
+             if line.startswith("PCR") and not line.startswith("PCRs")]
+    assert shown == ["PCR0", "PCR1", "PCR2", "PCR3", "PCR4", "PCR8"]
+
+
+def test_no_expected_pcrs_warns_on_stderr_but_verifies(att3: Path, capsys) -> None:
+    assert main(["verify-attestation", str(att3), "--at", ATT3_AT]) == 0
+    out, err = capsys.readouterr()
+    assert "no --expect-pcr" in err and "NOT CHECKED" in out
+
+
+def test_json_output_is_one_document(att3: Path, capsys) -> None:
+    assert main(["--json", "verify-attestation", str(att3), "--at", ATT3_AT,
+                 "--expect-pcr", f"0={ATT3_PCR0}"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["verified"] is True and data["pcrs"]["0"] == ATT3_PCR0
+    assert data["pcrs_checked"] == [0]
+
+
+def test_wrong_pcr_exits_3(att3: Path, capsys) -> None:
+    status = main(["verify-attestation", str(att3), "--at", ATT3_AT,
+                   "--expect-pcr", f"0={'0' * 95}1"])
+    assert status == ExitStatus.VERIFICATION_FAILED
+    assert "PCR0" in capsys.readouterr().err
+
+
+def test_today_exits_3_because_the_chain_expired(att3: Path, capsys) -> None:
+    assert main(["verify-attestation", str(att3)]) == ExitStatus.VERIFICATION_FAILED
+    assert "--at" in capsys.readouterr().err
+
+
+def test_wrong_nonce_exits_3(att3: Path) -> None:
+    assert main(["verify-attestation", str(att3), "--at", ATT3_AT, "--nonce", "00ff"]) == \
+        ExitStatus.VERIFICATION_FAILED
+
+
+def test_right_nonce_passes(att3: Path, capsys) -> None:
+    nonce = cbor2.loads(cbor2.loads(att3.read_bytes())[2])["nonce"]
+    assert main(["verify-attestation", str(att3), "--at", ATT3_AT, "--nonce", nonce.hex()]) == 0
+    assert "nonce:       matches" in capsys.readouterr().out
+
+
+def test_debug_document_needs_allow_debug(fixtures_dir: Path, capsys) -> None:
+    document = str(fixtures_dir / "nitro" / "att_1.cbor")
+    at = "2021-10-28T17:02:03Z"
+    assert main(["verify-attestation", document, "--at", at]) == \
+        ExitStatus.VERIFICATION_FAILED
+    assert "debug mode" in capsys.readouterr().err
+    assert main(["verify-attestation", document, "--at", at, "--allow-debug"]) == 0
+    assert "YES" in capsys.readouterr().out
+
+
+def test_base64_file_is_accepted(att3: Path, tmp_path: Path) -> None:
+    encoded = tmp_path / "doc.b64"
+    encoded.write_text(base64.b64encode(att3.read_bytes()).decode() + "\n")
+    assert main(["verify-attestation", str(encoded), "--at", ATT3_AT]) == 0
+
+
+def test_missing_file_exits_4(tmp_path: Path, capsys) -> None:
+    assert main(["verify-attestation", str(tmp_path / "nope")]) == ExitStatus.NOT_FOUND
+    assert "no attestation document" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("bad", ["0=abc", "32=" + "0" * 96, "x=" + "0" * 96, "0" * 96])
+def test_malformed_expect_pcr_is_a_usage_error(att3: Path, bad: str) -> None:
+    assert main(["verify-attestation", str(att3), "--expect-pcr", bad]) == ExitStatus.USAGE
+
+
+def test_time_without_zone_is_a_usage_error(att3: Path) -> None:
+    assert main(["verify-attestation", str(att3), "--at", "2023-01-18T13:07:20"]) == \
+        ExitStatus.USAGE
+
+
+def test_simulated_document_needs_the_development_root(tmp_path: Path, capsys) -> None:
+    pki = sim_pki.load_or_create(tmp_path)
+    pcrs = {i: bytes([i + 1]) * 48 for i in range(16)}
+    document = tmp_path / "sim.cbor"
+    document.write_bytes(build_attestation_document(pki, pcrs=pcrs, module_id="i-sim-enc1"))
+    expect = ["--expect-pcr", f"0={pcrs[0].hex()}"]
+    assert main(["verify-attestation", str(document), *expect]) == \
+        ExitStatus.VERIFICATION_FAILED
+    assert "--root" in capsys.readouterr().err
+    assert main(["verify-attestation", str(document), *expect,
+                 "--root", str(pki.root_path)]) == 0
+
+
+def test_module_entry_point_exit_status(att3: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "client", "verify-attestation", str(att3),
+                             "--at", ATT3_AT, "--expect-pcr", f"0={ATT3_PCR0}"],
+                            cwd=PROJECT_ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "attestation document verified" in result.stdout
