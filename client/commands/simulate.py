@@ -146,10 +146,12 @@ def runtime_healthy(socket_path: Path) -> bool:
 
 def runtime_command(socket_path: Path, state_dir: Path, nsm_socket: Path, kms_endpoint: str,
                     region: str) -> list[str]:
-    return [sys.executable, "-m", "enclave", "serve", "--unix", str(socket_path),
-            "--exchange", str(state_dir / "exchange"), "--private", str(state_dir / "private"),
-            "--nsm-device", str(nsm_socket), "--kms-endpoint", kms_endpoint,
-            "--region", region]
+    """The image's own command with the transport, paths and endpoints swapped (one source)."""
+    from enclave.__main__ import simulation_argv
+
+    return simulation_argv(socket_path=socket_path, exchange=state_dir / "exchange",
+                           private=state_dir / "private", nsm_device=nsm_socket,
+                           kms_endpoint=kms_endpoint, region=region)
 
 
 def stop_component(component: dict[str, Any], module: str) -> bool:
