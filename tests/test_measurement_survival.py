@@ -165,3 +165,20 @@ def test_keeper_reruns_whenever_the_template_policy_changes(templates):
 def test_keeper_digest_is_stable_across_synths(templates):
     again, _, _ = third_party_template()
     assert digest(again) == digest(templates["empty"])
+
+
+def test_keeper_lambda_bundle_is_self_contained(tmp_path):
+    """The Lambda asset imports with nothing but the standard library on its path."""
+    import subprocess
+    import sys
+
+    from constructs.enclave_key import _stage_handler_code
+
+    staged = _stage_handler_code()
+    result = subprocess.run(
+        [sys.executable, "-I", "-c",
+         "import sys; sys.path[:0] = ['.']; import pipeline.measurement_resource as m; "
+         "assert callable(m.handler); print(sorted(sys.modules.get('pipeline').__path__))"],
+        cwd=staged, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert staged in result.stdout

@@ -422,3 +422,8 @@ def test_measurement_keeper_runs_after_the_key_with_a_digest_of_its_policy(templ
         "Keep": "3",
         "TemplatePolicyDigest": Match.string_like_regexp("^[0-9a-f]{64}$")})
     assert template.to_json()["Resources"][key.as_string()]["Type"] == "AWS::KMS::Key"
+
+
+def test_debug_mode_all_zero_measurement_in_context_fails_synth():
+    with pytest.raises(ValueError, match="debug-mode"):
+        third_party_template(AllowedImageMeasurements=["0" * 96])
