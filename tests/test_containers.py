@@ -1,0 +1,179 @@
+"""The enclave image definition: pinned inputs, and the command it runs is the one simulated."""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+from enclave.__main__ import build_parser, production_argv, simulation_argv
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCKERFILE = ROOT / "containers" / "Dockerfile"
+ENCLAVE_REQUIREMENTS = ROOT / "containers" / "requirements-enclave.txt"
+APP_REQUIREMENTS = ROOT / "containers" / "requirements-app.txt"
+
+# Import name -> distribution name, for the runtime's third-party imports.
+DISTRIBUTIONS = {"attr": "attrs", "aws_encryption_sdk": "aws-encryption-sdk", "yaml": "pyyaml"}
+
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with line continuations joined and comments dropped."""
+    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        keyword, _, rest = line.partition(" ")
+        out.append((keyword.upper(), rest.strip()))
+    return out
+
+
+def image_command() -> list[str]:
+    """What the image runs: ENTRYPOINT + CMD, each in exec (JSON) form."""
+    entrypoint: list[str] = []
+    cmd: list[str] = []
+    for keyword, rest in dockerfile_instructions():
+        if keyword in ("CMD", "ENTRYPOINT"):
+            try:
+                value = json.loads(rest)
+            except ValueError:
+                pytest.fail(f"{keyword} must use the exec (JSON) form, got: {rest}")
+            if keyword == "CMD":
+                cmd = value
+            else:
+                entrypoint = value
+    return entrypoint + cmd
+
+
+def requirement_pins(path: Path) -> dict[str, str]:
+    pins = {}
+    for line in path.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            name, _, version = line.split()[0].partition("==")
+            pins[name.lower()] = version
+    return pins
+
+
+def test_image_runs_the_production_command() -> None:
+    assert image_command() == production_argv()
+
+
+def test_production_command_parses_as_vsock_serve() -> None:
+    args = build_parser().parse_args(production_argv()[3:])
+    assert (args.command, args.vsock_port, args.unix) == ("serve", 5005, None)
+    assert args.nsm_device == "/dev/nsm"
+
+
+def test_simulation_runs_the_same_command_with_local_transport_and_paths() -> None:
+    sim = simulation_argv(socket_path="/s/runtime.sock", exchange="/s/exchange",
+                          private="/s/private", nsm_device="/s/nsm.sock",
+                          kms_endpoint="http://127.0.0.1:4000", region="eu-west-1",
+                          python="/venv/bin/python")
+    prod = production_argv()
+    assert sim[1:4] == prod[1:4]  # -m enclave serve
+    # Same options in the same order; only the transport flag changes, plus a default region.
+    prod_options = [a for a in prod[4:] if a.startswith("--")]
+    sim_options = [a for a in sim[4:] if a.startswith("--")]
+    assert sim_options == [o.replace("--vsock-port", "--unix") for o in prod_options] + ["--region"]
+    args = build_parser().parse_args(sim[3:])
+    assert (args.unix, args.vsock_port, args.private) == ("/s/runtime.sock", None, "/s/private")
+
+
+def test_client_simulation_starts_the_runtime_with_simulation_argv(tmp_path: Path) -> None:
+    simulate = pytest.importorskip("client.commands.simulate")
+    command = simulate.runtime_command(tmp_path / "rt.sock", tmp_path, tmp_path / "nsm.sock",
+                                       "http://127.0.0.1:4000", "us-east-1")
+    assert [str(a) for a in command] == simulation_argv(
+        socket_path=tmp_path / "rt.sock", exchange=tmp_path / "exchange",
+        private=tmp_path / "private", nsm_device=tmp_path / "nsm.sock",
+        kms_endpoint="http://127.0.0.1:4000", region="us-east-1", python=command[0])
+
+
+def test_every_base_image_is_pinned_by_digest() -> None:
+    stages: set[str] = set()
+    for keyword, rest in dockerfile_instructions():
+        if keyword != "FROM":
+            continue
+        words = [w for w in rest.split() if not w.startswith("--platform")]
+        image = words[0]
+        if len(words) >= 3 and words[1].upper() == "AS":
+            stages.add(words[2])
+        if image in stages:
+            continue
+        assert re.fullmatch(r"[\w./-]+:[\w.-]+@sha256:[0-9a-f]{64}", image), image
+
+
+def test_base_is_amazon_linux_2023_arm64() -> None:
+    first = next(rest for keyword, rest in dockerfile_instructions() if keyword == "FROM")
+    assert "--platform=linux/arm64" in first and "amazonlinux:2023@" in first
+
+
+def test_every_enclave_requirement_is_pinned_with_a_hash() -> None:
+    for line in ENCLAVE_REQUIREMENTS.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            assert re.fullmatch(r"[A-Za-z0-9._-]+==[A-Za-z0-9.]+ --hash=sha256:[0-9a-f]{64}",
+                                line), line
+
+
+def test_enclave_requirements_match_the_project_pins() -> None:
+    project = requirement_pins(ROOT / "requirements.txt")
+    for name, version in requirement_pins(ENCLAVE_REQUIREMENTS).items():
+        if name in project:
+            assert project[name] == version, f"{name}: {version} vs {project[name]}"
+
+
+def test_every_third_party_import_of_the_runtime_is_in_the_image() -> None:
+    pinned = set(requirement_pins(ENCLAVE_REQUIREMENTS))
+    stdlib = set(__import__("sys").stdlib_module_names)
+    missing = set()
+    for source in (ROOT / "enclave").glob("*.py"):
+        for node in ast.walk(ast.parse(source.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            for name in names:
+                top = name.split(".")[0]
+                if top in stdlib or top in ("enclave", "__future__"):
+                    continue
+                if DISTRIBUTIONS.get(top, top).lower() not in pinned:
+                    missing.add(f"{source.name}: {top}")
+    assert not missing, f"imported by the runtime but not installed in the image: {missing}"
+
+
+def test_app_requirements_lines_carry_hashes_too() -> None:
+    for line in APP_REQUIREMENTS.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            assert "--hash=sha256:" in line, line
+
+
+def test_pip_installs_require_hashes_and_wheels_only() -> None:
+    installs = [rest for keyword, rest in dockerfile_instructions()
+                if keyword == "RUN" and "pip install" in rest]
+    assert installs
+    for command in installs:
+        for part in command.split("&&"):
+            if "pip install" in part:
+                words = shlex.split(part)
+                assert "--require-hashes" in words and "--only-binary=:all:" in words, part
+
+
+def test_image_resolves_the_kms_host_name_to_the_bridge() -> None:
+    text = DOCKERFILE.read_text()
+    assert re.search(r"127\.0\.0\.1 kms\.%s\.amazonaws\.com", text)
+    assert "COPY --from=hosts /hosts /etc/hosts" in text
+
+
+def test_image_contains_the_runtime_code() -> None:
+    copies = [rest for keyword, rest in dockerfile_instructions() if keyword == "COPY"]
+    assert any(rest.split()[0] == "enclave/" for rest in copies)
