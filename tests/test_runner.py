@@ -404,3 +404,77 @@ def test_receipt_is_refused_while_the_run_is_in_progress(rt: Runtime, bundle: st
     assert (status, answer["error"]["code"]) == (409, "run_in_progress")
     rt.request("DELETE", f"/v1/runs/{body['id']}")
     rt.wait_run(body["id"])
+
+
+# -- the production key provider ---------------------------------------------------------------
+
+@pytest.fixture
+def kms_sealed_bundle(monkeypatch, tmp_path: Path):
+    import boto3
+    import botocore.session
+    from moto import mock_aws
+
+    from enclave.sealing import kms_key_provider
+
+    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                        "AWS_DEFAULT_REGION": "eu-west-1"}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    source = tmp_path / "kms-src"
+    source.mkdir()
+    (source / "manifest.json").write_text(json.dumps(manifest()))
+    (source / "app.py").write_text(APP)
+    with mock_aws():
+        arn = boto3.client("kms", region_name="eu-west-1").create_key()["KeyMetadata"]["Arn"]
+        bundle = tmp_path / "kms.sealed"
+        with open(bundle, "wb") as out:
+            provider = kms_key_provider(arn, botocore_session=botocore.session.Session())
+            seal_directory(source, out, key_provider=provider)
+    return bundle, arn
+
+
+def _factory(tmp_path: Path):
+    from runtime_harness import FakeNsm
+
+    from enclave.config import RuntimeConfig
+    from enclave.runner import attested_kms_key_provider_factory
+
+    config = RuntimeConfig(exchange_root=tmp_path / "x", private_root=tmp_path / "p",
+                           kms_endpoint="https://kms.{region}.amazonaws.com")
+    return attested_kms_key_provider_factory(config, FakeNsm())
+
+
+def test_bundle_header_names_its_kms_key(kms_sealed_bundle) -> None:
+    from enclave.runner import bundle_kms_key_arns
+
+    bundle, arn = kms_sealed_bundle
+    with open(bundle, "rb") as f:
+        assert bundle_kms_key_arns(f, "kms.sealed") == [arn]
+
+
+def test_production_provider_uses_the_bundles_key_and_the_regions_endpoint(
+        kms_sealed_bundle, tmp_path: Path) -> None:
+    from enclave.runner import Credentials
+
+    _bundle, arn = kms_sealed_bundle
+    provider = _factory(tmp_path)(Credentials("AKID", "SECRET", "TOKEN"), None, [arn])
+    assert provider.config.key_arn == arn
+    assert provider.config.kms_client.meta.endpoint_url == "https://kms.eu-west-1.amazonaws.com"
+    assert provider.config.kms_client.meta.region_name == "eu-west-1"
+
+
+def test_production_provider_needs_credentials(kms_sealed_bundle, tmp_path: Path) -> None:
+    from enclave.runner import _RunFailure
+
+    _bundle, arn = kms_sealed_bundle
+    with pytest.raises(_RunFailure, match="no AWS credentials"):
+        _factory(tmp_path)(None, "eu-west-1", [arn])
+
+
+def test_production_provider_refuses_a_key_of_another_region(kms_sealed_bundle,
+                                                             tmp_path: Path) -> None:
+    from enclave.runner import Credentials, _RunFailure
+
+    _bundle, arn = kms_sealed_bundle
+    with pytest.raises(_RunFailure, match="not in region us-east-1"):
+        _factory(tmp_path)(Credentials("a", "b"), "us-east-1", [arn])
