@@ -13,6 +13,8 @@ Key policy statements (Sids are stable: `pipeline/allowlist.py` finds its lists 
   (debug-mode enclaves attest with all-zero PCRs, which no list may hold).
 - `DenyDecryptUnlistedSigner` (only with a pinned signer): nor from an image signed by another
   certificate (PCR8).
+- `DenyHostAnyOtherKeyUse`: the host role may do nothing else with the key (no ReEncrypt, which
+  would move a data key under a key the host controls without attestation; no grants).
 
 The explicit Denies name the host principal, so no Allow (the root statement, a later grant, an
 IAM policy in either account) can lift them. While no measurement is allowed the lists hold
@@ -115,6 +117,10 @@ def key_policy(*, administrator_account: str, host_principal_arn: str, app_id: s
             actions=["kms:Decrypt"], resources=["*"],
             conditions={"StringNotEquals": {allowlist.IMAGE_KEY: list(images)}}),
     ]
+    # ReEncrypt, GenerateDataKey, CreateGrant... carry no attestation: none is for the host.
+    statements.append(iam.PolicyStatement(
+        sid=allowlist.DENY_OTHER_USE_SID, effect=iam.Effect.DENY, principals=[host],
+        not_actions=["kms:Decrypt"], resources=["*"]))
     if signer_pcr8:
         statements.append(iam.PolicyStatement(
             sid=allowlist.DENY_UNLISTED_SIGNER_SID, effect=iam.Effect.DENY, principals=[host],

@@ -39,6 +39,7 @@ ALLOW_SID = "AllowAttestedEnclaveDecrypt"
 DENY_NO_ATTESTATION_SID = "DenyDecryptWithoutAttestation"
 DENY_UNLISTED_IMAGE_SID = "DenyDecryptUnlistedImage"
 DENY_UNLISTED_SIGNER_SID = "DenyDecryptUnlistedSigner"
+DENY_OTHER_USE_SID = "DenyHostAnyOtherKeyUse"
 
 PLACEHOLDER = "NO-IMAGE-ALLOWED-YET"
 POLICY_NAME = "default"

@@ -148,6 +148,13 @@ def test_without_measurements_the_lists_hold_a_placeholder_no_attestation_can_ma
     assert not re.fullmatch(r"[0-9a-f]{96}", allowlist.PLACEHOLDER)
 
 
+def test_host_may_use_the_key_for_nothing_but_decrypt(template):
+    template.has_resource_properties("AWS::KMS::Key", {"KeyPolicy": {"Statement": Match.array_with([
+        Match.object_like({
+            "Sid": "DenyHostAnyOtherKeyUse", "Effect": "Deny",
+            "Principal": {"AWS": HOST_ROLE}, "NotAction": "kms:Decrypt", "Resource": "*"})])}})
+
+
 def test_configured_measurements_appear_in_both_allow_and_deny(pinned):
     allow = statement(pinned, "AllowAttestedEnclaveDecrypt")["Condition"]["StringEquals"]
     deny = statement(pinned, "DenyDecryptUnlistedImage")["Condition"]["StringNotEquals"]
