@@ -149,11 +149,15 @@ def bring_up_loopback() -> None:
 def start_kms_bridge(proxy_port: int) -> Any:
     """Start enclave.bridge's forwarder (127.0.0.1:443 -> parent vsock-proxy) if it exists."""
     try:
-        from enclave import bridge  # type: ignore[attr-defined]
+        from enclave import bridge
     except ImportError:
         logging.getLogger("enclave").warning("enclave.bridge is missing: KMS is unreachable")
         return None
-    return bridge.start(local_port=443, parent_cid=PARENT_CID, parent_port=proxy_port)
+    try:
+        return bridge.start(local_port=443, parent_cid=PARENT_CID, parent_port=proxy_port)
+    except OSError as exc:  # keep serving: attestation and files still work, runs will say why
+        logging.getLogger("enclave").warning("KMS bridge did not start: %s", exc)
+        return None
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -202,8 +206,11 @@ def _nsm_client(device: str) -> Any:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s",
+    # Only the runtime's own event lines at INFO: libraries' INFO lines (encryption contexts,
+    # credential sources) are not the host's business.
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s",
                         stream=sys.stderr)
+    logging.getLogger("enclave").setLevel(logging.INFO)
     args = build_parser().parse_args(argv)
     try:
         return serve(args)
