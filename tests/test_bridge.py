@@ -231,3 +231,18 @@ def test_tls_to_another_hostname_fails_verification_through_the_bridge(tls_upstr
     with running_bridge(unix_upstream(proxy)) as bridge, connect(bridge) as raw, \
             pytest.raises(ssl.SSLCertVerificationError):
         context.wrap_socket(raw, server_hostname="kms.eu-west-1.amazonaws.com")
+
+
+def test_forwarded_bytes_never_reach_the_logs(sockets: Path, caplog) -> None:
+    secret = b"Authorization: AWS4-HMAC-SHA256 Credential=AKIASECRET/x SessionToken=SECRETTOKEN"
+    caplog.set_level("DEBUG")
+    with upstream_server(sockets / "proxy", echo), \
+            running_bridge(unix_upstream(sockets / "proxy")) as bridge, connect(bridge) as sock:
+        sock.sendall(secret)
+        sock.shutdown(socket.SHUT_WR)
+        assert read_all(sock) == secret
+    with running_bridge(unix_upstream(sockets / "absent")) as bridge, connect(bridge) as sock, \
+            contextlib.suppress(OSError):  # the bridge drops it, possibly with a reset
+        sock.sendall(secret)
+        read_all(sock)
+    assert "SECRET" not in caplog.text

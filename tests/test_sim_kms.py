@@ -308,3 +308,15 @@ def test_openssl_decrypts_the_envelope_the_local_kms_builds(tmp_path: Path, rsa_
                              str(tmp_path / "env.der"), "-inkey", str(tmp_path / "key.pem")],
                             capture_output=True, check=True)
     assert result.stdout == b"interop"
+
+
+def test_requests_leave_nothing_of_the_credentials_on_stderr_or_disk(owner, state: Path,
+                                                                     capfd) -> None:
+    owner.create_key()
+    with pytest.raises(ClientError):
+        owner.create_key(Policy="{broken")
+    captured = capfd.readouterr()
+    assert "not-checked" not in captured.out + captured.err  # the secret key boto3 signs with
+    for path in state.rglob("*"):
+        if path.is_file():
+            assert b"not-checked" not in path.read_bytes()
