@@ -32,8 +32,8 @@ test: setup
 lint: setup
 	ruff check .
 
-demo: setup
-	python -m client demo
+demo: synth
+	python demo.py
 
 clean:
 	rm -rf cdk.out .pytest_cache .sim

@@ -1,0 +1,193 @@
+#!/usr/bin/env python3
+"""Play the whole runbook on this machine, in local simulation (`make demo`).
+
+Each step runs the same command a person would run (the client, the encryptor, the pipeline's
+allow-list tool) against the local simulation: a KMS endpoint that evaluates the key policy the
+ThirdPartyStack synthesizes, a simulated NSM, and the real enclave runtime on a Unix socket.
+The script prints what it does and exits non-zero as soon as a step fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import boto3
+
+from client import simstate
+from client.sim.template import key_policy_from_template
+
+PROJECT_ROOT = Path(__file__).resolve().parent
+TEMPLATE = PROJECT_ROOT / "cdk.out" / "ThirdPartyStack.template.json"
+APP_DIR = PROJECT_ROOT / "src" / "sample-inference"
+DATASET = PROJECT_ROOT / "samples" / "host-data" / "patients.csv"
+ENCLAVE_KEY_LOGICAL_ID = "EnclaveKey"
+
+
+class DemoFailed(Exception):
+    pass
+
+
+class Demo:
+    def __init__(self, work: Path) -> None:
+        self.work = work
+        self.step_number = 0
+        self.context = json.loads((PROJECT_ROOT / "cdk.json").read_text())["context"]
+
+    # -- output -----------------------------------------------------------------------------
+
+    def step(self, title: str) -> None:
+        self.step_number += 1
+        print(f"\n=== {self.step_number}. {title}", flush=True)
+
+    def run(self, argv: Sequence[str], *, env: dict[str, str] | None = None,
+            expect_failure: bool = False) -> subprocess.CompletedProcess[str]:
+        shown = " ".join(shlex.quote(a) for a in argv)
+        print(f"$ {shown}", flush=True)
+        result = subprocess.run(list(argv), cwd=PROJECT_ROOT, env=env or self.env(), text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=600,
+                                check=False)
+        for line in result.stdout.splitlines():
+            print(f"  {line}")
+        if expect_failure and result.returncode == 0:
+            raise DemoFailed(f"`{shown}` succeeded but must be refused")
+        if not expect_failure and result.returncode != 0:
+            raise DemoFailed(f"`{shown}` failed with exit status {result.returncode}")
+        return result
+
+    # -- environments -----------------------------------------------------------------------
+
+    @staticmethod
+    def env(extra: dict[str, str] | None = None) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+        env["PYTHONPATH"] = str(PROJECT_ROOT)
+        env.update(extra or {})
+        return env
+
+    def principal_env(self, state: dict, who: str) -> dict[str, str]:
+        """The standard AWS environment of a simulated principal, pointed at the local KMS."""
+        principal = state["principals"][who]
+        return self.env({
+            "AWS_ACCESS_KEY_ID": principal["access_key_id"],
+            "AWS_SECRET_ACCESS_KEY": principal["secret_access_key"],
+            "AWS_SESSION_TOKEN": principal["session_token"],
+            "AWS_DEFAULT_REGION": state["region"],
+            "AWS_ENDPOINT_URL_KMS": state["kms"]["endpoint"],
+        })
+
+    # -- the runbook --------------------------------------------------------------------------
+
+    def play(self) -> None:
+        python = sys.executable
+        client = [python, "-m", "client"]
+
+        self.step("Synthesized stacks (make synth): read the enclave key policy ThirdPartyStack "
+                  "defines")
+        if not TEMPLATE.exists():
+            raise DemoFailed(f"{TEMPLATE} is missing: run `make synth` (make demo does it first)")
+        print(f"  {TEMPLATE.relative_to(PROJECT_ROOT)}")
+
+        self.step("Enclave User: start the local simulation (KMS endpoint, NSM, enclave runtime)")
+        self.run([*client, "simulate", "down"])
+        self.run([*client, "simulate", "up"])
+        state = simstate.load_state()
+        if state is None:
+            raise DemoFailed("simulate up recorded no state")
+        third_party = self.principal_env(state, "third_party")
+        host = self.principal_env(state, "host")
+
+        self.step("Third Party: create the enclave key with the synthesized key policy")
+        policy = key_policy_from_template(
+            TEMPLATE, logical_id_prefix=ENCLAVE_KEY_LOGICAL_ID,
+            account=self.context["ThirdPartyAWSAccountNumber"], region=state["region"])
+        kms = boto3.client(
+            "kms", region_name=state["region"], endpoint_url=state["kms"]["endpoint"],
+            aws_access_key_id=state["principals"]["third_party"]["access_key_id"],
+            aws_secret_access_key=state["principals"]["third_party"]["secret_access_key"],
+            aws_session_token=state["principals"]["third_party"]["session_token"])
+        key_arn = kms.create_key(Policy=json.dumps(policy),
+                                 Description="enclave key (demo)")["KeyMetadata"]["Arn"]
+        kms.create_alias(AliasName=self.context["EncryptionKeyAlias"], TargetKeyId=key_arn)
+        sids = [s.get("Sid") for s in policy["Statement"]]
+        print(f"  key {key_arn}\n  alias {self.context['EncryptionKeyAlias']}\n"
+              f"  policy statements: {', '.join(sids)}")
+
+        self.step("Third Party pipeline (nitro-image-builder): allow the enclave image's PCR0")
+        measurements = self.work / "measurements.json"
+        measurements.write_text(json.dumps({"Measurements": {
+            "HashAlgorithm": "Sha384 { ... }", **state["measurements"]}}, indent=2))
+        self.run([python, "-m", "pipeline.allowlist", "add", "--key-id", key_arn,
+                  "--measurements", str(measurements), "--keep",
+                  str(self.context["MeasurementsToKeep"])], env=third_party)
+
+        self.step("Third Party pipeline (application-encryptor): seal src/sample-inference")
+        bundle = self.work / "sample-inference.sealed"
+        self.run([python, "envelope_encryptor.py", "encrypt", "-d", str(APP_DIR), "-k", key_arn,
+                  "-o", str(bundle)], env=third_party)
+
+        self.step("Enclave User: verify the enclave's attestation against the allowed PCR0")
+        self.run([*client, "attest", "--measurements", str(measurements)], env=host)
+
+        self.step("Enclave User: push the sealed application and the dataset into the inbox")
+        self.run([*client, "push", str(bundle), bundle.name], env=host)
+        self.run([*client, "push", str(DATASET), DATASET.name], env=host)
+
+        self.step("Enclave User: run the sealed application's `predict` entrypoint")
+        self.run([*client, "run", "-f", bundle.name, "-s", "predict", "--",
+                  DATASET.name, "predictions.csv"], env=host)
+
+        self.step("Enclave User: pull the result from the outbox")
+        result = self.work / "predictions.csv"
+        self.run([*client, "pull", "predictions.csv", str(result)], env=host)
+        with result.open(newline="") as handle:
+            rows = list(csv.reader(handle))
+        print(f"  {result.relative_to(PROJECT_ROOT)}: {len(rows) - 1} predictions; first rows:")
+        for row in rows[:6]:
+            print("    " + ",".join(row))
+
+        self.step("Host without an enclave: decrypting the bundle directly is denied by KMS")
+        refused = self.run([python, "envelope_encryptor.py", "decrypt", "-i", str(bundle),
+                            "-o", str(self.work / "stolen"), "-k", key_arn], env=host,
+                           expect_failure=True)
+        if "denied" not in refused.stdout.lower():
+            raise DemoFailed("the direct decryption failed, but not with an access denial")
+        if (self.work / "stolen").exists() and any((self.work / "stolen").iterdir()):
+            raise DemoFailed("the refused decryption left files behind")
+
+        self.step("Enclave User: stop the simulation")
+        self.run([*client, "simulate", "down"])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", type=Path, default=PROJECT_ROOT / ".sim" / "demo",
+                        help="where the demo writes the sealed bundle and results")
+    args = parser.parse_args(argv)
+    args.work.mkdir(parents=True, exist_ok=True)
+    for leftover in ("measurements.json", "sample-inference.sealed", "predictions.csv"):
+        (args.work / leftover).unlink(missing_ok=True)
+    started = time.monotonic()
+    demo = Demo(args.work)
+    try:
+        demo.play()
+    except (DemoFailed, Exception) as exc:  # every failure ends the demo with one clear line
+        print(f"\ndemo FAILED at step {demo.step_number}: {exc}", file=sys.stderr)
+        subprocess.run([sys.executable, "-m", "client", "simulate", "down"], cwd=PROJECT_ROOT,
+                       env=Demo.env(), capture_output=True, check=False)
+        return 1
+    print(f"\ndemo completed in {time.monotonic() - started:.1f}s: the sealed application ran "
+          "on the host's data inside the (simulated) attested enclave; the host alone could "
+          "not decrypt it.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
