@@ -68,6 +68,8 @@ class HostNetwork(Construct):
                 peer, ec2.Port.tcp(443), "HTTPS from the enclave hosts")
 
     def _create_vpc(self, max_azs: int) -> ec2.Vpc:
+        # The zones are the stack's `availability_zones` (HostStack overrides it so that no
+        # context lookup, hence no AWS call, happens at synth).
         vpc = ec2.Vpc(
             self, "Vpc",
             max_azs=max_azs,

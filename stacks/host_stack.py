@@ -74,3 +74,13 @@ class HostStack(cdk.Stack):
         }
         for output_id, (value, description) in outputs.items():
             cdk.CfnOutput(self, output_id, value=value, description=description)
+
+    @property
+    def availability_zones(self) -> list[str]:
+        """Zones for a created VPC: the configured ones, else the region's first two as
+        CloudFormation resolves them (Fn::GetAZs). CDK's default for a stack with an account
+        and region is a context lookup, and synth must never call AWS."""
+        config: Config | None = getattr(self, "config", None)
+        if config is not None and config.availability_zones:
+            return list(config.availability_zones)
+        return [cdk.Fn.select(index, cdk.Fn.get_azs()) for index in range(2)]

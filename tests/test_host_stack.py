@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 from aws_cdk.assertions import Annotations, Match, Template
 from host_app import REMOVE, build_host_stack, host_template, only, resources_of_type
@@ -489,3 +492,32 @@ def test_outputs_point_at_the_resources_they_name(template):
     assert outputs["KeyAlias"]["Value"] == "alias/sealed-enclave-sharing-example-ml-vendor"
     assert outputs["AutoScalingGroupName"]["Value"] == {"Ref": group}
     assert outputs["RoleArn"]["Value"] == {"Fn::GetAtt": [role, "Arn"]}
+
+
+# ---- synth never calls AWS ------------------------------------------------------------------
+
+@pytest.mark.parametrize("overrides", [
+    {},
+    {"AvailabilityZones": ["us-east-1b", "us-east-1c"]},
+    {"VpcId": "vpc-0123456789abcdef0", "PrivateSubnetIds": ["subnet-0123456789abcdef0"],
+     "AvailabilityZones": ["us-east-1a"]},
+], ids=["created VPC", "created VPC in named zones", "imported VPC"])
+def test_synth_needs_no_context_lookup(overrides):
+    # A lookup here would make `cdk synth` ask AWS (and fail without credentials).
+    app, _ = build_host_stack(**overrides)
+    manifest = json.loads((Path(app.synth().directory) / "manifest.json").read_text())
+    assert manifest.get("missing") is None
+
+
+def test_created_vpc_spans_zones_resolved_by_cloudformation(template):
+    zones = [s["Properties"]["AvailabilityZone"]
+             for s in resources_of_type(template, "AWS::EC2::Subnet").values()]
+    assert {str(z) for z in zones} == {
+        str({"Fn::Select": [i, {"Fn::GetAZs": ""}]}) for i in (0, 1)}
+
+
+def test_created_vpc_uses_the_configured_zones():
+    template = host_template(AvailabilityZones=["us-east-1b", "us-east-1c"])
+    zones = {s["Properties"]["AvailabilityZone"]
+             for s in resources_of_type(template, "AWS::EC2::Subnet").values()}
+    assert zones == {"us-east-1b", "us-east-1c"}
