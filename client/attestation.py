@@ -280,6 +280,7 @@ def _verify_chain(chain: list[x509.Certificate], when: dt.datetime) -> None:
             if constraints.path_length is not None and cas_below > constraints.path_length:
                 raise VerificationError(f"{name} has {cas_below} CAs below it, more than its "
                                         f"path length {constraints.path_length}")
+        _check_key_usage(cert, name, ca=position < last)
         issuer = chain[position - 1] if position else cert
         try:
             cert.verify_directly_issued_by(issuer)
@@ -291,6 +292,17 @@ def _verify_chain(chain: list[x509.Certificate], when: dt.datetime) -> None:
     leaf_key = chain[-1].public_key()
     if not isinstance(leaf_key, ec.EllipticCurvePublicKey) or leaf_key.curve.name != "secp384r1":
         raise VerificationError("the signing certificate's key is not ECDSA P-384")
+
+
+def _check_key_usage(cert: x509.Certificate, name: str, *, ca: bool) -> None:
+    try:
+        usage = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+    except x509.ExtensionNotFound:
+        return
+    if ca and not usage.key_cert_sign:
+        raise VerificationError(f"{name} issues a certificate but its key usage forbids it")
+    if not ca and not usage.digital_signature:
+        raise VerificationError(f"{name} signs the document but its key usage forbids it")
 
 
 def _verify_signature(leaf: x509.Certificate, protected: bytes, payload: bytes,

@@ -259,3 +259,61 @@ def test_garbage_is_a_verification_error_not_a_crash() -> None:
 def test_certificate_names_cover_every_certificate(att3: bytes) -> None:
     assert certificate_names(att3) == ["cabundle[0]", "cabundle[1]", "cabundle[2]",
                                        "cabundle[3]", "leaf"]
+
+
+# ---- chain rules, with development chains built here ---------------------------------------
+
+
+def development_document(tmp_path: Path, *, leaf_usage_signs: bool = True,
+                         intermediate_is_ca: bool = True) -> tuple[bytes, bytes]:
+    """A document signed through a development chain, with one rule optionally broken."""
+    import dataclasses
+
+    from client.sim import pki as sim_pki
+    from client.sim.nsm import build_attestation_document
+
+    pki = sim_pki.load_or_create(tmp_path)
+    root_key = serialization.load_pem_private_key((pki.directory / "root.key").read_bytes(), None)
+    now = dt.datetime.now(dt.UTC)
+
+    def issue(subject: str, key, issuer, issuer_key, *, ca: bool, signs: bool = True):
+        usage = x509.KeyUsage(digital_signature=signs, content_commitment=False,
+                              key_encipherment=False, data_encipherment=False,
+                              key_agreement=False, key_cert_sign=ca, crl_sign=ca,
+                              encipher_only=False, decipher_only=False)
+        return (x509.CertificateBuilder()
+                .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+                .issuer_name(issuer.subject).public_key(key.public_key())
+                .serial_number(x509.random_serial_number())
+                .not_valid_before(now - dt.timedelta(hours=1))
+                .not_valid_after(now + dt.timedelta(hours=1))
+                .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+                .add_extension(usage, critical=True)
+                .sign(issuer_key, hashes.SHA384()))
+
+    inter_key = ec.generate_private_key(ec.SECP384R1())
+    intermediate = issue("test intermediate", inter_key, pki.root, root_key,
+                         ca=intermediate_is_ca)
+    leaf_key = ec.generate_private_key(ec.SECP384R1())
+    leaf = issue("test leaf", leaf_key, intermediate, inter_key, ca=False,
+                 signs=leaf_usage_signs)
+    custom = dataclasses.replace(pki, intermediate=intermediate, leaf=leaf, leaf_key=leaf_key)
+    pcrs = {i: bytes([i + 1]) * 48 for i in range(16)}
+    return build_attestation_document(custom, pcrs=pcrs, module_id="i-t-enc1"), pki.root_pem
+
+
+def test_development_chain_built_here_verifies(tmp_path: Path) -> None:
+    document, root = development_document(tmp_path)
+    assert verify_attestation(document, root_pem=root).module_id == "i-t-enc1"
+
+
+def test_leaf_whose_key_usage_forbids_signing_is_rejected(tmp_path: Path) -> None:
+    document, root = development_document(tmp_path, leaf_usage_signs=False)
+    with pytest.raises(VerificationError, match="key usage"):
+        verify_attestation(document, root_pem=root)
+
+
+def test_intermediate_that_is_not_a_ca_is_rejected(tmp_path: Path) -> None:
+    document, root = development_document(tmp_path, intermediate_is_ca=False)
+    with pytest.raises(VerificationError, match="not a CA"):
+        verify_attestation(document, root_pem=root)
