@@ -150,9 +150,14 @@ def attest_command(args: argparse.Namespace) -> int:
                                 root_pem=root_pem, allow_debug=args.allow_debug)
     if user_data is not None and result.user_data != user_data:
         raise VerificationError("the document does not carry the user data sent with the request")
+    if root_pem is None:
+        root_name = "the pinned AWS Nitro root"
+    elif args.root is not None:
+        root_name = str(args.root)
+    else:
+        root_name = "the simulation's development root"
     data = {"verified": True, "target": str(target.address), "expected_from": expectation_source,
-            "root": "pinned AWS Nitro root" if root_pem is None else str(args.root or "dev root"),
-            **result.to_json()}
+            "root": root_name, **result.to_json()}
     checked = ", ".join(f"PCR{i}" for i in result.pcrs_checked)
     emit(args, data, f"attestation verified: {checked} match ({expectation_source}), nonce "
                      f"fresh, chain to {data['root']}, module {result.module_id}")
