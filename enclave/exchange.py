@@ -18,7 +18,8 @@ import hashlib
 import os
 import secrets
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -411,12 +412,40 @@ class ExchangeArea:
 
 
 def _copy_exactly(body: BinaryIO, fd: int, length: int, digest: hashlib._Hash) -> None:
-    buffer = bytearray(min(CHUNK_SIZE, max(length, 1)))
-    view = memoryview(buffer)
-    remaining = length
-    while remaining:
+    """Copy `length` bytes from `body` to `fd`, hashing them, through two fixed buffers.
+
+    Hashing a chunk runs in a helper thread while the next chunk is received and written
+    (hashlib and os.write release the GIL), so SHA-256 costs little extra time; memory stays at
+    two chunks whatever the size.
+    """
+    if length <= CHUNK_SIZE:
+        _copy_chunks(body, fd, length, digest.update, [bytearray(max(length, 1))])
+        return
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="upload-hash") as hasher:
+        pending: list[Future] = []
+
+        def hash_in_background(chunk: memoryview) -> None:
+            if pending:
+                pending.pop().result()  # the buffer about to be reused is hashed by now
+            pending.append(hasher.submit(digest.update, chunk))
+
         try:
-            n = body.readinto(view[: min(len(buffer), remaining)])  # type: ignore[attr-defined]
+            _copy_chunks(body, fd, length, hash_in_background,
+                         [bytearray(CHUNK_SIZE), bytearray(CHUNK_SIZE)])
+        finally:
+            for future in pending:
+                future.result()
+
+
+def _copy_chunks(body: BinaryIO, fd: int, length: int, consume: Callable[[memoryview], None],
+                 buffers: list[bytearray]) -> None:
+    remaining = length
+    turn = 0
+    while remaining:
+        view = memoryview(buffers[turn % len(buffers)])
+        turn += 1
+        try:
+            n = body.readinto(view[: min(len(view), remaining)])  # type: ignore[attr-defined]
         except OSError as exc:  # reset, timeout: the sender is gone, not a file-system problem
             raise UploadIncomplete(
                 f"reading the body failed after {length - remaining} of {length} bytes "
@@ -427,10 +456,10 @@ def _copy_exactly(body: BinaryIO, fd: int, length: int, digest: hashlib._Hash) -
                 f"the body ended after {length - remaining} of {length} bytes; nothing was kept"
             )
         chunk = view[:n]
-        digest.update(chunk)
         written = 0
         while written < n:
             written += os.write(fd, chunk[written:])
+        consume(chunk)
         remaining -= n
 
 
