@@ -11,6 +11,11 @@ The request is CBOR (at most 0x1000 bytes); the kernel writes the CBOR response 
 bytes) into the response buffer and its actual length back into `response.len`. This is done in
 pure Python (ctypes buffers + fcntl.ioctl), so the enclave image carries no compiled helper.
 
+Request shapes follow the NSM API's serde encoding: operations without arguments are bare CBOR
+text strings ("DescribeNSM", "GetRandom"); the others are one-entry maps ({"Attestation": {...}},
+{"DescribePCR": {"index": n}}). The device refuses `{"GetRandom": {}}` with InvalidOperation
+(QEMU's virtio-nsm model, written against the device, matches on exactly these shapes).
+
 A device path that is a Unix socket is the local simulation (`client/sim/nsm.py`): the same CBOR
 request and response bytes, one request per connection: the client sends the request, shuts down
 its write side, and reads the response until the server closes.
@@ -127,7 +132,7 @@ class NsmClient:
             raise ValueError("n must be >= 0")
         out = bytearray()
         while len(out) < n:
-            body = decode_response(self.call({"GetRandom": {}}), "GetRandom")
+            body = decode_response(self.call("GetRandom"), "GetRandom")
             chunk = body.get("random") if isinstance(body, dict) else None
             if not isinstance(chunk, bytes) or not chunk:
                 raise NsmError("InvalidResponse", "GetRandom reply carries no random bytes")

@@ -79,7 +79,7 @@ def test_ioctl_path_sends_cbor_and_reads_the_length_the_kernel_wrote(
     kernel = FakeNsmKernel(cbor2.dumps({"GetRandom": {"random": b"\x07" * 32}}))
     monkeypatch.setattr(nsm_module.fcntl, "ioctl", kernel.ioctl)
     assert NsmClient(fake_device).get_random(20) == b"\x07" * 20
-    assert cbor2.loads(kernel.requests[0]) == {"GetRandom": {}}
+    assert cbor2.loads(kernel.requests[0]) == "GetRandom"  # a unit request is a bare string
 
 
 def test_ioctl_error_reply_becomes_nsm_error_with_its_code(
@@ -214,6 +214,12 @@ def test_unknown_operation_gets_invalid_operation(sim) -> None:
         nsm_module.decode_response(client.call({"ExtendPCR": {"index": 16, "data": b""}}),
                                    "ExtendPCR")
     assert caught.value.code == "InvalidOperation"
+
+
+@pytest.mark.parametrize("request_", [{"GetRandom": {}}, {"DescribeNSM": None}])
+def test_argument_less_operation_in_map_form_is_refused_like_the_device(sim, request_) -> None:
+    client, _ = sim
+    assert cbor2.loads(client.call(request_)) == {"Error": "InvalidOperation"}
 
 
 def test_describe_and_describe_pcr(sim) -> None:

@@ -90,6 +90,9 @@ class SimulatedNsm:
         return cbor2.dumps(reply)
 
     def _dispatch(self, request: Any) -> dict[str, Any]:
+        # argument-less operations are bare strings, as on the device; their map forms are refused
+        if request == "GetRandom":
+            return {"GetRandom": {"random": os.urandom(RANDOM_BYTES_PER_CALL)}}
         if request == "DescribeNSM":
             return {"DescribeNSM": {
                 "version_major": 1, "version_minor": 0, "version_patch": 0,
@@ -98,8 +101,6 @@ class SimulatedNsm:
         if not isinstance(request, dict) or len(request) != 1:
             return {"Error": "InvalidOperation"}
         ((operation, body),) = request.items()
-        if operation == "GetRandom":
-            return {"GetRandom": {"random": os.urandom(RANDOM_BYTES_PER_CALL)}}
         if operation == "DescribePCR":
             index = body.get("index") if isinstance(body, dict) else None
             if not isinstance(index, int) or not 0 <= index < 32:
