@@ -101,6 +101,14 @@ def test_ioctl_os_error_becomes_nsm_error(fake_device: Path,
     assert caught.value.code == "DeviceError"
 
 
+def test_real_ioctl_reaches_the_kernel_with_the_nsm_request_number() -> None:
+    # /dev/null refuses every ioctl with ENOTTY: the request number and the struct went through
+    # Python's fcntl.ioctl unchanged (no OverflowError for the high bit) and came back an NsmError
+    with pytest.raises(NsmError, match="Inappropriate ioctl") as caught:
+        NsmClient("/dev/null").describe()
+    assert caught.value.code == "DeviceError"
+
+
 def test_missing_device_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(NsmError, match="cannot reach the NSM"):
         NsmClient(tmp_path / "absent").describe()
