@@ -192,7 +192,10 @@ class ExchangeFs(fuse.Operations):
         if area is None:
             return [".", "..", *AREAS]
         entries = self._call(self.client.list, area, relative)
-        return [".", "..", *(e["name"] for e in entries)]
+        # A name with a slash or a dot name would make the kernel resolve somewhere else.
+        names = [str(e.get("name", "")) for e in entries]
+        return [".", "..", *(n for n in names if n not in ("", ".", "..") and "/" not in n
+                             and "\x00" not in n)]
 
     def mkdir(self, path: str, mode: int) -> int:
         _area, relative = self._writable_area(path)

@@ -18,6 +18,13 @@ def emit(args: Any, data: Any, text: str | None = None, *, stream: TextIO | None
     stream.flush()
 
 
+def terminal_safe(text: str, stream: TextIO) -> str:
+    """Application output shown on a terminal, without escape sequences that could rewrite it."""
+    if not stream.isatty():
+        return text
+    return "".join(c if c in "\n\t" or (c.isprintable()) else "\ufffd" for c in text)
+
+
 def human_size(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if abs(n) < 1024 or unit == "GiB":

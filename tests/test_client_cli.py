@@ -341,3 +341,16 @@ def test_attest_sends_a_new_32_byte_nonce_each_time(signing_runtime, runtime):
         cli.main(attest_args(rt, "--expect-pcr0", rt.pcrs[0].hex()))
     assert len(nonces) == 2 and nonces[0] != nonces[1]
     assert all(len(bytes.fromhex(n)) == 32 for n in nonces)
+
+
+def test_terminal_escape_sequences_in_app_output_are_neutralised():
+    import io
+
+    from client.output import terminal_safe
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    assert terminal_safe("ok\x1b]0;pwned\x07\n", Tty()) == "ok\ufffd]0;pwned\ufffd\n"
+    assert terminal_safe("ok\x1b[2J", io.StringIO()) == "ok\x1b[2J"  # files get the bytes

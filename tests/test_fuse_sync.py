@@ -211,3 +211,19 @@ def test_sync_help_keeps_runbook_spelling():
     done = subprocess.run([sys.executable, "-m", "client", "sync", "--help"], cwd=PROJECT_ROOT,
                           capture_output=True, text=True, check=True)
     assert "-d DIR" in done.stdout
+
+
+def test_listing_drops_names_that_would_escape(mounted):
+    runtime, mnt = mounted
+    (runtime.root / "outbox" / "ok.txt").write_text("x")
+    original = runtime.fs
+
+    def hostile_listing(h, method, rest, query):
+        if query == "list":
+            entries = [{"name": n, "type": "file", "size": 1, "mtime": 0}
+                       for n in ("ok.txt", "..", "a/b", ".")]
+            return runtime.send_json(h, 200, {"entries": entries})
+        return original(h, method, rest, query)
+
+    runtime.fs = hostile_listing
+    assert os.listdir(mnt / "outbox") == ["ok.txt"]

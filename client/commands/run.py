@@ -17,7 +17,7 @@ from typing import Any
 from client import aws
 from client.api import check_remote_path, split_area
 from client.errors import EnclaveError, ExitStatus, TimeoutExpired, UsageError
-from client.output import emit
+from client.output import emit, terminal_safe
 from client.target import Target, resolve_target
 
 TERMINAL_STATES = ("succeeded", "failed", "timed_out", "cancelled")
@@ -113,10 +113,10 @@ def report_run(args: argparse.Namespace, record: dict[str, Any]) -> int:
         emit(args, record)
     else:
         if record.get("stdout"):
-            sys.stdout.write(record["stdout"])
+            sys.stdout.write(terminal_safe(record["stdout"], sys.stdout))
             sys.stdout.flush()
         if record.get("stderr"):
-            sys.stderr.write(record["stderr"])
+            sys.stderr.write(terminal_safe(record["stderr"], sys.stderr))
             sys.stderr.flush()
     run_id = record.get("id")
     if state == "succeeded":
