@@ -182,13 +182,16 @@ class RuntimeClient:
         """Send one request and return its response, retrying once on a stale keep-alive."""
         for attempt in (1, 2):
             conn = self._connection()
+            reused = conn.sock is not None
             try:
                 conn.request(method, url, body=body, headers=headers or {})
                 return conn.getresponse()
             except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
-                # The server may close an idle keep-alive connection between our requests.
+                # The server may close an idle keep-alive connection between our requests; then
+                # the request was never read and sending it again is safe. On a fresh
+                # connection the server may have acted on it (a run started): never resend.
                 self.close()
-                if attempt == 2:
+                if attempt == 2 or not reused:
                     raise self._transport_error(exc) from exc
             except (OSError, http.client.HTTPException) as exc:
                 raise self._transport_error(exc) from exc

@@ -173,3 +173,45 @@ def test_remote_path_is_normalised():
 def test_split_area_recognises_prefixes():
     assert split_area("outbox/r.json", default="inbox") == ("outbox", "r.json")
     assert split_area("r.json", default="outbox") == ("outbox", "r.json")
+
+
+def _one_shot_server(path, replies):
+    """Accept connections; answer each with the next canned reply (None: close at once)."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen()
+    seen = []
+
+    def serve():
+        for reply in replies:
+            conn, _ = listener.accept()
+            seen.append(conn.recv(65536))
+            if reply is not None:
+                conn.sendall(reply)
+            conn.close()
+        listener.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    return seen
+
+
+OK_HEALTH = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 15\r\n"
+             b"Connection: keep-alive\r\n\r\n{\"status\":\"ok\"}")
+
+
+def test_stale_keep_alive_connection_is_retried_once(tmp_path):
+    path = str(tmp_path / "s.sock")
+    seen = _one_shot_server(path, [OK_HEALTH, OK_HEALTH])
+    c = RuntimeClient(UnixAddress(path), timeout=2)
+    assert c.health()["status"] == "ok"  # the server then closes this connection
+    assert c.health()["status"] == "ok"  # reconnects transparently
+    assert len(seen) == 2
+
+
+def test_request_on_fresh_connection_is_never_resent(tmp_path):
+    path = str(tmp_path / "s.sock")
+    seen = _one_shot_server(path, [None, OK_HEALTH])
+    c = RuntimeClient(UnixAddress(path), timeout=2)
+    with pytest.raises(EnclaveError):
+        c.start_run(bundle="b", entrypoint="e", args=[], credentials=None, region=None)
+    assert len(seen) == 1  # a run request that may have been acted on is not sent twice
