@@ -8,6 +8,7 @@ recorded in the simulation state. Ambiguity is an error, never a guess.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from collections.abc import Callable
@@ -75,7 +76,13 @@ def resolve_target(args: Any, *,
         raise UsageError("--socket and --cid both given; use --socket for the simulation or "
                          "--cid for a real enclave, not both")
     if socket_path:
-        return Target(UnixAddress(str(socket_path)), "--socket")
+        # The simulation's own socket named explicitly is still the simulation (its principals
+        # and development root apply).
+        state = simstate.load_state()
+        recorded = ((state or {}).get("runtime") or {}).get("socket")
+        same = recorded is not None and os.path.realpath(recorded) == os.path.realpath(socket_path)
+        return Target(UnixAddress(str(socket_path)), "--socket",
+                      simulation=state if same else None)
     if cid is not None:
         return Target(VsockAddress(cid, port or DEFAULT_PORT), "--cid")
 

@@ -120,3 +120,16 @@ def test_corrupt_simulation_state_is_a_usage_error(tmp_path):
     (tmp_path / "sim" / "state.json").write_text("{not json")
     with pytest.raises(UsageError, match="simulate down"):
         resolve_target(args())
+
+
+def test_socket_of_the_recorded_simulation_keeps_its_state(tmp_path):
+    listener, path = running_simulation(tmp_path)
+    with listener:
+        target = resolve_target(args(socket=str(path)))
+    assert target.source == "--socket" and target.simulation["region"] == "us-east-1"
+
+
+def test_other_socket_carries_no_simulation_state(tmp_path):
+    listener, _ = running_simulation(tmp_path)
+    with listener:
+        assert resolve_target(args(socket=str(tmp_path / "other.sock"))).simulation is None
