@@ -26,6 +26,7 @@ re-merges the measurements the pipeline recorded (see docs/deploy-third-party.md
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import shutil
@@ -136,6 +137,8 @@ def _stage_handler_code() -> str:
     edit run the very same code; the asset hash follows the file contents.
     """
     staging = Path(tempfile.mkdtemp(prefix="enclave-key-keeper-"))
+    # CDK copies the asset into the cloud assembly during synth; the copy is ours to remove.
+    atexit.register(shutil.rmtree, staging, ignore_errors=True)
     (staging / "pipeline").mkdir()
     for name in ("__init__.py", "allowlist.py", "measurement_resource.py"):
         shutil.copyfile(PROJECT_ROOT / "pipeline" / name, staging / "pipeline" / name)

@@ -16,7 +16,9 @@ Seeded layout (what the pipeline's builds expect):
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import stat
 import tempfile
 import zipfile
@@ -143,6 +145,8 @@ class SourceRepository(Construct):
                 self, "Repository", repository_name)
             return
         staging = Path(tempfile.mkdtemp(prefix="sealed-enclave-seed-"))
+        # CDK copies the asset into the cloud assembly during synth; the zip is ours to remove.
+        atexit.register(shutil.rmtree, staging, ignore_errors=True)
         seed_zip = staging / "seed.zip"
         missing = missing_parts(project_root, app_directory)
         if missing and not require_complete_seed:
