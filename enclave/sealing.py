@@ -1,27 +1,34 @@
 """Sealed application bundles: one AWS Encryption SDK message whose plaintext is a tar stream.
 
 Format (bundle_format 1):
-- one ESDK message, framed, algorithm suite AES_256_GCM_HKDF_SHA512_COMMIT_KEY_ECDSA_P384, under
-  `CommitmentPolicy.REQUIRE_ENCRYPT_REQUIRE_DECRYPT`;
-- encryption context `{"bundle_format": "1", "app_id": ..., "app_version": ...}` (plus the
-  SDK's own `aws-crypto-public-key`);
+- one ESDK message, framed (1 MiB frames), algorithm suite AES_256_GCM_HKDF_SHA512_COMMIT_KEY
+  (key commitment, no signature), `CommitmentPolicy.REQUIRE_ENCRYPT_REQUIRE_DECRYPT`;
+- encryption context exactly `{"bundle_format": "1", "app_id": ..., "app_version": ...}`;
 - plaintext: an uncompressed POSIX (pax) tar stream of the application directory, regular files
   and directories only, `manifest.json` as the first member.
 
-Why the signing suite: the party that seals (the Third Party) is not the party that decrypts (the
-enclave), and the host relays the bundle in between. With the signing suite the message is
-signed by a one-time key whose public half is bound into the KMS ciphertext through the
-encryption context, so even someone who learns a bundle's data key cannot produce a different
-bundle that the same encrypted data key opens. The cost is one ECDSA P-384 signature and a
-SHA-384 over the ciphertext. The consequence is that tampering anywhere after the last frame
-(and truncation of the footer) is detected only at the end of the stream: streaming decryption
-releases plaintext frame by frame before the signature is checked. `unseal_bundle` therefore
-writes into a staging directory and removes everything on any failure, up to and including
-the final signature check; nothing is moved into the target before the whole message verified.
+Why the committing suite without a signature: a message signature protects against someone
+who holds a message's data key forging a different message under the same encrypted data key.
+Here the only parties that ever hold a data key are the Third Party, who seals, and the
+attested enclave running the Third Party's approved image, which unseals (KMS returns the key
+encrypted to the enclave's ephemeral key; the host never sees it). They are one trust domain,
+so a signature would guard against nobody, while hashing every ciphertext byte with SHA-384
+costs about a third of the throughput of the SDK's Python streaming loop. What the bundle
+needs is still there: AES-GCM per frame with the sequence number and a final-frame marker in
+the authenticated data (tampering, reordering, dropping frames and truncation are detected),
+key commitment (one ciphertext cannot open to different plaintexts under different keys), and
+the encryption context bound into both the header authentication and the KMS ciphertext. The
+algorithm is pinned on unsealing, so a bundle under any other suite is refused.
+
+Streaming decryption releases plaintext frame by frame: a bad frame, a missing final frame or a
+truncated stream is detected only when the reader gets there, after earlier frames' plaintext
+was handed out. `unseal_bundle` therefore writes into a staging directory, moves members into
+the target only after the whole message verified, and removes everything on any failure.
 
 Memory stays constant: sealing reads files in fixed chunks and feeds the SDK through a reader
 that produces the tar stream on demand (no temporary plaintext file, no thread, no pipe);
-unsealing lets `tarfile` read the decrypting stream in frame-sized blocks.
+unsealing takes the plaintext one frame at a time, parses headers with `tarfile` and writes
+member contents straight from the frames.
 """
 
 from __future__ import annotations
@@ -56,7 +63,7 @@ from enclave.manifest import (
 )
 
 BUNDLE_FORMAT = "1"
-ALGORITHM = Algorithm.AES_256_GCM_HKDF_SHA512_COMMIT_KEY_ECDSA_P384
+ALGORITHM = Algorithm.AES_256_GCM_HKDF_SHA512_COMMIT_KEY
 # 1 MiB frames: the SDK's per-frame Python overhead is amortized and buffers stay a few MiB.
 FRAME_LENGTH = 1024 * 1024
 # A bundle may come from anywhere: the decryptor holds one whole frame in memory, so the frame
@@ -67,7 +74,6 @@ MAX_ENCRYPTED_DATA_KEYS = 4
 CHUNK = 1024 * 1024
 MAX_MEMBERS = 100_000
 MAX_MEMBER_NAME_CHARS = 4096
-SIGNER_KEY_CONTEXT = "aws-crypto-public-key"
 
 _BLOCK = tarfile.BLOCKSIZE
 _APP_ID = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
@@ -382,7 +388,7 @@ def unseal_bundle(
     expected app id / version) before any byte is written; each tar member confined (regular
     files and directories only, relative names without `..`); the first member must be a
     valid manifest whose app id and version equal the encryption context's; the message's
-    final frame and signature; no bytes after the message. Members are written into a staging
+    final frame; no bytes after the message. Members are written into a staging
     directory inside `target` and moved into place only after all of that passed; on any
     failure everything written (and `target` itself, if this call created it) is removed.
 
@@ -463,7 +469,6 @@ def _check_header(header: Any, expected_app_id: str | None, expected_version: st
     if header.content_type != ContentType.FRAMED_DATA:
         raise UnsealError("bundle is not a framed message")
     context = dict(header.encryption_context)
-    context.pop(SIGNER_KEY_CONTEXT, None)
     if set(context) != {"bundle_format", "app_id", "app_version"}:
         raise UnsealError(
             f"bundle encryption context has keys {sorted(context)}, expected "
@@ -489,10 +494,71 @@ def _check_header(header: Any, expected_app_id: str | None, expected_version: st
             )
 
 
+class _PlaintextReader:
+    """Forward-only file object over the decrypting stream, one whole frame at a time.
+
+    Asking the SDK for exactly one frame length per call makes it hand over each frame's
+    plaintext without re-slicing its buffer; `tarfile` parses headers through `read`/`seek`
+    and member contents bypass it (`copy_to`), written from the frames without extra copies.
+    """
+
+    MAX_READ = 1024 * 1024  # headers (including pax records) only; contents go via copy_to
+
+    def __init__(self, decryptor: Any, frame_length: int) -> None:
+        self._decryptor = decryptor
+        self._frame_length = frame_length
+        self._frame = memoryview(b"")
+        self._offset = 0
+        self._position = 0
+
+    def _available(self) -> int:
+        if self._offset == len(self._frame):
+            data = self._decryptor.read(self._frame_length)
+            self._frame = memoryview(data)
+            self._offset = 0
+        return len(self._frame) - self._offset
+
+    def _take(self, n: int) -> memoryview:
+        piece = self._frame[self._offset : self._offset + n]
+        self._offset += len(piece)
+        self._position += len(piece)
+        return piece
+
+    def read(self, n: int = -1) -> bytes:
+        if n is None or n < 0 or n > self.MAX_READ:
+            raise UnsealError("a tar header in the bundle is too large")
+        parts = []
+        while n and (available := self._available()):
+            piece = self._take(min(n, available))
+            parts.append(piece)
+            n -= len(piece)
+        return b"".join(parts)
+
+    def tell(self) -> int:
+        return self._position
+
+    def seek(self, position: int, whence: int = 0) -> int:
+        if whence != 0 or position < self._position:
+            raise UnsealError("bundle tar stream asked to seek backwards")
+        remaining = position - self._position
+        while remaining and (available := self._available()):
+            remaining -= len(self._take(min(remaining, available)))
+        return self._position
+
+    def copy_to(self, out: BinaryIO, n: int) -> int:
+        """Write the next `n` bytes to `out`; return how many there were (less at the end)."""
+        done = 0
+        while done < n and (available := self._available()):
+            piece = self._take(min(n - done, available))
+            done += len(piece)
+            while piece:  # a raw write may be partial
+                piece = piece[out.write(piece) :]
+        return done
+
+
 def _extract(decryptor: Any, staging: Path, frame_length: int) -> Manifest:
-    # Reading in whole frames keeps the SDK's output buffer from being re-sliced per tar block.
-    bufsize = max(frame_length, 64 * 1024)
-    tar = tarfile.open(fileobj=decryptor, mode="r|", bufsize=bufsize)
+    reader = _PlaintextReader(decryptor, frame_length)
+    tar = tarfile.TarFile(fileobj=reader, mode="r")  # type: ignore[arg-type]
     manifest: Manifest | None = None
     count = 0
     while (member := tar.next()) is not None:
@@ -505,7 +571,9 @@ def _extract(decryptor: Any, staging: Path, frame_length: int) -> Manifest:
                 raise UnsealError(f"the first member must be {MANIFEST_NAME}, got {member.name!r}")
             if member.size > MAX_MANIFEST_BYTES:
                 raise UnsealError(f"{MANIFEST_NAME} is larger than {MAX_MANIFEST_BYTES} bytes")
-            data = _read_member(tar, member)
+            data = reader.read(member.size)
+            if len(data) != member.size:
+                raise UnsealError(f"member {member.name!r} is truncated")
             try:
                 manifest = parse_manifest(data)
             except ManifestError as exc:
@@ -514,13 +582,13 @@ def _extract(decryptor: Any, staging: Path, frame_length: int) -> Manifest:
         elif member.isdir() and member.type == tarfile.DIRTYPE:
             _make_dir(staging, parts)
         elif _is_plain_file(member):
-            _write_member(tar, member, staging, parts)
+            _write_member(reader, member, staging, parts)
         else:
             raise UnsealError(
                 f"member {member.name!r} is a {_member_kind(member)}: only regular files "
                 "and directories are allowed in a bundle"
             )
-        # Stream mode keeps every TarInfo for random access we never use.
+        # TarFile keeps every TarInfo for random access we never use.
         tar.members.clear()
     if manifest is None:
         raise UnsealError(f"the bundle is empty: expected {MANIFEST_NAME} as its first member")
@@ -596,32 +664,18 @@ def _write_bytes(staging: Path, parts: list[str], data: bytes, mode: int) -> Non
         f.write(data)
 
 
-def _read_member(tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
-    f = tar.extractfile(member)
-    assert f is not None
-    data = f.read()
-    if len(data) != member.size:
-        raise UnsealError(f"member {member.name!r} is truncated")
-    return data
-
-
 def _write_member(
-    tar: tarfile.TarFile, member: tarfile.TarInfo, staging: Path, parts: list[str]
+    reader: _PlaintextReader, member: tarfile.TarInfo, staging: Path, parts: list[str]
 ) -> None:
-    src = tar.extractfile(member)
-    assert src is not None
+    if reader.tell() != member.offset_data:
+        raise UnsealError(f"member {member.name!r}: tar stream out of step")
     with open(_open_new_file(staging, parts, member.mode), "wb", buffering=0) as dst:
-        remaining = member.size
-        while remaining:
-            data = src.read(min(CHUNK, remaining))
-            if not data:
-                raise UnsealError(f"member {member.name!r} is truncated")
-            dst.write(data)
-            remaining -= len(data)
+        if reader.copy_to(dst, member.size) != member.size:
+            raise UnsealError(f"member {member.name!r} is truncated")
 
 
 def _finish_message(decryptor: Any, src: BinaryIO) -> None:
-    """Read the rest of the message so the final frame and the signature are verified."""
+    """Read the rest of the message so the final frame (and a footer, if any) is verified."""
     while decryptor.read(FRAME_LENGTH):
         pass  # zero padding after the tar end marker, still authenticated
     if not hasattr(decryptor, "footer"):

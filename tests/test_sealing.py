@@ -256,8 +256,8 @@ def test_kms_bundle_decrypts_with_the_plain_sdk(app_dir, kms_key):
     plaintext, header = client.decrypt(
         source=bundle, key_provider=StrictAwsKmsMasterKeyProvider(key_ids=[kms_key])
     )
-    assert header.algorithm == Algorithm.AES_256_GCM_HKDF_SHA512_COMMIT_KEY_ECDSA_P384
-    assert CONTEXT.items() <= header.encryption_context.items()
+    assert header.algorithm == Algorithm.AES_256_GCM_HKDF_SHA512_COMMIT_KEY
+    assert header.encryption_context == CONTEXT
     with tarfile.open(fileobj=io.BytesIO(plaintext), mode="r:") as tar:
         names = tar.getnames()
         assert names[0] == MANIFEST_NAME
@@ -338,12 +338,12 @@ def test_manifest_disagreeing_with_the_context_is_rejected(provider, tmp_path):
     assert not target.exists()
 
 
-def test_non_signing_suite_is_rejected(provider, tmp_path):
+def test_other_algorithm_suite_is_rejected(provider, tmp_path):
     bundle = esdk_encrypt(
         tar_bytes(manifest_member()),
         provider,
         CONTEXT,
-        algorithm=Algorithm.AES_256_GCM_HKDF_SHA512_COMMIT_KEY,
+        algorithm=Algorithm.AES_256_GCM_HKDF_SHA512_COMMIT_KEY_ECDSA_P384,
     )
     with pytest.raises(UnsealError, match="algorithm suite"):
         unseal(bundle, tmp_path / "out", provider)
@@ -389,11 +389,13 @@ def test_truncated_bundle_fails_and_leaves_nothing(bundle, provider, tmp_path, c
     assert_nothing_left(target)
 
 
-def test_missing_footer_is_detected_only_after_plaintext_was_released(
+def test_missing_final_frame_is_detected_only_after_plaintext_was_released(
     bundle, app_dir, provider, tmp_path
 ):
-    truncated = bundle[:-20]  # inside the ECDSA signature, after the final frame
-    # The SDK hands out every frame but the last before it reaches the footer ...
+    offsets = frame_offsets(bundle)
+    final_frame = offsets[-1] + (offsets[1] - offsets[0])
+    truncated = bundle[:final_frame]
+    # The SDK hands out every regular frame before it finds the final one missing ...
     client = aws_encryption_sdk.EncryptionSDKClient(
         commitment_policy=CommitmentPolicy.REQUIRE_ENCRYPT_REQUIRE_DECRYPT
     )
@@ -402,17 +404,29 @@ def test_missing_footer_is_detected_only_after_plaintext_was_released(
         decryptor = client.stream(mode="d", source=io.BytesIO(truncated), key_provider=provider)
         while chunk := decryptor.read(SMALL_FRAME):
             released += chunk
+    assert len(released) == len(offsets) * SMALL_FRAME
     assert (app_dir / "model" / "weights.bin").read_bytes()[: 2 * SMALL_FRAME] in released
-    # ... so the staged files must be removed when the footer turns out to be missing.
+    # ... so what was staged from them must be removed when the stream turns out short.
     target = existing_target(tmp_path)
     with pytest.raises(UnsealError):
         unseal(truncated, target, provider)
     assert_nothing_left(target)
 
 
-def test_bad_signature_fails_after_extraction_and_leaves_nothing(bundle, provider, tmp_path):
+def test_altered_final_frame_fails_after_extraction_and_leaves_nothing(bundle, provider, tmp_path):
     tampered = bytearray(bundle)
-    tampered[-5] ^= 0x01
+    tampered[-1] ^= 0x01  # the final frame's authentication tag
+    target = existing_target(tmp_path)
+    with pytest.raises(UnsealError, match="corrupt or was altered"):
+        unseal(bytes(tampered), target, provider)
+    assert_nothing_left(target)
+
+
+def test_failure_after_the_tar_end_still_leaves_nothing(provider, tmp_path):
+    """Every member is complete before the bad frame: only the final check can catch it."""
+    plaintext = tar_bytes(manifest_member(), file_member("main.py", b"x")) + bytes(3 * SMALL_FRAME)
+    tampered = bytearray(esdk_encrypt(plaintext, provider, CONTEXT))
+    tampered[-1] ^= 0x01
     target = existing_target(tmp_path)
     with pytest.raises(UnsealError, match="corrupt or was altered"):
         unseal(bytes(tampered), target, provider)
