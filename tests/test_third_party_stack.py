@@ -444,3 +444,51 @@ def test_measurement_keeper_runs_after_the_key_with_a_digest_of_its_policy(templ
 def test_debug_mode_all_zero_measurement_in_context_fails_synth():
     with pytest.raises(ValueError, match="debug-mode"):
         third_party_template(AllowedImageMeasurements=["0" * 96])
+
+
+# --- constructs in a bare stack ----------------------------------------------------------------
+
+
+def bare_stack():
+    import aws_cdk as cdk
+
+    return cdk.Stack(cdk.App(), "Bare", env=cdk.Environment(account="111111111111",
+                                                           region="us-east-1"))
+
+
+def test_enclave_key_refuses_a_measurement_listed_twice():
+    from constructs.enclave_key import EnclaveKey
+
+    with pytest.raises(ValueError, match="twice"):
+        EnclaveKey(bare_stack(), "Key", alias_name="alias/k", administrator_account="111111111111",
+                   host_principal_arn=HOST_ROLE, app_id="app", allowed_measurements=[PCR_A, PCR_A])
+
+
+def test_enclave_key_template_keeps_only_the_newest_n_configured_measurements():
+    from aws_cdk.assertions import Template
+
+    from constructs.enclave_key import EnclaveKey
+
+    stack = bare_stack()
+    EnclaveKey(stack, "Key", alias_name="alias/k", administrator_account="111111111111",
+               host_principal_arn=HOST_ROLE, app_id="app", measurements_to_keep=1,
+               allowed_measurements=[PCR_A, PCR_B])
+    (key,) = Template.from_stack(stack).find_resources("AWS::KMS::Key").values()
+    assert allowlist.allowed_measurements(key["Properties"]["KeyPolicy"]) == [PCR_B]
+
+
+def test_sealing_pipeline_refuses_a_prefix_without_trailing_slash():
+    from aws_cdk import aws_codecommit as codecommit
+    from aws_cdk import aws_kms as kms
+
+    from constructs.sealing_pipeline import SealingPipeline
+
+    stack = bare_stack()
+    with pytest.raises(ValueError, match="encrypted_app_prefix"):
+        SealingPipeline(
+            stack, "Pipeline", repository=codecommit.Repository.from_repository_name(
+                stack, "Repo", "r"), enclave_key=kms.Key(stack, "K"), app_directory="app",
+            app_id="app", host_account="222222222222", host_bucket_name="bucket-name",
+            host_bucket_key_arn="arn:aws:kms:us-east-1:222222222222:key/x",
+            encrypted_app_prefix="encrypted-apps", enclave_image_prefix="enclave-images/",
+            measurements_to_keep=3, measurement_record_parameter="/p")
