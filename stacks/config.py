@@ -14,24 +14,25 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-ACCOUNT_RE = re.compile(r"^\d{12}$")
+ACCOUNT_RE = re.compile(r"^[0-9]{12}$")
 DNS_NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
-REGION_RE = re.compile(r"^[a-z]{2}(?:-gov)?-[a-z]+-\d$")
+REGION_RE = re.compile(r"^[a-z]{2}(?:-gov)?-[a-z]+-[0-9]$")
 KMS_KEY_ARN_RE = re.compile(
-    r"^arn:aws[a-z-]*:kms:[a-z]{2}(?:-gov)?-[a-z]+-\d:\d{12}:key/"
+    r"^arn:aws[a-z-]*:kms:[a-z]{2}(?:-gov)?-[a-z]+-[0-9]:[0-9]{12}:key/"
     r"(?:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|mrk-[0-9a-f]{32})$"
 )
-IAM_ROLE_ARN_RE = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]{1,512}$")
-IAM_ROLE_NAME_RE = re.compile(r"^[\w+=,.@-]{1,64}$")
+IAM_ROLE_ARN_RE = re.compile(
+    r"^arn:aws[a-z-]*:iam::[0-9]{12}:role/[A-Za-z0-9_+=,.@/-]{1,512}$")
+IAM_ROLE_NAME_RE = re.compile(r"^[A-Za-z0-9_+=,.@-]{1,64}$")
 ALIAS_RE = re.compile(r"^alias/(?!aws/)[a-zA-Z0-9/_-]{1,250}$")
 SHA384_HEX_RE = re.compile(r"^[0-9a-f]{96}$")
-BUCKET_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+BUCKET_NAME_RE = re.compile(r"^(?!.*\.\.)(?!.*\.-)(?!.*-\.)[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 PREFIX_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9!_.*'()/-]{0,200}/$")
-INSTANCE_TYPE_RE = re.compile(r"^[a-z][a-z0-9-]*\d[a-z0-9-]*g[a-z0-9-]*\.[a-z0-9]+$")
+INSTANCE_TYPE_RE = re.compile(r"^[a-z][a-z0-9-]*[0-9][a-z0-9-]*g[a-z0-9-]*\.[a-z0-9]+$")
 VPC_ID_RE = re.compile(r"^vpc-[0-9a-f]{8,17}$")
 SUBNET_ID_RE = re.compile(r"^subnet-[0-9a-f]{8,17}$")
-AZ_RE = re.compile(r"^[a-z]{2}(?:-gov)?-[a-z]+-\d[a-z]$")
-REPO_NAME_RE = re.compile(r"^[\w.-]{1,100}$")
+AZ_RE = re.compile(r"^[a-z]{2}(?:-gov)?-[a-z]+-[0-9][a-z]$")
+REPO_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
 APP_DIR_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 # vCPUs per Graviton size; the parent keeps at least 2 and the enclave takes whole cores.
@@ -102,7 +103,15 @@ class Config:
         """The host principal the enclave key trusts (the HostStack's role unless overridden)."""
         if self.host_role_arn_override:
             return self.host_role_arn_override
-        return f"arn:aws:iam::{self.host_account}:role/{self.host_role_name}"
+        return f"arn:{self.partition}:iam::{self.host_account}:role/{self.host_role_name}"
+
+    @property
+    def partition(self) -> str:
+        if self.region.startswith("us-gov-"):
+            return "aws-us-gov"
+        if self.region.startswith("cn-"):
+            return "aws-cn"
+        return "aws"
 
     @property
     def instance_vcpus(self) -> int:
@@ -126,7 +135,9 @@ class _Reader:
             if optional:
                 return None
             raise _fail(key, value, expected)
-        if not isinstance(value, str) or not pattern.match(value):
+        if isinstance(value, int) and not isinstance(value, bool) and pattern is ACCOUNT_RE:
+            value = f"{value:012d}"  # an account written as a JSON number in cdk.json
+        if not isinstance(value, str) or not pattern.fullmatch(value):
             raise _fail(key, value, expected)
         return value
 
@@ -174,6 +185,14 @@ class _Reader:
         return tuple(value)
 
 
+def _app_id(r: _Reader, app_directory: str, dns: str) -> str:
+    if r.raw("AppId") is None and not DNS_NAME_RE.fullmatch(app_directory):
+        # The default comes from ApplicationDirectory: name the key the user actually set.
+        raise _fail("ApplicationDirectory", app_directory,
+                    f"{dns} when AppId is not set (the app id defaults to the folder name)")
+    return r.required("AppId", DNS_NAME_RE, dns, app_directory)
+
+
 def load_config(context: Mapping[str, Any]) -> Config:
     """Build the validated `Config` from CDK context (cdk.json plus `-c` overrides)."""
     unknown = sorted(k for k in context if _OUR_KEY_SHAPE.match(k) and k not in CONTEXT_KEYS)
@@ -197,9 +216,12 @@ def load_config(context: Mapping[str, Any]) -> Config:
     if host_bucket_key_arn.split(":")[4] != host_account:
         raise _fail("HostEncryptionKeyArn", host_bucket_key_arn,
                     f"a key in the host account {host_account}")
+    if host_bucket_key_arn.split(":")[3] != region:
+        raise _fail("HostEncryptionKeyArn", host_bucket_key_arn,
+                    f"a key in Region {region} (SSE-KMS needs the key in the bucket's region)")
 
     measurements = r.string_list(
-        "AllowedImageMeasurements", lambda v: bool(SHA384_HEX_RE.match(v)),
+        "AllowedImageMeasurements", lambda v: bool(SHA384_HEX_RE.fullmatch(v)),
         "96 lowercase hex characters (a SHA-384 PCR0 from nitro-cli build-enclave)")
     instance_type = r.required("InstanceType", INSTANCE_TYPE_RE,
                                "a Graviton (arm64) instance type such as c7g.xlarge", "c7g.xlarge")
@@ -219,9 +241,9 @@ def load_config(context: Mapping[str, Any]) -> Config:
                     f"at least 4 x EifSizeMiB = {4 * eif_size} MiB (nitro-cli refuses less)")
 
     vpc_id = r.string("VpcId", VPC_ID_RE, "a VPC id such as vpc-0123456789abcdef0", optional=True)
-    subnets = r.string_list("PrivateSubnetIds", lambda v: bool(SUBNET_ID_RE.match(v)),
+    subnets = r.string_list("PrivateSubnetIds", lambda v: bool(SUBNET_ID_RE.fullmatch(v)),
                             "subnet ids such as subnet-0123456789abcdef0")
-    zones = r.string_list("AvailabilityZones", lambda v: bool(AZ_RE.match(v)),
+    zones = r.string_list("AvailabilityZones", lambda v: bool(AZ_RE.fullmatch(v)),
                           "availability zone names such as us-east-1a")
     if vpc_id and (not subnets or len(subnets) != len(zones)):
         raise _fail("PrivateSubnetIds", list(subnets),
@@ -259,7 +281,7 @@ def load_config(context: Mapping[str, Any]) -> Config:
                             "96 lowercase hex characters (PCR8 of the signing certificate)",
                             optional=True),
         app_directory=app_directory,
-        app_id=r.required("AppId", DNS_NAME_RE, dns, app_directory),
+        app_id=_app_id(r, app_directory, dns),
         repository_name=r.required("CodeCommitRepositoryName", REPO_NAME_RE,
                                    "a CodeCommit repository name (letters, digits, '.', '_', '-')",
                                    "sealed-enclave-app"),

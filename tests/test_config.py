@@ -249,30 +249,23 @@ def test_config_is_frozen(context):
         config.host_count = 5  # type: ignore[misc]
 
 
-# Known defects in stacks/config.py, kept as strict expected failures: each starts passing (and
-# so fails here) once config.py is fixed, and should then become an ordinary case above.
-@pytest.mark.xfail(strict=True, reason="`$` in the patterns also matches before a trailing "
-                   "newline; use \\Z or re.fullmatch")
+# Edge cases: exact matches only, ASCII only, and cross-key consistency.
 def test_trailing_newline_is_rejected(context):
     with pytest.raises(ConfigError):
         load(context, EncryptedAppPrefix="encrypted-apps/\n")
 
 
-@pytest.mark.xfail(strict=True, reason="`\\d` matches any Unicode digit; use [0-9] or re.ASCII")
 def test_non_ascii_digits_are_rejected(context):
     # Without EnclaveKeyArn nothing else compares the account with a key's account.
     with pytest.raises(ConfigError):
         load(context, ThirdPartyAWSAccountNumber="١" * 12, EnclaveKeyArn=_ABSENT)
 
 
-@pytest.mark.xfail(strict=True, reason="an account number written as a JSON number in cdk.json "
-                   "is refused with a message that shows a 12-digit account")
 def test_account_number_as_json_number_is_accepted(context):
     assert load(context, ThirdPartyAWSAccountNumber=111111111111).third_party_account == (
         "111111111111")
 
 
-@pytest.mark.xfail(strict=True, reason="BUCKET_NAME_RE accepts adjacent dots, which S3 refuses")
 def test_bucket_name_with_adjacent_dots_is_rejected(context):
     with pytest.raises(ConfigError):
         load(context, HostBucketName="bad..bucket")
@@ -288,16 +281,12 @@ def test_govcloud_zones_are_accepted(context):
     assert config.availability_zones == ("us-gov-west-1a",)
 
 
-@pytest.mark.xfail(strict=True, reason="HostEncryptionKeyArn's region is not compared with "
-                   "Region; SSE-KMS needs the key in the bucket's region")
 def test_host_key_in_another_region_is_rejected(context):
     with pytest.raises(ConfigError):
         load(context, HostEncryptionKeyArn="arn:aws:kms:eu-west-1:222222222222:key/"
                                            "00000000-0000-4000-8000-000000000001")
 
 
-@pytest.mark.xfail(strict=True, reason="AppId defaults to ApplicationDirectory, whose pattern "
-                   "allows upper case, so the error names AppId, a key the user never set")
 def test_default_app_id_error_names_application_directory(context):
     context.pop("AppId")
     with pytest.raises(ConfigError, match="ApplicationDirectory"):
