@@ -354,3 +354,22 @@ def test_terminal_escape_sequences_in_app_output_are_neutralised():
 
     assert terminal_safe("ok\x1b]0;pwned\x07\n", Tty()) == "ok\ufffd]0;pwned\ufffd\n"
     assert terminal_safe("ok\x1b[2J", io.StringIO()) == "ok\x1b[2J"  # files get the bytes
+
+
+def test_progress_line_only_on_a_terminal():
+    import io
+
+    from client.output import ProgressBar
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    tty, pipe = Tty(), io.StringIO()
+    for stream in (tty, pipe):
+        bar = ProgressBar("push a", 2048, stream=stream)
+        bar(1024)
+        bar(2048)
+        bar.finish()
+    assert "100.0%" in tty.getvalue() and "2.0 KiB" in tty.getvalue()
+    assert pipe.getvalue() == ""
