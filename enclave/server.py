@@ -48,6 +48,7 @@ NONCE_MAX_BYTES = 512
 USER_DATA_MAX_BYTES = 512
 MAX_RUN_ARGS = 32
 MAX_ARG_CHARS = 4096
+DRAIN_LIMIT = 1024 * 1024  # unread bodies up to this size are discarded before an error answer
 _ENTRYPOINT = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-[0-9]{1,2}")
 _RUN_ID = re.compile(r"[0-9a-f]{16}")
@@ -367,9 +368,28 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     # -- helpers ------------------------------------------------------------------------------
 
     def _close_if_body_unread(self) -> None:
-        # An unread body would be parsed as the next request: end the connection instead.
-        if self._body_pending:
-            self.close_connection = True
+        """Before an error answer: read a small unread body away, or end the connection.
+
+        An unread body would be parsed as the next request. A small one is discarded so the
+        client, still sending, gets to read the answer; a large one ends the connection.
+        """
+        if not self._body_pending:
+            return
+        declared = self.headers.get("Content-Length", "")
+        if not self.close_connection and declared.isdigit() and int(declared) <= DRAIN_LIMIT:
+            remaining = int(declared)
+            try:
+                while remaining:
+                    chunk = self.rfile.read(min(remaining, 64 * 1024))
+                    if not chunk:
+                        break
+                    remaining -= len(chunk)
+            except OSError:
+                pass
+            if remaining == 0:
+                self._body_pending = False
+                return
+        self.close_connection = True
 
     def _query(self, raw_query: str) -> dict[str, str]:
         try:
@@ -426,7 +446,6 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             raise ApiError(411, "length_required", "a JSON body needs a Content-Length header")
         limit = self.server.config.max_json_bytes
         if length > limit:
-            self.close_connection = True
             raise ApiError(413, "payload_too_large",
                            f"the JSON body is {length} bytes; the limit is {limit}")
         raw = self.rfile.read(length)
@@ -539,7 +558,6 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         area, path = self._area(params)
         self._only_query(query, set())
         if area != INBOX:
-            self.close_connection = True
             raise ApiError(403, "read_only", "the outbox is read-only for the host; "
                                              "upload into the inbox")
         split_relative(path)

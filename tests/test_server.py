@@ -314,12 +314,26 @@ def test_client_disconnecting_mid_upload_leaves_nothing(rt: Runtime) -> None:
     assert rt.request("GET", "/v1/fs/inbox/half.bin?stat")[0] == 404
 
 
-def test_request_with_unread_body_closes_the_connection(rt: Runtime) -> None:
+def test_body_of_a_refused_request_is_never_parsed_as_a_request(rt: Runtime) -> None:
     # The body of a refused request must not be taken for the next request on the connection.
     smuggled = b"GET /v1/fs/inbox?list HTTP/1.1\r\nHost: x\r\n\r\n"
     answer = rt.raw(b"POST /v1/nowhere HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n"
                     % len(smuggled) + smuggled)
     assert answer.count(b"HTTP/1.1 ") == 1
+
+
+def test_connection_stays_usable_after_a_refused_small_request(rt: Runtime) -> None:
+    conn = rt.connection()
+    try:
+        conn.request("POST", "/v1/attestation", body=b'{"nonce": "00", "bogus": 1}')
+        first = conn.getresponse()
+        first.read()
+        conn.request("GET", "/v1/health")
+        second = conn.getresponse()
+        assert (first.status, second.status) == (400, 200)
+        second.read()
+    finally:
+        conn.close()
 
 
 # -- attestation and logs ----------------------------------------------------------------------
