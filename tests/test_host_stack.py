@@ -5,12 +5,24 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import aws_cdk as cdk
 import pytest
+from aws_cdk import aws_ec2 as ec2
 from aws_cdk.assertions import Annotations, Match, Template
 from host_app import REMOVE, build_host_stack, host_template, only, resources_of_type
 
-from constructs.enclave_host import AL2023_ARM64_AMI_PARAMETER, NO_ENCLAVE_KEY_WARNING_ID
-from constructs.sharing_bucket import THIRD_PARTY_KEY_SID, THIRD_PARTY_PARTS_SID, THIRD_PARTY_SID
+from constructs.enclave_host import (
+    AL2023_ARM64_AMI_PARAMETER,
+    NO_ENCLAVE_KEY_WARNING_ID,
+    EnclaveHost,
+)
+from constructs.host_network import HostNetwork
+from constructs.sharing_bucket import (
+    THIRD_PARTY_KEY_SID,
+    THIRD_PARTY_PARTS_SID,
+    THIRD_PARTY_SID,
+    SharingBucket,
+)
 
 pytestmark = pytest.mark.cdk
 
@@ -521,3 +533,43 @@ def test_created_vpc_uses_the_configured_zones():
     zones = {s["Properties"]["AvailabilityZone"]
              for s in resources_of_type(template, "AWS::EC2::Subnet").values()}
     assert zones == {"us-east-1b", "us-east-1c"}
+
+
+# ---- constructs on their own ----------------------------------------------------------------
+
+def bare_stack() -> cdk.Stack:
+    app = cdk.App()
+    return cdk.Stack(app, "Bare", env=cdk.Environment(account="222222222222", region="us-east-1"))
+
+
+@pytest.mark.parametrize("prefix", ["no-slash", "/leading/", "wild*/"])
+def test_sharing_bucket_refuses_a_malformed_prefix(prefix):
+    with pytest.raises(ValueError, match=r"upload prefix .* expected a key prefix ending in '/'"):
+        SharingBucket(bare_stack(), "Sharing", bucket_name="b-bucket",
+                      third_party_account="111111111111", upload_prefixes=[prefix],
+                      key_alias="alias/x")
+
+
+def test_sharing_bucket_refuses_no_prefix():
+    with pytest.raises(ValueError, match="at least one upload prefix"):
+        SharingBucket(bare_stack(), "Sharing", bucket_name="b-bucket",
+                      third_party_account="111111111111", upload_prefixes=[],
+                      key_alias="alias/x")
+
+
+@pytest.mark.parametrize("cpus", [0, 1, 3])
+def test_enclave_host_refuses_cpu_counts_that_are_not_whole_cores(cpus):
+    stack = bare_stack()
+    vpc = ec2.Vpc.from_vpc_attributes(stack, "Vpc", vpc_id="vpc-0123456789abcdef0",
+                                      availability_zones=["us-east-1a"],
+                                      private_subnet_ids=["subnet-0123456789abcdef0"])
+    with pytest.raises(ValueError, match=rf"enclave_cpu_count={cpus} is invalid"):
+        EnclaveHost(stack, "Host", vpc=vpc, instance_type=ec2.InstanceType("c7g.xlarge"),
+                    host_count=1, enclave_cpu_count=cpus, enclave_memory_mib=4096,
+                    enclave_key_arn=None)
+
+
+def test_host_network_refuses_subnets_without_matching_zones():
+    with pytest.raises(ValueError, match=r"one private subnet id per availability zone"):
+        HostNetwork(bare_stack(), "Network", vpc_id="vpc-0123456789abcdef0",
+                    private_subnet_ids=["subnet-0123456789abcdef0"], availability_zones=[])

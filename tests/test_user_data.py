@@ -241,3 +241,8 @@ def test_script_stops_at_the_first_failing_command(tmp_path):
     result = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True)
     assert result.returncode != 0
     assert not (root / "etc" / "nitro_enclaves").exists()
+
+
+def test_rendered_script_fits_the_ec2_user_data_limit():
+    # EC2 refuses user data over 16 KiB once base64-encoded.
+    assert len(render().encode()) * 4 / 3 < 16 * 1024
