@@ -37,8 +37,9 @@ class DemoFailed(Exception):
 
 
 class Demo:
-    def __init__(self, work: Path) -> None:
+    def __init__(self, work: Path, template: Path = TEMPLATE) -> None:
         self.work = work
+        self.template = template
         self.step_number = 0
         self.context = json.loads((PROJECT_ROOT / "cdk.json").read_text())["context"]
 
@@ -91,9 +92,10 @@ class Demo:
 
         self.step("Synthesized stacks (make synth): read the enclave key policy ThirdPartyStack "
                   "defines")
-        if not TEMPLATE.exists():
-            raise DemoFailed(f"{TEMPLATE} is missing: run `make synth` (make demo does it first)")
-        print(f"  {TEMPLATE.relative_to(PROJECT_ROOT)}")
+        if not self.template.exists():
+            raise DemoFailed(f"{self.template} is missing: run `make synth` (make demo does it "
+                             "first)")
+        print(f"  {self.template}")
 
         self.step("Enclave User: start the local simulation (KMS endpoint, NSM, enclave runtime)")
         self.run([*client, "simulate", "down"])
@@ -106,7 +108,7 @@ class Demo:
 
         self.step("Third Party: create the enclave key with the synthesized key policy")
         policy = key_policy_from_template(
-            TEMPLATE, logical_id_prefix=ENCLAVE_KEY_LOGICAL_ID,
+            self.template, logical_id_prefix=ENCLAVE_KEY_LOGICAL_ID,
             account=self.context["ThirdPartyAWSAccountNumber"], region=state["region"])
         kms = boto3.client(
             "kms", region_name=state["region"], endpoint_url=state["kms"]["endpoint"],
@@ -149,7 +151,7 @@ class Demo:
         self.run([*client, "pull", "predictions.csv", str(result)], env=host)
         with result.open(newline="") as handle:
             rows = list(csv.reader(handle))
-        print(f"  {result.relative_to(PROJECT_ROOT)}: {len(rows) - 1} predictions; first rows:")
+        print(f"  {result}: {len(rows) - 1} predictions; first rows:")
         for row in rows[:6]:
             print("    " + ",".join(row))
 
@@ -170,12 +172,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=PROJECT_ROOT / ".sim" / "demo",
                         help="where the demo writes the sealed bundle and results")
+    parser.add_argument("--template", type=Path, default=TEMPLATE,
+                        help="the synthesized ThirdPartyStack template (default: cdk.out's)")
     args = parser.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
     for leftover in ("measurements.json", "sample-inference.sealed", "predictions.csv"):
         (args.work / leftover).unlink(missing_ok=True)
     started = time.monotonic()
-    demo = Demo(args.work)
+    demo = Demo(args.work, args.template)
     try:
         demo.play()
     except (DemoFailed, Exception) as exc:  # every failure ends the demo with one clear line

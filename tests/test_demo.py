@@ -1,0 +1,54 @@
+"""`make demo`'s script end to end: the whole runbook in local simulation, as a new user runs it."""
+
+import os
+import subprocess
+import sys
+
+import aws_cdk as cdk
+import pytest
+
+from app import build_app
+from tests.conftest import PROJECT_ROOT, cdk_json_context
+
+
+@pytest.fixture(scope="module")
+def third_party_template(tmp_path_factory):
+    outdir = tmp_path_factory.mktemp("cdk.out")
+    build_app(cdk.App(context=cdk_json_context(), outdir=str(outdir))).synth()
+    return outdir / "ThirdPartyStack.template.json"
+
+
+@pytest.fixture(scope="module")
+def demo_run(third_party_template, tmp_path_factory):
+    work = tmp_path_factory.mktemp("demo")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env["SEALED_SIM_DIR"] = str(tmp_path_factory.mktemp("sim"))
+    result = subprocess.run([sys.executable, "demo.py", "--work", str(work), "--template",
+                             str(third_party_template)], cwd=PROJECT_ROOT, env=env, text=True,
+                            capture_output=True, timeout=300, check=False)
+    return result, work
+
+
+def test_demo_completes_every_step(demo_run):
+    result, _ = demo_run
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "demo completed" in result.stdout
+
+
+def test_demo_runs_the_sample_on_the_hosts_data_and_pulls_the_result(demo_run):
+    _, work = demo_run
+    lines = (work / "predictions.csv").read_text().splitlines()
+    assert lines[0] == "patient_id,risk_probability,high_risk"
+    data_rows = (PROJECT_ROOT / "samples" / "host-data" / "patients.csv").read_text().splitlines()
+    assert len(lines) == len(data_rows)
+
+
+def test_demo_shows_the_host_denied_by_the_key_policy(demo_run):
+    result, work = demo_run
+    assert "explicitly denied by DenyDecryptWithoutAttestation" in result.stdout
+    assert not (work / "stolen").exists() or not any((work / "stolen").iterdir())
+
+
+def test_demo_stops_the_simulation_it_started(demo_run):
+    result, _ = demo_run
+    assert "simulation stopped" in result.stdout.split("Enclave User: stop the simulation")[-1]
