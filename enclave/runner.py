@@ -305,8 +305,10 @@ class Runner:
             self._prune()
         self.events.add(f"run {job.id}: accepted, bundle {job.bundle!r}, entrypoint "
                         f"{job.entrypoint!r}")
+        # Handed over in a box the worker empties, so the credentials are referenced only by the
+        # worker's own frame (not by the Thread object) and are gone once unsealing is done.
         worker = threading.Thread(
-            target=self._execute, args=(job, request), name=f"run-{job.id}", daemon=True
+            target=self._execute, args=(job, [request]), name=f"run-{job.id}", daemon=True
         )
         worker.start()
         return job
@@ -337,7 +339,8 @@ class Runner:
 
     # -- the run -------------------------------------------------------------------------------
 
-    def _execute(self, job: Job, request: RunRequest) -> None:
+    def _execute(self, job: Job, box: list[RunRequest]) -> None:
+        request: RunRequest | None = box.pop()
         outcome, error = FAILED, None
         private: Path | None = None
         try:
@@ -346,7 +349,7 @@ class Runner:
             app_dir = private / "app"
             app_dir.mkdir(mode=0o700)
             manifest = self._unseal_into(job, request, app_dir)
-            del request  # the credentials are not needed past this point
+            request = None  # the credentials are not needed past this point
             argv = self._prepare(job, manifest)
             self._claim_slot(job, manifest)
             before = self.exchange.files(OUTBOX)

@@ -332,6 +332,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         raw_path, _, raw_query = self.path.partition("?")
         declared = self.headers.get("Content-Length", "0")
         self._body_pending = declared != "0"
+        if len(self.headers.get_all("Content-Length") or []) > 1:
+            self.close_connection = True  # ambiguous framing: never guess which one counts
+            self._send_error(400, "bad_request", "the request has several Content-Length headers")
+            return
         if self.command not in ("GET", "PUT", "POST", "DELETE"):
             self.close_connection = True  # e.g. HEAD: a body in the answer would desynchronise
             self._send_error(501, "not_implemented",

@@ -278,6 +278,14 @@ def test_upload_without_content_length_gets_411(rt: Runtime) -> None:
     assert still_serves(rt)
 
 
+def test_duplicate_content_length_is_refused(rt: Runtime) -> None:
+    answer = rt.raw(b"PUT /v1/fs/inbox/x HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n"
+                    b"Content-Length: 5\r\n\r\nhello")
+    assert answer.startswith(b"HTTP/1.1 400")
+    assert os.listdir(rt.inbox) == []
+    assert still_serves(rt)
+
+
 def test_oversized_json_body_gets_413(rt: Runtime) -> None:
     big = {"nonce": "00" * 40000}
     status, body, _ = rt.request("POST", "/v1/attestation", big)
