@@ -391,3 +391,51 @@ def test_route_table_matches_area_paths_with_slashes() -> None:
     route, params = match_route("GET", "/v1/fs/inbox/a/b%20c.txt")
     assert route.template == "/v1/fs/{area}/{path}"
     assert params == {"area": "inbox", "path": "a/b c.txt"}
+
+
+# -- the command line ------------------------------------------------------------------------------
+
+def test_enclave_serve_command_serves_and_stops_cleanly(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    from enclave.__main__ import simulation_argv
+
+    sock = f"/tmp/serve-{os.getpid()}.sock"
+    argv = simulation_argv(socket_path=sock, exchange=tmp_path / "exchange",
+                           private=tmp_path / "private", nsm_device=tmp_path / "no-nsm.sock",
+                           kms_endpoint="http://127.0.0.1:9", region="us-east-1",
+                           python=sys.executable)
+    process = subprocess.Popen(argv, cwd=Path(__file__).resolve().parent.parent,
+                               stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 20
+        while not os.path.exists(sock) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        conn_ok = False
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(5)
+            s.connect(sock)
+            s.sendall(b"GET /v1/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            conn_ok = s.recv(65536).startswith(b"HTTP/1.1 200")
+        assert conn_ok
+        assert oct(os.stat(sock).st_mode & 0o777) == "0o600"
+        assert oct(os.stat(tmp_path / "private").st_mode & 0o777) == "0o700"
+    finally:
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(timeout=20)
+        process.stderr.close()
+    assert code == 0 and not os.path.exists(sock)
+
+
+def test_enclave_serve_refuses_a_private_root_inside_the_exchange(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "enclave", "serve", "--unix", str(tmp_path / "s.sock"),
+         "--exchange", str(tmp_path / "ex"), "--private", str(tmp_path / "ex" / "inbox" / "p")],
+        cwd=Path(__file__).resolve().parent.parent, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    assert "overlap" in result.stderr
