@@ -42,8 +42,9 @@ DEFAULT_OUTPUT_MAX_BYTES = 65536
 DEFAULT_TIME_LIMIT_SECONDS = 300
 DEFAULT_CONCURRENT_RUNS = 1
 
-_APP_ID = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
-_APP_VERSION = re.compile(r"[0-9A-Za-z.+_-]{1,64}")
+# Also what the bundle's encryption context must hold (enclave/sealing.py).
+APP_ID_PATTERN = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
+APP_VERSION_PATTERN = re.compile(r"[0-9A-Za-z.+_-]{1,64}")
 _ENTRYPOINT_NAME = re.compile(r"[a-z][a-z0-9_-]{0,62}")
 _ARG_NAME = re.compile(r"[a-z][a-z0-9_]{0,62}")
 # One component of a host-supplied exchange path. A conservative allow-list: no leading dot (so
@@ -266,12 +267,12 @@ def _manifest_from(raw: Any) -> Manifest:
     if fmt != FORMAT_VERSION or isinstance(fmt, bool):
         raise ManifestError(f"manifest format {fmt!r} is not supported: expected {FORMAT_VERSION}")
     app_id = _str(
-        obj["app_id"], "app_id", _APP_ID, "1-63 lowercase letters, digits and inner hyphens"
+        obj["app_id"], "app_id", APP_ID_PATTERN, "1-63 lowercase letters, digits and inner hyphens"
     )
     app_version = _str(
         obj["app_version"],
         "app_version",
-        _APP_VERSION,
+        APP_VERSION_PATTERN,
         "1-64 characters from [0-9A-Za-z.+_-]",
     )
     entrypoints_raw = obj["entrypoints"]

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import errno
 import os
-import re
 import shutil
 import stat
 import tarfile
@@ -54,6 +53,8 @@ from botocore.exceptions import BotoCoreError, ClientError
 from cryptography.exceptions import InvalidSignature, InvalidTag
 
 from enclave.manifest import (
+    APP_ID_PATTERN,
+    APP_VERSION_PATTERN,
     MANIFEST_NAME,
     MAX_MANIFEST_BYTES,
     Manifest,
@@ -76,8 +77,6 @@ MAX_MEMBERS = 100_000
 MAX_MEMBER_NAME_CHARS = 4096
 
 _BLOCK = tarfile.BLOCKSIZE
-_APP_ID = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
-_APP_VERSION = re.compile(r"[0-9A-Za-z.+_-]{1,64}")
 
 ProgressCallback = Callable[[int, int], None]
 
@@ -479,7 +478,7 @@ def _check_header(header: Any, expected_app_id: str | None, expected_version: st
             f"bundle format {context['bundle_format']!r} is not supported (expected "
             f"{BUNDLE_FORMAT!r}): use a matching runtime version"
         )
-    if not _APP_ID.fullmatch(context["app_id"]) or not _APP_VERSION.fullmatch(
+    if not APP_ID_PATTERN.fullmatch(context["app_id"]) or not APP_VERSION_PATTERN.fullmatch(
         context["app_version"]
     ):
         raise UnsealError("bundle encryption context has a malformed app_id or app_version")
