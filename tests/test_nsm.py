@@ -306,3 +306,27 @@ def test_development_leaf_is_renewed_before_it_expires(tmp_path: Path) -> None:
     later = dt.datetime.now(dt.UTC) + dt.timedelta(days=sim_pki.LEAF_DAYS - 1)
     renewed = sim_pki.load_or_create(tmp_path, now=later)
     assert renewed.root_pem == first.root_pem and renewed.leaf_der() != first.leaf_der()
+
+
+def test_module_entry_point_serves_on_its_socket(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+    import time
+
+    from tests.sim_support import short_socket_dir
+
+    with short_socket_dir() as sockets:
+        path = sockets / "nsm.sock"
+        process = subprocess.Popen(
+            [sys.executable, "-m", "client.sim.nsm", "--socket", str(path),
+             "--state", str(tmp_path / "state"), "--debug"],
+            cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 20
+            while not path.exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            _, value = NsmClient(path).describe_pcr(0)
+            assert value == bytes(48)  # --debug
+        finally:
+            process.terminate()
+            process.wait(timeout=10)
