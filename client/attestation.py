@@ -121,7 +121,10 @@ def verify_attestation(
     _verify_signature(chain[-1], protected, payload, signature)
 
     pcrs = fields["pcrs"]
-    debug_mode = all(pcrs.get(i) == bytes(len(pcrs.get(i, b"x"))) for i in DEBUG_PCRS)
+    missing = [i for i in DEBUG_PCRS if i not in pcrs]
+    if missing:
+        raise VerificationError(f"the document has no PCR{missing[0]}: every NSM reports PCR0-2")
+    debug_mode = all(not any(pcrs[i]) for i in DEBUG_PCRS)
     if debug_mode and not allow_debug:
         raise VerificationError(
             "the document comes from an enclave in debug mode (PCR0, PCR1 and PCR2 are all zero): "

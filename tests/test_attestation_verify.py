@@ -317,3 +317,14 @@ def test_intermediate_that_is_not_a_ca_is_rejected(tmp_path: Path) -> None:
     document, root = development_document(tmp_path, intermediate_is_ca=False)
     with pytest.raises(VerificationError, match="not a CA"):
         verify_attestation(document, root_pem=root)
+
+
+def test_document_without_pcr0_is_rejected(tmp_path: Path) -> None:
+    from client.sim import pki as sim_pki
+    from client.sim.nsm import build_attestation_document
+
+    pki = sim_pki.load_or_create(tmp_path)
+    pcrs = {i: bytes([i + 1]) * 48 for i in range(1, 16)}
+    document = build_attestation_document(pki, pcrs=pcrs, module_id="i-t-enc1")
+    with pytest.raises(VerificationError, match="no PCR0"):
+        verify_attestation(document, root_pem=pki.root_pem)
