@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from fnmatch import fnmatchcase
 from pathlib import Path
 
 import aws_cdk as cdk
@@ -573,3 +574,105 @@ def test_host_network_refuses_subnets_without_matching_zones():
     with pytest.raises(ValueError, match=r"one private subnet id per availability zone"):
         HostNetwork(bare_stack(), "Network", vpc_id="vpc-0123456789abcdef0",
                     private_subnet_ids=["subnet-0123456789abcdef0"], availability_zones=[])
+
+
+# ---- the bucket policy, evaluated against the requests an uploader can make -----------------
+# A small evaluator for the few policy elements the statements use (principal account, action,
+# resource wildcards, StringEquals, Null, Bool), so each rule is attacked by a request, not only
+# read. It models one thing S3 does: multipart part uploads carry no encryption header.
+
+SHARING_KEY_ARN = "arn:aws:kms:us-east-1:222222222222:key/11111111-2222-4333-8444-555555555555"
+OTHER_KEY_ARN = "arn:aws:kms:us-east-1:111111111111:key/99999999-2222-4333-8444-555555555555"
+
+
+def _resolve(value, template: Template):
+    if isinstance(value, list):
+        return [_resolve(v, template) for v in value]
+    if isinstance(value, dict):
+        if value == {"Ref": "AWS::Partition"}:
+            return "aws"
+        if "Fn::Join" in value:
+            separator, parts = value["Fn::Join"]
+            return separator.join(_resolve(p, template) for p in parts)
+        if value == {"Fn::GetAtt": [sharing_key_id(template), "Arn"]}:
+            return SHARING_KEY_ARN
+        if value == {"Fn::GetAtt": [sharing_bucket_id(template), "Arn"]}:
+            return f"arn:aws:s3:::{BUCKET_NAME}"
+        return {k: _resolve(v, template) for k, v in value.items()}
+    return value
+
+
+def _condition_holds(conditions: dict, request: dict) -> bool:
+    for operator, tests in conditions.items():
+        for key, expected in tests.items():
+            expected = as_list(expected)
+            if operator in ("StringEquals", "Bool"):
+                if key not in request or request[key] not in expected:
+                    return False
+            elif operator == "Null":
+                if (key not in request) != (expected == ["true"]):
+                    return False
+            else:
+                raise AssertionError(f"evaluator does not model {operator}")
+    return True
+
+
+def _decide(statements: list[dict], request: dict) -> str:
+    matched = {"Allow": False, "Deny": False}
+    for statement in statements:
+        principals = as_list(statement["Principal"]["AWS"])
+        if "*" not in principals and f"arn:aws:iam::{request['account']}:root" not in principals:
+            continue
+        if not any(fnmatchcase(request["action"], a) for a in as_list(statement["Action"])):
+            continue
+        if not any(fnmatchcase(request["resource"], r) for r in as_list(statement["Resource"])):
+            continue
+        if _condition_holds(statement.get("Condition", {}), request):
+            matched[statement["Effect"]] = True
+    return "Deny" if matched["Deny"] or not matched["Allow"] else "Allow"
+
+
+@pytest.fixture(scope="module")
+def evaluated_policy(template) -> list[dict]:
+    return _resolve(bucket_policy_statements(template), template)
+
+
+def upload(key="encrypted-apps/app.sealed", *, account="111111111111", action="s3:PutObject",
+           tls=True, **headers) -> dict:
+    request = {"account": account, "action": action,
+               "resource": f"arn:aws:s3:::{BUCKET_NAME}/{key}",
+               "aws:SecureTransport": "true" if tls else "false"}
+    request.update({f"s3:x-amz-server-side-encryption{suffix}": value
+                    for suffix, value in headers.items()})
+    return request
+
+
+SSE_KMS_THIS_KEY = {"": "aws:kms", "-aws-kms-key-id": SHARING_KEY_ARN}
+
+UPLOAD_CASES = {
+    "sse-kms under this key": (upload(**SSE_KMS_THIS_KEY), "Allow"),
+    "image prefix, sse-kms under this key": (
+        upload("enclave-images/enclave.eif", **SSE_KMS_THIS_KEY), "Allow"),
+    "multipart part (no header): bucket default, this key": (upload(), "Allow"),
+    "sse-kms under another key": (upload(**{"": "aws:kms", "-aws-kms-key-id": OTHER_KEY_ARN}),
+                                  "Deny"),
+    "sse-kms without a key id (aws/s3)": (upload(**{"": "aws:kms"}), "Deny"),
+    "key id without sse header": (upload(**{"-aws-kms-key-id": SHARING_KEY_ARN}), "Deny"),
+    "sse-s3": (upload(**{"": "AES256"}), "Deny"),
+    "dsse-kms under this key": (upload(**{"": "aws:kms:dsse",
+                                          "-aws-kms-key-id": SHARING_KEY_ARN}), "Deny"),
+    "sse-c": (upload(**{"-customer-algorithm": "AES256"}), "Deny"),
+    "outside the agreed prefixes": (upload("other/app.sealed", **SSE_KMS_THIS_KEY), "Deny"),
+    "prefix look-alike": (upload("encrypted-apps-evil/x", **SSE_KMS_THIS_KEY), "Deny"),
+    "without TLS": (upload(tls=False, **SSE_KMS_THIS_KEY), "Deny"),
+    "another account": (upload(account="333333333333", **SSE_KMS_THIS_KEY), "Deny"),
+    "third party reads back": (upload(action="s3:GetObject"), "Deny"),
+    "third party deletes": (upload(action="s3:DeleteObject"), "Deny"),
+    "third party changes an ACL": (upload(action="s3:PutObjectAcl"), "Deny"),
+}
+
+
+@pytest.mark.parametrize("case", UPLOAD_CASES.values(), ids=UPLOAD_CASES.keys())
+def test_bucket_policy_decides_third_party_requests(evaluated_policy, case):
+    request, expected = case
+    assert _decide(evaluated_policy, request) == expected
