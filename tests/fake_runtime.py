@@ -242,6 +242,8 @@ class FakeRuntime:
             run["state"] = run["_script"].pop(0)
         if run["state"] in ("succeeded", "failed"):
             run["exit_code"] = self.run_exit_code
+            if run["state"] == "failed":
+                run["error"] = f"the application exited with status {self.run_exit_code}"
             run["stdout"] = "prediction: 0.93\n"
             run["ended_at"] = time.time()
         return self.send_json(h, 200, {k: v for k, v in run.items() if not k.startswith("_")})

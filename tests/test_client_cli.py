@@ -373,3 +373,18 @@ def test_progress_line_only_on_a_terminal():
         bar.finish()
     assert "100.0%" in tty.getvalue() and "2.0 KiB" in tty.getvalue()
     assert pipe.getvalue() == ""
+
+
+def test_run_killed_by_a_signal_exits_like_a_shell(runtime):
+    (runtime.root / "inbox" / "app.sealed").write_bytes(b"sealed")
+    runtime.run_script = ["failed"]
+    runtime.run_exit_code = -9
+    assert cli.main([*sock(runtime), "run", "-f", "app.sealed", "-s", "p"]) == 137
+
+
+def test_run_failing_before_the_app_ran_is_an_enclave_error(runtime, monkeypatch, capsys):
+    (runtime.root / "inbox" / "app.sealed").write_bytes(b"sealed")
+    runtime.run_script = ["failed"]
+    runtime.run_exit_code = None
+    assert cli.main([*sock(runtime), "run", "-f", "app.sealed", "-s", "p"]) == \
+        ExitStatus.ENCLAVE_ERROR

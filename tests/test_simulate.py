@@ -111,6 +111,27 @@ def test_push_run_pull_round_trip(simulation, tmp_path, capsys):
     assert len(lines) > 1
 
 
+def test_app_failure_exits_with_the_apps_own_code(simulation, tmp_path, capsys):
+    key_arn = create_enclave_key(simulation, simulation["measurements"]["PCR0"])
+    bundle = tmp_path / "app.sealed"
+    seal(simulation, key_arn, bundle)
+    (tmp_path / "bad.csv").write_text("not,a,patient,file\n1,2,3,4\n")
+    assert main(["push", str(bundle), "app2.sealed"]) == 0
+    assert main(["push", str(tmp_path / "bad.csv")]) == 0
+    code = main(["run", "-f", "app2.sealed", "-s", "predict", "-a", "bad.csv bad-out.csv"])
+    assert code == 2  # ml_inference.py's own status for bad input
+    assert "exited with status 2" in capsys.readouterr().err
+
+
+def test_entrypoint_not_in_manifest_is_refused(simulation, tmp_path):
+    key_arn = create_enclave_key(simulation, simulation["measurements"]["PCR0"])
+    bundle = tmp_path / "app.sealed"
+    seal(simulation, key_arn, bundle)
+    assert main(["push", str(bundle), "app3.sealed"]) == 0
+    code = main(["run", "-f", "app3.sealed", "-s", "train", "-a", "x"])
+    assert code == ExitStatus.ENCLAVE_ERROR
+
+
 def test_run_of_bundle_for_another_image_is_refused_by_kms(simulation, tmp_path, capsys):
     key_arn = create_enclave_key(simulation, "ab" * 48)
     bundle = tmp_path / "other.sealed"

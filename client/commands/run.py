@@ -126,7 +126,11 @@ def report_run(args: argparse.Namespace, record: dict[str, Any]) -> int:
     if state == "cancelled":
         raise EnclaveError(f"run {run_id} was cancelled")
     exit_code = record.get("exit_code")
-    if exit_code is not None and not record.get("error"):
-        return int(exit_code)  # the application ran and failed: its own exit code
+    if exit_code not in (None, 0):
+        # The application ran and failed: its own exit code (a signal as 128+N, like a shell).
+        if not args.json:
+            print(f"run {run_id}: {record.get('error') or 'failed'}", file=sys.stderr)
+        code = int(exit_code)
+        return code if code > 0 else 128 - code
     raise EnclaveError(f"run {run_id} failed: {record.get('error') or 'no reason given'}",
                        status=ExitStatus.ENCLAVE_ERROR)
