@@ -135,3 +135,11 @@ def test_module_entry_point_exit_status(att3: Path) -> None:
                             cwd=PROJECT_ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert "attestation document verified" in result.stdout
+
+
+def test_documented_example_runs_as_documented(fixtures_dir: Path, capsys) -> None:
+    text = (PROJECT_ROOT / "docs" / "verify-attestation.md").read_text()
+    block = text.split("```")[1].replace("\\\n", " ").split()
+    assert block[:4] == ["python", "-m", "client", "verify-attestation"]
+    argv = [arg.replace("../shared/fixtures", str(fixtures_dir)) for arg in block[3:]]
+    assert main(argv) == 0
