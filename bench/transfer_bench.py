@@ -12,8 +12,9 @@ Everything is file to file over one Unix socket, each side in its own process:
 
 Times are measured inside the processes (from connect to the last byte written and the file
 closed, on CLOCK_MONOTONIC, which is shared by every process), so interpreter start-up is not
-counted for anyone. Peak RSS: the client's from wait4() (ru_maxrss), the runtime's from
-/proc/<pid>/status VmHWM, reset between phases through /proc/<pid>/clear_refs when allowed.
+counted for anyone. CPU seconds of both sides are reported too: unlike wall time they hardly
+depend on what else the machine runs. Peak RSS: the client's from wait4() (ru_maxrss), the
+runtime's from /proc/<pid>/status VmHWM, reset between phases through /proc/<pid>/clear_refs.
 """
 
 from __future__ import annotations
@@ -64,8 +65,8 @@ def child_env() -> dict[str, str]:
     return env
 
 
-def run_child(command: list[str]) -> tuple[str, float]:
-    """Run a child to completion; return its stdout and its peak RSS in MiB (from wait4)."""
+def run_child(command: list[str]) -> tuple[str, float, float]:
+    """Run a child to completion; return its stdout, peak RSS in MiB and CPU seconds (wait4)."""
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                env=child_env(), cwd=PROJECT_ROOT)
     out = process.stdout.read()
@@ -74,7 +75,17 @@ def run_child(command: list[str]) -> tuple[str, float]:
     process.returncode = os.waitstatus_to_exitcode(status)
     if process.returncode != 0:
         raise SystemExit(f"{command[:4]}... failed ({process.returncode}): {err.decode()[-500:]}")
-    return out.decode(), usage.ru_maxrss / 1024  # KiB on Linux
+    return out.decode(), usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime  # KiB on Linux
+
+
+def startup_cpu(code: str) -> float:
+    """CPU seconds an interpreter spends starting and importing, to subtract from children."""
+    return min(run_child([sys.executable, "-c", code])[2] for _ in range(3))
+
+
+def process_cpu(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 # -- raw baseline ----------------------------------------------------------------------------------
@@ -96,8 +107,9 @@ def raw_receiver(socket_path: str, out_path: str) -> None:
             f.write(view[:n])
     end = time.monotonic()
     conn.close()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"end": end, "rss_mib": peak}), flush=True)
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    print(json.dumps({"end": end, "rss_mib": usage.ru_maxrss / 1024,
+                      "cpu": usage.ru_utime + usage.ru_stime}), flush=True)
 
 
 def raw_sender(socket_path: str, in_path: str) -> None:
@@ -110,22 +122,23 @@ def raw_sender(socket_path: str, in_path: str) -> None:
     print(json.dumps({"start": start}), flush=True)
 
 
-def raw_copy(source: Path, work: Path) -> dict[str, float]:
+def raw_copy(source: Path, work: Path, startup: float) -> dict[str, float]:
     socket_path = str(work / "raw.sock")
     out_path = work / "raw.out"
     receiver = subprocess.Popen([sys.executable, __file__, "--child", "raw-receiver", socket_path,
                                  str(out_path)], stdout=subprocess.PIPE, env=child_env())
     assert receiver.stdout.readline().strip() == b"ready"
-    sent, sender_rss = run_child([sys.executable, __file__, "--child", "raw-sender", socket_path,
-                                  str(source)])
+    sent, sender_rss, sender_cpu = run_child([sys.executable, __file__, "--child", "raw-sender",
+                                              socket_path, str(source)])
     received = json.loads(receiver.stdout.readline())
     receiver.wait()
     seconds = received["end"] - json.loads(sent)["start"]
     size = out_path.stat().st_size
     out_path.unlink()
     os.unlink(socket_path)
+    cpu = max(sender_cpu - startup, 0) + max(received["cpu"] - startup, 0)
     return {"seconds": seconds, "mib_s": size / MIB / seconds, "sender_rss_mib": sender_rss,
-            "receiver_rss_mib": received["rss_mib"]}
+            "receiver_rss_mib": received["rss_mib"], "cpu_s": cpu}
 
 
 # -- runtime -------------------------------------------------------------------------------------
@@ -164,10 +177,10 @@ def reset_peak(pid: int) -> bool:
         return False
 
 
-def client_transfer(socket_path: str, *args: str) -> tuple[dict, float]:
-    out, rss = run_child([sys.executable, "-m", "client", "--socket", socket_path, "--json",
-                          "--timeout", "120", *args, "--no-progress"])
-    return json.loads(out), rss
+def client_transfer(socket_path: str, *args: str) -> tuple[dict, float, float]:
+    out, rss, cpu = run_child([sys.executable, "-m", "client", "--socket", socket_path, "--json",
+                               "--timeout", "120", *args, "--no-progress"])
+    return json.loads(out), rss, cpu
 
 
 def best(results: list[dict]) -> dict:
@@ -200,18 +213,23 @@ def main(argv: list[str] | None = None) -> int:
         runtime, socket_path, exchange = start_runtime(work)
         runtime_push_rss = runtime_pull_rss = 0.0
         can_reset = reset_peak(runtime.pid)
+        bare_startup = startup_cpu("import json, os, resource, socket, sys, time")
+        client_startup = startup_cpu("import client.cli; client.cli.build_parser()")
         try:
             for _ in range(args.repeat):
                 os.sync()  # no background writeback of the previous phase in the next one
-                raw_runs.append(raw_copy(source, work))
+                raw_runs.append(raw_copy(source, work, bare_startup))
 
                 os.sync()
                 reset_peak(runtime.pid)
-                result, rss = client_transfer(socket_path, "push", str(source), "bench.bin")
+                before = process_cpu(runtime.pid)
+                result, rss, cpu = client_transfer(socket_path, "push", str(source), "bench.bin")
                 runtime_push_rss = max(runtime_push_rss, vm_hwm_mib(runtime.pid))
                 push_runs.append({"seconds": result["seconds"],
                                   "mib_s": args.size / MIB / result["seconds"],
-                                  "client_rss_mib": rss})
+                                  "client_rss_mib": rss,
+                                  "cpu_s": max(cpu - client_startup, 0)
+                                  + process_cpu(runtime.pid) - before})
                 # Put the uploaded file where the host may read it: the outbox.
                 (exchange / "outbox").mkdir(exist_ok=True)
                 os.replace(exchange / "inbox" / "bench.bin", exchange / "outbox" / "bench.bin")
@@ -219,13 +237,15 @@ def main(argv: list[str] | None = None) -> int:
                 os.sync()
                 reset_peak(runtime.pid)
                 target = work / "pulled.bin"
-                result, rss = client_transfer(socket_path, "pull", "bench.bin", str(target))
+                before = process_cpu(runtime.pid)
+                result, rss, cpu = client_transfer(socket_path, "pull", "bench.bin", str(target))
+                pull_cpu = max(cpu - client_startup, 0) + process_cpu(runtime.pid) - before
                 runtime_pull_rss = max(runtime_pull_rss, vm_hwm_mib(runtime.pid))
                 if target.stat().st_size != args.size:
                     raise SystemExit("pulled file has the wrong size")
                 pull_runs.append({"seconds": result["seconds"],
                                   "mib_s": args.size / MIB / result["seconds"],
-                                  "client_rss_mib": rss})
+                                  "client_rss_mib": rss, "cpu_s": pull_cpu})
                 target.unlink()
                 (exchange / "outbox" / "bench.bin").unlink()
         finally:
@@ -238,14 +258,21 @@ def main(argv: list[str] | None = None) -> int:
     # raw copy of its own round, and the median of those ratios is the figure that counts.
     push_ratios = [p["mib_s"] / r["mib_s"] for p, r in zip(push_runs, raw_runs, strict=True)]
     pull_ratios = [p["mib_s"] / r["mib_s"] for p, r in zip(pull_runs, raw_runs, strict=True)]
+    # CPU seconds per byte hardly depend on other load: raw CPU / mode CPU is the efficiency.
+    raw_cpu = median([r["cpu_s"] for r in raw_runs])
+    push_cpu = median([r["cpu_s"] for r in push_runs])
+    pull_cpu = median([r["cpu_s"] for r in pull_runs])
     raw, push, pull = best(raw_runs), best(push_runs), best(pull_runs)
     report = {
         "size_bytes": args.size,
-        "raw": raw,
+        "raw": {**raw, "cpu_s": raw_cpu},
+        "load_average": os.getloadavg(),
         "push": {**push, "ratio": median(push_ratios), "ratios": push_ratios,
+                 "cpu_s": push_cpu, "cpu_ratio": raw_cpu / push_cpu,
                  "client_rss_mib": max(r["client_rss_mib"] for r in push_runs),
                  "runtime_rss_mib": runtime_push_rss},
         "pull": {**pull, "ratio": median(pull_ratios), "ratios": pull_ratios,
+                 "cpu_s": pull_cpu, "cpu_ratio": raw_cpu / pull_cpu,
                  "client_rss_mib": max(r["client_rss_mib"] for r in pull_runs),
                  "runtime_rss_mib": runtime_pull_rss},
         "runtime_peak_reset_between_phases": can_reset,
@@ -253,16 +280,19 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(f"size {args.size / MIB:.0f} MiB, {args.repeat} rounds; MiB/s best, x raw = median of "
           "per-round ratios; RSS = peak")
-    print(f"{'mode':6} {'MiB/s':>9} {'x raw':>7} {'client RSS':>11} {'runtime RSS':>12}")
+    print(f"{'mode':6} {'MiB/s':>9} {'x raw':>7} {'client RSS':>11} {'runtime RSS':>12} "
+          f"{'CPU s':>7} {'raw CPU/CPU':>12}")
     print(f"{'raw':6} {raw['mib_s']:9.0f} {1:7.2f} {raw['sender_rss_mib']:9.1f}Mi "
-          f"{raw['receiver_rss_mib']:10.1f}Mi")
+          f"{raw['receiver_rss_mib']:10.1f}Mi {raw_cpu:7.2f} {1:12.2f}")
     ok = True
     for name in ("push", "pull"):
         row = report[name]
         print(f"{name:6} {row['mib_s']:9.0f} {row['ratio']:7.2f} {row['client_rss_mib']:9.1f}Mi "
-              f"{row['runtime_rss_mib']:10.1f}Mi")
+              f"{row['runtime_rss_mib']:10.1f}Mi {row['cpu_s']:7.2f} {row['cpu_ratio']:12.2f}")
         ok &= row["ratio"] >= TARGET_RATIO and row["client_rss_mib"] <= RSS_LIMIT_MIB \
             and row["runtime_rss_mib"] <= RSS_LIMIT_MIB
+    print(f"load average during the run: {', '.join(f'{x:.1f}' for x in os.getloadavg())} on "
+          f"{os.cpu_count()} CPUs")
     print(f"target >= {TARGET_RATIO} x raw (stretch {STRETCH_RATIO}), RSS <= {RSS_LIMIT_MIB} MiB "
           f"each: {'met' if ok else 'NOT met'}")
     print(json.dumps(report, sort_keys=True))
