@@ -56,6 +56,9 @@ def attested_decrypt(kms_client: Any, nsm: AttestationSource, *, ciphertext_blob
             "KMS returned Plaintext to an attested Decrypt: the plaintext crossed the parent "
             "instance in the clear; refusing it. Check that the endpoint is the real KMS and "
             "that the request carried the Recipient")
+    if key_id.startswith("arn:") and response.get("KeyId") not in (None, key_id):
+        raise AttestedDecryptError(
+            f"KMS answered for key {response.get('KeyId')}, not the requested {key_id}")
     wrapped = response.get("CiphertextForRecipient")
     if not wrapped:
         raise AttestedDecryptError("KMS returned no CiphertextForRecipient to an attested Decrypt")

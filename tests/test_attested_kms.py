@@ -284,6 +284,15 @@ def test_plaintext_in_the_response_is_refused(world: World) -> None:
     assert kms.requests[0]["Recipient"]["KeyEncryptionAlgorithm"] == "RSAES_OAEP_SHA_256"
 
 
+def test_answer_for_another_key_is_refused(world: World) -> None:
+    class OtherKeyKms:
+        def decrypt(self, **request: Any) -> dict:
+            return {"KeyId": request["KeyId"] + "-other", "CiphertextForRecipient": b"x"}
+    with pytest.raises(AttestedDecryptError, match="not the requested"):
+        attested_decrypt(OtherKeyKms(), world.allowed_nsm, ciphertext_blob=b"blob",
+                         encryption_context=CONTEXT, key_id=world.key_arn)
+
+
 class RecordingNsm:
     def __init__(self, inner) -> None:
         self.inner, self.public_keys = inner, []
