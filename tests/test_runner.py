@@ -478,3 +478,24 @@ def test_production_provider_refuses_a_key_of_another_region(kms_sealed_bundle,
     _bundle, arn = kms_sealed_bundle
     with pytest.raises(_RunFailure, match="not in region us-east-1"):
         _factory(tmp_path)(Credentials("a", "b"), "us-east-1", [arn])
+
+
+# -- runtime start and stop --------------------------------------------------------------------
+
+def test_plaintext_left_by_a_dead_runtime_is_wiped_at_start(tmp_path: Path) -> None:
+    leftover = tmp_path / "rt" / "sealed" / "run-deadbeef" / "app"
+    leftover.mkdir(parents=True)
+    (leftover / "model.bin").write_bytes(b"weights")
+    runtime = start_runtime(tmp_path)
+    try:
+        assert private_entries(runtime) == []
+    finally:
+        stop_runtime(runtime)
+
+
+def test_runtime_shutdown_cancels_runs_and_wipes(rt: Runtime, bundle: str) -> None:
+    status, body = start(rt, "sleep", ["s.pid"])
+    assert wait_for(lambda: (rt.outbox / "s.pid").exists())
+    rt.server.runner.shutdown(timeout=15)
+    assert rt.server.runner.get(body["id"]).state == "cancelled"
+    assert private_entries(rt) == []
