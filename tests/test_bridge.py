@@ -151,8 +151,11 @@ def test_connections_over_the_limit_are_refused_at_once(sockets: Path) -> None:
             running_bridge(unix_upstream(sockets / "proxy"), max_connections=1) as bridge:
         with connect(bridge) as first:
             first.sendall(b"x")
-            while bridge.connections_served < 1:
+            for _ in range(1000):  # until the first connection holds the only slot
+                if bridge.connections_served:
+                    break
                 threading.Event().wait(0.01)
+            assert bridge.connections_served == 1
             with connect(bridge) as second:
                 assert read_all(second) == b""
         release.set()
