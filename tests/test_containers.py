@@ -177,3 +177,8 @@ def test_image_resolves_the_kms_host_name_to_the_bridge() -> None:
 def test_image_contains_the_runtime_code() -> None:
     copies = [rest for keyword, rest in dockerfile_instructions() if keyword == "COPY"]
     assert any(rest.split()[0] == "enclave/" for rest in copies)
+
+
+def test_bytecode_caches_are_kept_out_of_the_image() -> None:
+    ignore = (ROOT / "containers" / "Dockerfile.dockerignore").read_text().split()
+    assert "**/__pycache__" in ignore and "**/*.pyc" in ignore
