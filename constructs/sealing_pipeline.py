@@ -143,6 +143,8 @@ class SealingPipeline(Construct):
             "NitroImageBuilder", IMAGE_BUILDER_NAME, role=self.image_builder_role,
             privileged=True, compute_type=codebuild.ComputeType.LARGE,
             environment={**common_env, "ENCLAVE_IMAGE_PREFIX": enclave_image_prefix,
+                         # The region whose KMS endpoint the image resolves to the bridge.
+                         "ENCLAVE_REGION": stack.region,
                          "MEASUREMENTS_TO_KEEP": str(measurements_to_keep),
                          "MEASUREMENT_RECORD_PARAMETER": measurement_record_parameter})
 

@@ -31,8 +31,6 @@ class ThirdPartyStack(cdk.Stack):
             repository_name=config.repository_name,
             app_directory=config.app_directory,
             use_existing=config.use_existing_repository,
-            # Tolerated while the seed sources are still being written; see the report.
-            require_complete_seed=False,
         )
         self.pipeline = SealingPipeline(
             self, "SealingPipeline",

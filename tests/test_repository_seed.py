@@ -130,13 +130,26 @@ def test_missing_part_is_tolerated_only_when_asked(project, tmp_path):
     assert "envelope_encryptor.py" not in listed
 
 
-def test_project_seed_contains_what_exists_of_each_part(tmp_path):
+def test_project_seed_is_complete_and_clean(tmp_path):
     out = tmp_path / "seed.zip"
-    listed = build_seed_zip(PROJECT_ROOT, "sample-inference", out, require_all=False)
-    assert "pipeline/allowlist.py" in listed
-    if (PROJECT_ROOT / "src/sample-inference/manifest.json").is_file():
-        assert "src/sample-inference/manifest.json" in listed
-    assert not [n for n in listed if "__pycache__" in n or n.startswith("tests/")]
+    listed = build_seed_zip(PROJECT_ROOT, "sample-inference", out)
+    for expected in ("src/sample-inference/manifest.json", "containers/Dockerfile",
+                     "enclave/__init__.py", "envelope_encryptor.py", "pipeline/allowlist.py",
+                     "pipeline/upload.py", "pipeline/requirements.txt"):
+        assert expected in listed
+    assert not [n for n in listed if "__pycache__" in n or n.startswith(("tests/", "stacks/"))]
+
+
+def test_seeded_dockerfile_finds_what_it_copies_in_the_image_context():
+    """The builder's context is containers/ + enclave/: every COPY source must be in it."""
+    dockerfile = (PROJECT_ROOT / "containers/Dockerfile").read_text()
+    sources = [word for line in dockerfile.splitlines()
+               if line.startswith("COPY ") and "--from=" not in line
+               for word in line.split()[1:-1] if not word.startswith("--")]
+    assert sources
+    for source in sources:
+        assert source.split("/")[0] in ("containers", "enclave"), source
+        assert (PROJECT_ROOT / source).exists(), source
 
 
 def test_build_specs_only_use_files_the_seed_provides():

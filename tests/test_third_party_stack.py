@@ -276,7 +276,8 @@ def test_encryptor_build_spec_runs_the_contracted_command_line():
 def test_image_builder_installs_nitro_cli_and_builds_the_eif():
     steps = commands("nitro-image-builder")
     assert "dnf install -y aws-nitro-enclaves-cli aws-nitro-enclaves-cli-devel" in steps
-    assert 'docker build --tag "${IMAGE_URI}" build/image' in steps
+    assert ('docker build --platform linux/arm64 --build-arg AWS_REGION="${ENCLAVE_REGION}" '
+            '--file build/image/containers/Dockerfile --tag "${IMAGE_URI}" build/image') in steps
     assert ('nitro-cli build-enclave --docker-uri "${IMAGE_URI}" --output-file enclave.eif '
             '> measurements.json') in steps
 
@@ -284,11 +285,14 @@ def test_image_builder_installs_nitro_cli_and_builds_the_eif():
 def test_image_context_holds_the_image_definition_and_runtime_but_never_src():
     steps = commands("nitro-image-builder")
     context_steps = [s for s in steps if "build/image" in s and not s.startswith("docker")]
-    assert "cp -R containers/. build/image/" in context_steps
-    assert "cp -R enclave build/image/enclave" in context_steps
+    assert "cp -R containers enclave build/image/" in context_steps
     assert not [s for s in context_steps if re.search(r"\bsrc\b", s)]
     (docker,) = [s for s in steps if s.startswith("docker build")]
     assert docker.split()[-1] == "build/image"
+
+
+def test_image_builder_builds_for_the_stack_region(template, config):
+    assert env(projects(template)["nitro-image-builder"])["ENCLAVE_REGION"] == config.region
 
 
 def test_image_builder_allows_the_measurement_before_uploading_the_eif():
