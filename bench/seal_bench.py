@@ -407,13 +407,22 @@ def main(argv: list[str] | None = None) -> int:
     peak = max(seal["rss_mib"], unseal["rss_mib"])
     vs_seal = rate(seal, nbytes) / rate(bseal, bbytes)
     vs_unseal = rate(unseal, nbytes) / rate(bunseal, bbytes)
-    ok = seal_ratio >= 0.3 and unseal_ratio >= 0.3 and peak <= 160 and min(vs_seal, vs_unseal) >= 10
-    print(
-        f"summary: seal {seal_ratio:.2f} x cp, unseal {unseal_ratio:.2f} x cp (target >= 0.3, "
-        f"stretch 0.5); peak RSS {peak:.0f} MiB ru_maxrss (target <= 160); vs baseline per "
-        f"byte: seal {vs_seal:.1f} x, unseal {vs_unseal:.1f} x (target >= 10) -> "
-        f"{'all targets met' if ok else 'TARGET MISSED'}"
-    )
+    checks = [
+        (f"seal {seal_ratio:.2f} x cp", seal_ratio >= 0.3, ">= 0.3, stretch 0.5"),
+        (f"unseal {unseal_ratio:.2f} x cp", unseal_ratio >= 0.3, ">= 0.3, stretch 0.5"),
+        (f"peak RSS {peak:.0f} MiB (ru_maxrss)", peak <= 160, "<= 160 MiB"),
+        (f"seal {vs_seal:.1f} x the baseline's throughput", vs_seal >= 10, ">= 10"),
+        (f"unseal {vs_unseal:.1f} x the baseline's throughput", vs_unseal >= 10, ">= 10"),
+    ]
+    for text, met, target in checks:
+        print(f"  {'met   ' if met else 'MISSED'}  {text} (target {target})")
+    if vs_unseal < 10 and 10 * rate(bunseal, bbytes) > rate(cp, nbytes):
+        print(
+            "  note: 10 x the baseline's unseal rate would be "
+            f"{10 * rate(bunseal, bbytes):.0f} MiB/s, faster than cp -r itself here "
+            f"({rate(cp, nbytes):.0f} MiB/s)"
+        )
+    ok = all(met for _, met, _ in checks)
     return 0 if ok else 1
 
 
