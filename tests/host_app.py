@@ -33,10 +33,6 @@ def build_host_stack(**overrides: Any) -> tuple[cdk.App, HostStack]:
     return app, stack
 
 
-def host_template(**overrides: Any) -> Template:
-    return Template.from_stack(build_host_stack(**overrides)[1])
-
-
 def resources_of_type(template: Template, resource_type: str) -> dict[str, dict]:
     return {logical_id: resource
             for logical_id, resource in template.to_json()["Resources"].items()

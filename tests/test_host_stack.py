@@ -10,7 +10,7 @@ import aws_cdk as cdk
 import pytest
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk.assertions import Annotations, Match, Template
-from host_app import REMOVE, build_host_stack, host_template, only, resources_of_type
+from host_app import REMOVE, build_host_stack, only, resources_of_type
 
 from constructs.enclave_host import (
     AL2023_ARM64_AMI_PARAMETER,
@@ -40,8 +40,29 @@ THIRD_PARTY_ROOT = partition_arn(":iam::111111111111:root")
 
 
 @pytest.fixture(scope="module")
-def template() -> Template:
-    return host_template()
+def default_stack():
+    return build_host_stack()
+
+
+@pytest.fixture(scope="module")
+def template(default_stack) -> Template:
+    return Template.from_stack(default_stack[1])
+
+
+# Every non-security setting changed at once, to show each one reaches the template.
+CUSTOM = {"HostBucketName": "another-sharing-bucket", "HostRoleName": "custom-host-role",
+          "InstanceType": "m7g.2xlarge", "EnclaveCpuCount": 4, "HostCount": 3,
+          "AvailabilityZones": ["us-east-1b", "us-east-1c"]}
+
+
+@pytest.fixture(scope="module")
+def custom_stack():
+    return build_host_stack(**CUSTOM)
+
+
+@pytest.fixture(scope="module")
+def customized(custom_stack) -> Template:
+    return Template.from_stack(custom_stack[1])
 
 
 @pytest.fixture(scope="module")
@@ -51,10 +72,16 @@ def no_enclave_key():
 
 
 @pytest.fixture(scope="module")
-def imported_vpc() -> Template:
-    return host_template(VpcId="vpc-0123456789abcdef0",
-                         PrivateSubnetIds=["subnet-0123456789abcdef0", "subnet-0123456789abcdef1"],
-                         AvailabilityZones=["us-east-1a", "us-east-1b"])
+def imported_stack():
+    return build_host_stack(
+        VpcId="vpc-0123456789abcdef0",
+        PrivateSubnetIds=["subnet-0123456789abcdef0", "subnet-0123456789abcdef1"],
+        AvailabilityZones=["us-east-1a", "us-east-1b"])
+
+
+@pytest.fixture(scope="module")
+def imported_vpc(imported_stack) -> Template:
+    return Template.from_stack(imported_stack[1])
 
 
 def logical_id(template: Template, resource_type: str, path_fragment: str = "") -> str:
@@ -113,8 +140,8 @@ def test_bucket_is_sse_kms_with_the_sharing_key_and_a_bucket_key(template):
     })
 
 
-def test_bucket_name_comes_from_config():
-    template = host_template(HostBucketName="another-sharing-bucket")
+def test_bucket_name_comes_from_config(customized):
+    template = customized
     bucket = resources_of_type(template, "AWS::S3::Bucket")[sharing_bucket_id(template)]
     assert bucket["Properties"]["BucketName"] == "another-sharing-bucket"
 
@@ -257,9 +284,8 @@ def test_host_role_has_the_fixed_name_the_enclave_key_policy_names(template):
     })
 
 
-def test_host_role_name_comes_from_config():
-    template = host_template(HostRoleName="custom-host-role")
-    template.has_resource_properties("AWS::IAM::Role", {"RoleName": "custom-host-role"})
+def test_host_role_name_comes_from_config(customized):
+    customized.has_resource_properties("AWS::IAM::Role", {"RoleName": "custom-host-role"})
 
 
 def _kms_statements(statements: list[dict]) -> list[dict]:
@@ -309,8 +335,8 @@ def test_without_enclave_key_arn_synth_warns_how_to_set_it(no_enclave_key):
         r"EnclaveKeyArn is not set.*-c EnclaveKeyArn=arn:aws:kms:.*" + NO_ENCLAVE_KEY_WARNING_ID))
 
 
-def test_with_enclave_key_arn_there_is_no_warning():
-    _, stack = build_host_stack()
+def test_with_enclave_key_arn_there_is_no_warning(default_stack):
+    _, stack = default_stack
     Annotations.from_stack(stack).has_no_warning("*", Match.string_like_regexp("EnclaveKeyArn"))
 
 
@@ -402,14 +428,12 @@ def test_image_is_latest_al2023_arm64_from_the_public_ssm_parameter(template):
     assert AL2023_ARM64_AMI_PARAMETER.endswith("al2023-ami-kernel-default-arm64")
 
 
-def test_instance_type_is_the_configured_graviton_type():
-    template = host_template(InstanceType="m7g.2xlarge", EnclaveCpuCount=4)
-    assert launch_template_data(template)["InstanceType"] == "m7g.2xlarge"
+def test_instance_type_is_the_configured_graviton_type(customized):
+    assert launch_template_data(customized)["InstanceType"] == "m7g.2xlarge"
 
 
-def test_group_size_comes_from_config():
-    template = host_template(HostCount=3)
-    group = only(resources_of_type(template, "AWS::AutoScaling::AutoScalingGroup"))[1]
+def test_group_size_comes_from_config(customized):
+    group = only(resources_of_type(customized, "AWS::AutoScaling::AutoScalingGroup"))[1]
     assert (group["Properties"]["MinSize"], group["Properties"]["MaxSize"]) == ("3", "3")
 
 
@@ -509,15 +533,10 @@ def test_outputs_point_at_the_resources_they_name(template):
 
 # ---- synth never calls AWS ------------------------------------------------------------------
 
-@pytest.mark.parametrize("overrides", [
-    {},
-    {"AvailabilityZones": ["us-east-1b", "us-east-1c"]},
-    {"VpcId": "vpc-0123456789abcdef0", "PrivateSubnetIds": ["subnet-0123456789abcdef0"],
-     "AvailabilityZones": ["us-east-1a"]},
-], ids=["created VPC", "created VPC in named zones", "imported VPC"])
-def test_synth_needs_no_context_lookup(overrides):
+@pytest.mark.parametrize("variant", ["default_stack", "custom_stack", "imported_stack"])
+def test_synth_needs_no_context_lookup(request, variant):
     # A lookup here would make `cdk synth` ask AWS (and fail without credentials).
-    app, _ = build_host_stack(**overrides)
+    app, _ = request.getfixturevalue(variant)
     manifest = json.loads((Path(app.synth().directory) / "manifest.json").read_text())
     assert manifest.get("missing") is None
 
@@ -529,10 +548,9 @@ def test_created_vpc_spans_zones_resolved_by_cloudformation(template):
         str({"Fn::Select": [i, {"Fn::GetAZs": ""}]}) for i in (0, 1)}
 
 
-def test_created_vpc_uses_the_configured_zones():
-    template = host_template(AvailabilityZones=["us-east-1b", "us-east-1c"])
+def test_created_vpc_uses_the_configured_zones(customized):
     zones = {s["Properties"]["AvailabilityZone"]
-             for s in resources_of_type(template, "AWS::EC2::Subnet").values()}
+             for s in resources_of_type(customized, "AWS::EC2::Subnet").values()}
     assert zones == {"us-east-1b", "us-east-1c"}
 
 
