@@ -183,6 +183,16 @@ def test_round_trip_over_many_frames(app_dir, provider, tmp_path, small_frames):
     assert tree(target) == tree(app_dir)
 
 
+def test_long_and_non_ascii_names_round_trip(app_dir, provider, tmp_path):
+    deep = app_dir / ("d" * 120) / "sub"
+    deep.mkdir(parents=True)
+    (deep / ("f" * 150 + ".txt")).write_text("long")
+    (app_dir / "données-é.csv").write_text("x")
+    target = tmp_path / "out"
+    unseal(seal(app_dir, provider), target, provider)
+    assert tree(target) == tree(app_dir)
+
+
 def test_unsealed_modes_are_owner_only(app_dir, provider, tmp_path):
     (app_dir / "main.py").chmod(0o4777)
     target = tmp_path / "out"
@@ -522,6 +532,7 @@ ESCAPES = {
     "dotdot": [file_member("../escaped", b"x")],
     "inner-dotdot": [file_member("model/../../escaped", b"x")],
     "dot-component": [file_member("./model/x", b"x")],
+    "pax-path-dotdot": [file_member("../" + "x" * 120, b"x")],
     "symlink-out": [
         special_member("link", tarfile.SYMTYPE, "/"),
         file_member("link/tmp/escaped-sym", b"x"),
