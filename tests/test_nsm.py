@@ -134,6 +134,11 @@ def test_request_larger_than_the_device_accepts_is_refused() -> None:
 # ---- the simulated NSM over a real Unix socket ----------------------------------------------
 
 
+# the PCRs each simulated NSM was started with: computing them again later could differ, as
+# the measured tree (enclave/, containers/) may change while the suite runs
+STARTED_PCRS: dict[str, dict[int, bytes]] = {}
+
+
 def start_nsm(tmp_path: Path, *, debug: bool = False) -> Iterator[tuple[NsmClient, Path]]:
     state = tmp_path / "state"
     path = tmp_path / "nsm.sock"
@@ -142,6 +147,7 @@ def start_nsm(tmp_path: Path, *, debug: bool = False) -> Iterator[tuple[NsmClien
     sock.listen(4)
     stop = threading.Event()
     pcrs = simulated_pcrs(PROJECT_ROOT)
+    STARTED_PCRS[str(path)] = pcrs
     thread = threading.Thread(target=serve_nsm, args=(sock,),
                               kwargs={"state_dir": state, "pcrs": pcrs, "debug": debug,
                                       "stop": stop}, daemon=True)
@@ -169,7 +175,7 @@ def test_simulated_document_verifies_with_the_development_root(sim) -> None:
     document = client.attestation(nonce=b"N" * 32, user_data=b"u", public_key=b"K" * 300)
     root = sim_pki.load_root_pem(state)
     result = verify_attestation(document, root_pem=root, nonce=b"N" * 32,
-                                expected_pcrs={0: bytes.fromhex(image_sha384(PROJECT_ROOT))})
+                                expected_pcrs={0: STARTED_PCRS[client.device][0]})
     assert (result.user_data, result.public_key) == (b"u", b"K" * 300)
     assert result.debug_mode is False
 
@@ -235,7 +241,7 @@ def test_describe_and_describe_pcr(sim) -> None:
     description = client.describe()
     assert description["digest"] == "SHA384" and description["module_id"].startswith("i-")
     locked, value = client.describe_pcr(0)
-    assert locked and value == simulated_pcrs(PROJECT_ROOT)[0]
+    assert locked and value == STARTED_PCRS[client.device][0]
 
 
 def test_get_random_collects_across_calls(sim) -> None:
@@ -287,6 +293,11 @@ def test_pcr2_is_the_documented_extend_chain(tmp_path: Path) -> None:
         return hashlib.sha384(name.encode() + b"\0" + hashlib.sha384(content).digest()).digest()
     expected = extend(extend(bytes(48), record("containers/a", b"A")), record("enclave/b.py", b"B"))
     assert simulated_pcrs(tmp_path)[2] == expected
+
+
+def test_image_sha384_is_pcr0_in_lowercase_hex(tmp_path: Path) -> None:
+    write_tree(tmp_path, {"enclave/a.py": b"x"})
+    assert image_sha384(tmp_path) == simulated_pcrs(tmp_path)[0].hex()
 
 
 def test_debug_measurement_is_all_zero(tmp_path: Path) -> None:
