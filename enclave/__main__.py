@@ -127,12 +127,14 @@ def bind_unix(path: str) -> socket.socket:
         sock.bind(path)
     finally:
         os.umask(old_umask)
+    sock.listen(64)  # from here on, clients queue instead of being refused while we start
     return sock
 
 
 def bind_vsock(port: int) -> socket.socket:
     sock = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
     sock.bind((socket.VMADDR_CID_ANY, port))
+    sock.listen(64)
     return sock
 
 
