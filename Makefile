@@ -23,7 +23,7 @@ node_modules/.installed: package.json package-lock.json $(VENV)/.installed
 	@touch $@
 
 synth: setup
-	cdk synth --all --quiet
+	cdk synth --quiet
 	@ls cdk.out/*.template.json
 
 test: setup

@@ -293,8 +293,6 @@ def test_default_app_id_error_names_application_directory(context):
         load(context, ApplicationDirectory="My_App")
 
 
-@pytest.mark.xfail(strict=True, reason="PREFIX_RE allows '*', which would widen the bucket "
-                   "policy's resource (SharingBucket then refuses it, but not as a ConfigError)")
 def test_wildcard_in_an_upload_prefix_is_rejected(context):
     with pytest.raises(ConfigError):
         load(context, EncryptedAppPrefix="apps*/")
