@@ -307,3 +307,27 @@ def test_cli_reports_an_unknown_key_as_an_aws_error(aws, tmp_path, capsys):
 
 def test_cli_without_a_subcommand_is_a_usage_error(capsys):
     assert main([]) == allowlist.EXIT_USAGE
+
+
+def test_single_string_condition_values_are_read_and_written_back_as_lists():
+    policy = deployed_policy([PCR[0]])
+    for s in policy["Statement"]:
+        for operator in ("StringEquals", "StringNotEquals"):
+            values = s.get("Condition", {}).get(operator, {})
+            if allowlist.IMAGE_KEY in values:
+                values[allowlist.IMAGE_KEY] = PCR[0]
+    result = add_measurement(policy, PCR[1], keep=3)
+    assert allowed_measurements(result) == [PCR[0], PCR[1]]
+    assert deny_list(result) == [PCR[0], PCR[1]]
+
+
+def test_module_runs_as_the_build_spec_invokes_it():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    result = subprocess.run([sys.executable, "-m", "pipeline.allowlist", "add", "--help"],
+                            cwd=Path(__file__).resolve().parent.parent, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0
+    assert "--record-parameter" in result.stdout
