@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import http.client
 import json
-import os
 import socket
 import threading
 from collections.abc import Callable
@@ -439,6 +438,3 @@ def error_from_response(status: int, raw: bytes) -> ApiError:
         kind = ApiTimeout
     return kind(text, code=code, http_status=status)
 
-
-def file_size(f: BinaryIO) -> int:
-    return os.fstat(f.fileno()).st_size - f.tell()

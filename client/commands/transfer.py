@@ -9,7 +9,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from client.api import check_remote_path, split_area
+from client.api import RuntimeClient, check_remote_path, split_area
 from client.errors import NotFoundError, UsageError
 from client.output import ProgressBar, emit, human_size
 from client.target import resolve_target
@@ -111,7 +111,8 @@ def run_pull(args: argparse.Namespace) -> int:
     return 0
 
 
-def _download_atomically(client, area: str, path: str, target: Path, bar: ProgressBar) -> int:
+def _download_atomically(client: RuntimeClient, area: str, path: str, target: Path,
+                         bar: ProgressBar) -> int:
     """Write to a temporary file beside `target` and rename it only once complete."""
     directory = target.parent if str(target.parent) else Path(".")
     if not directory.is_dir():
