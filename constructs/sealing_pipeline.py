@@ -192,12 +192,14 @@ class SealingPipeline(Construct):
                                 resources=[self.artifact_bucket.arn_for_objects("*")]),
             iam.PolicyStatement(actions=["s3:GetBucketAcl", "s3:GetBucketLocation"],
                                 resources=[self.artifact_bucket.bucket_arn]),
-            iam.PolicyStatement(actions=["kms:Decrypt"],
+            # The project's encryption key is the artifact key: read the source, and encrypt
+            # whatever CodeBuild itself stores for the build.
+            iam.PolicyStatement(actions=["kms:Decrypt", "kms:GenerateDataKey"],
                                 resources=[self.encryption_key.key_arn]),
         ])
         role.attach_inline_policy(runtime)
         self.runtime_policies.append(runtime)
-        return codebuild.PipelineProject(
+        project = codebuild.PipelineProject(
             self, construct_id,
             project_name=name,
             description=f"Sealing pipeline action {name}",
@@ -213,3 +215,6 @@ class SealingPipeline(Construct):
                 log_group=log_group)),
             timeout=cdk.Duration.minutes(60),
         )
+        # CodePipeline starts a first run as soon as it exists: the policy must be there by then.
+        project.node.add_dependency(runtime)
+        return project

@@ -496,3 +496,11 @@ def test_sealing_pipeline_refuses_a_prefix_without_trailing_slash():
             host_bucket_key_arn="arn:aws:kms:us-east-1:222222222222:key/x",
             encrypted_app_prefix="encrypted-apps", enclave_image_prefix="enclave-images/",
             measurements_to_keep=3, measurement_record_parameter="/p")
+
+
+def test_build_projects_wait_for_their_runtime_policies(template):
+    resources = template.to_json()["Resources"]
+    for logical_id, resource in resources.items():
+        if resource["Type"] == "AWS::CodeBuild::Project":
+            depends = resource.get("DependsOn", [])
+            assert any(resources[d]["Type"] == "AWS::IAM::Policy" for d in depends), logical_id
