@@ -227,3 +227,20 @@ def test_listing_drops_names_that_would_escape(mounted):
 
     runtime.fs = hostile_listing
     assert os.listdir(mnt / "outbox") == ["ok.txt"]
+
+
+def test_dead_mount_is_reported_and_can_be_unmounted(mounted, tmp_path, capsys):
+    import signal
+
+    runtime, mnt = mounted
+    server = subprocess.run(["pgrep", "-f", f"sync -d {mnt} --foreground"], capture_output=True,
+                            text=True).stdout.split()
+    assert len(server) == 1
+    os.kill(int(server[0]), signal.SIGKILL)  # the mount's process dies; the mount stays
+    with pytest.raises(OSError) as info:
+        os.listdir(mnt)
+    assert info.value.errno == errno.ENOTCONN
+    code = main(["--socket", str(runtime.socket_path), "sync", "-d", str(mnt)])
+    assert code == ExitStatus.USAGE and "--unmount" in capsys.readouterr().err
+    assert main(["sync", "-d", str(mnt), "--unmount"]) == 0
+    assert os.listdir(mnt) == []

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -48,6 +49,34 @@ def target_options(target: Target) -> list[str]:
     return ["--cid", str(target.address.cid), "--port", str(target.address.port)]
 
 
+def is_mounted(directory: Path) -> bool:
+    """True for a live mount and for a dead one (its process gone: ENOTCONN on every access),
+    which `os.path.ismount` cannot tell from a plain directory."""
+    wanted = os.path.realpath(directory) if _reachable(directory) else os.path.abspath(directory)
+    try:
+        lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    except OSError:
+        return os.path.ismount(directory)
+    for line in lines:
+        fields = line.split()
+        if len(fields) > 4 and _unescape(fields[4]) == wanted:
+            return True
+    return False
+
+
+def _reachable(directory: Path) -> bool:
+    try:
+        os.stat(directory)
+        return True
+    except OSError:
+        return False
+
+
+def _unescape(field: str) -> str:
+    """mountinfo escapes space, tab, newline and backslash as octal."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
 def fuse_available() -> str | None:
     """None if FUSE can be used here, else why not."""
     if not os.path.exists("/dev/fuse"):
@@ -64,7 +93,7 @@ def sync_command(args: argparse.Namespace) -> int:
     problem = fuse_available()
     if problem:
         raise NotFoundError(f"cannot mount: {problem}")
-    if os.path.ismount(directory):
+    if is_mounted(directory):
         raise UsageError(f"{directory} is already a mount point; unmount it first with "
                          f"`python -m client sync -d {args.directory} --unmount`")
     directory.mkdir(parents=True, exist_ok=True)
@@ -115,7 +144,7 @@ def mount_in_background(args: argparse.Namespace, directory: Path, target: Targe
 
 
 def unmount(args: argparse.Namespace, directory: Path) -> int:
-    if not os.path.ismount(directory):
+    if not is_mounted(directory):
         raise NotFoundError(f"{directory} is not mounted; nothing to unmount")
     binary = shutil.which(FUSERMOUNT)
     if binary is None:
