@@ -31,6 +31,7 @@ DEFAULT_PORT = 5005
 DEFAULT_TIMEOUT = 30.0
 CHUNK = 1 << 20  # 1 MiB: large enough for line rate, small enough to keep memory flat
 AREAS = ("inbox", "outbox")
+MAX_JSON_RESPONSE = 64 << 20  # control answers are small; never buffer without bound
 
 Progress = Callable[[int], None]  # called with the number of bytes moved so far
 
@@ -210,9 +211,13 @@ class RuntimeClient:
             headers["Content-Type"] = "application/json"
         response = self._check(self._send(method, url, body=body, headers=headers))
         try:
-            raw = response.read()
+            raw = response.read(MAX_JSON_RESPONSE + 1)
         except (OSError, http.client.HTTPException) as exc:
             raise self._transport_error(exc) from exc
+        if len(raw) > MAX_JSON_RESPONSE:
+            self.close()
+            raise EnclaveError(f"the runtime's answer to {method} {url} exceeds "
+                               f"{MAX_JSON_RESPONSE // (1 << 20)} MiB; refusing to read it")
         if not raw:
             return {}
         try:

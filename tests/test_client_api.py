@@ -215,3 +215,17 @@ def test_request_on_fresh_connection_is_never_resent(tmp_path):
     with pytest.raises(EnclaveError):
         c.start_run(bundle="b", entrypoint="e", args=[], credentials=None, region=None)
     assert len(seen) == 1  # a run request that may have been acted on is not sent twice
+
+
+def test_oversized_json_answer_is_refused(client, runtime, monkeypatch):
+    monkeypatch.setattr("client.api.MAX_JSON_RESPONSE", 1024)
+    original = runtime.dispatch
+
+    def bloated(h, method):
+        if h.path == "/v1/health":
+            return runtime.send_json(h, 200, {"status": "ok", "pad": "x" * 5000})
+        return original(h, method)
+
+    runtime.dispatch = bloated
+    with pytest.raises(EnclaveError, match="exceeds"):
+        client.health()
