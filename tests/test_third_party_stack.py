@@ -306,6 +306,11 @@ def test_image_builder_allows_the_measurement_before_uploading_the_eif():
         assert '--kms-key-id "${HOST_BUCKET_KEY_ARN}"' in steps[i]
         assert '--expected-bucket-owner "${HOST_ACCOUNT}"' in steps[i]
         assert '"s3://${HOST_BUCKET}/${ENCLAVE_IMAGE_PREFIX}' in steps[i]
+    # Where the host's `client enclave start s3://.../<app>.eif` looks: the EIF key with .json.
+    assert steps[uploads[0]].split()[3:5] == [
+        "enclave.eif", '"s3://${HOST_BUCKET}/${ENCLAVE_IMAGE_PREFIX}${APP_ID}.eif"']
+    assert steps[uploads[1]].split()[3:5] == [
+        "measurements.json", '"s3://${HOST_BUCKET}/${ENCLAVE_IMAGE_PREFIX}${APP_ID}.json"']
 
 
 def env(props: dict) -> dict:
