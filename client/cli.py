@@ -17,6 +17,16 @@ from client import commands
 from client.errors import ClientError, ExitStatus
 
 
+def positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    return value
+
+
 def global_options() -> argparse.ArgumentParser:
     """Options every command accepts, before or after the command name."""
     parent = argparse.ArgumentParser(add_help=False)
@@ -30,7 +40,7 @@ def global_options() -> argparse.ArgumentParser:
                         help="talk to a runtime on this Unix socket (local simulation)")
     parent.add_argument("--region", default=argparse.SUPPRESS,
                         help="AWS region (default: from the environment or IMDSv2)")
-    parent.add_argument("--timeout", type=float, default=argparse.SUPPRESS,
+    parent.add_argument("--timeout", type=positive_seconds, default=argparse.SUPPRESS,
                         help="seconds to wait for the runtime to answer one request (default 30)")
     return parent
 

@@ -388,3 +388,9 @@ def test_run_failing_before_the_app_ran_is_an_enclave_error(runtime, monkeypatch
     runtime.run_exit_code = None
     assert cli.main([*sock(runtime), "run", "-f", "app.sealed", "-s", "p"]) == \
         ExitStatus.ENCLAVE_ERROR
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "soon"])
+def test_timeout_must_be_positive_seconds(value, capsys):
+    assert cli.main(["--timeout", value, "status"]) == ExitStatus.USAGE
+    assert "positive number of seconds" in capsys.readouterr().err
