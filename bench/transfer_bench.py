@@ -225,11 +225,12 @@ def main(argv: list[str] | None = None) -> int:
                 before = process_cpu(runtime.pid)
                 result, rss, cpu = client_transfer(socket_path, "push", str(source), "bench.bin")
                 runtime_push_rss = max(runtime_push_rss, vm_hwm_mib(runtime.pid))
+                client_cpu = max(cpu - client_startup, 0)
+                runtime_cpu = process_cpu(runtime.pid) - before
                 push_runs.append({"seconds": result["seconds"],
                                   "mib_s": args.size / MIB / result["seconds"],
-                                  "client_rss_mib": rss,
-                                  "cpu_s": max(cpu - client_startup, 0)
-                                  + process_cpu(runtime.pid) - before})
+                                  "client_rss_mib": rss, "cpu_s": client_cpu + runtime_cpu,
+                                  "client_cpu_s": client_cpu, "runtime_cpu_s": runtime_cpu})
                 # Put the uploaded file where the host may read it: the outbox.
                 (exchange / "outbox").mkdir(exist_ok=True)
                 os.replace(exchange / "inbox" / "bench.bin", exchange / "outbox" / "bench.bin")
@@ -239,13 +240,15 @@ def main(argv: list[str] | None = None) -> int:
                 target = work / "pulled.bin"
                 before = process_cpu(runtime.pid)
                 result, rss, cpu = client_transfer(socket_path, "pull", "bench.bin", str(target))
-                pull_cpu = max(cpu - client_startup, 0) + process_cpu(runtime.pid) - before
+                client_cpu = max(cpu - client_startup, 0)
+                runtime_cpu = process_cpu(runtime.pid) - before
                 runtime_pull_rss = max(runtime_pull_rss, vm_hwm_mib(runtime.pid))
                 if target.stat().st_size != args.size:
                     raise SystemExit("pulled file has the wrong size")
                 pull_runs.append({"seconds": result["seconds"],
                                   "mib_s": args.size / MIB / result["seconds"],
-                                  "client_rss_mib": rss, "cpu_s": pull_cpu})
+                                  "client_rss_mib": rss, "cpu_s": client_cpu + runtime_cpu,
+                                  "client_cpu_s": client_cpu, "runtime_cpu_s": runtime_cpu})
                 target.unlink()
                 (exchange / "outbox" / "bench.bin").unlink()
         finally:
@@ -262,17 +265,20 @@ def main(argv: list[str] | None = None) -> int:
     raw_cpu = median([r["cpu_s"] for r in raw_runs])
     push_cpu = median([r["cpu_s"] for r in push_runs])
     pull_cpu = median([r["cpu_s"] for r in pull_runs])
+    split = {name: {side: median([r[f"{side}_cpu_s"] for r in runs])
+                    for side in ("client", "runtime")}
+             for name, runs in (("push", push_runs), ("pull", pull_runs))}
     raw, push, pull = best(raw_runs), best(push_runs), best(pull_runs)
     report = {
         "size_bytes": args.size,
         "raw": {**raw, "cpu_s": raw_cpu},
         "load_average": os.getloadavg(),
         "push": {**push, "ratio": median(push_ratios), "ratios": push_ratios,
-                 "cpu_s": push_cpu, "cpu_ratio": raw_cpu / push_cpu,
+                 "cpu_s": push_cpu, "cpu_ratio": raw_cpu / push_cpu, "cpu_split": split["push"],
                  "client_rss_mib": max(r["client_rss_mib"] for r in push_runs),
                  "runtime_rss_mib": runtime_push_rss},
         "pull": {**pull, "ratio": median(pull_ratios), "ratios": pull_ratios,
-                 "cpu_s": pull_cpu, "cpu_ratio": raw_cpu / pull_cpu,
+                 "cpu_s": pull_cpu, "cpu_ratio": raw_cpu / pull_cpu, "cpu_split": split["pull"],
                  "client_rss_mib": max(r["client_rss_mib"] for r in pull_runs),
                  "runtime_rss_mib": runtime_pull_rss},
         "runtime_peak_reset_between_phases": can_reset,
@@ -291,6 +297,9 @@ def main(argv: list[str] | None = None) -> int:
               f"{row['runtime_rss_mib']:10.1f}Mi {row['cpu_s']:7.2f} {row['cpu_ratio']:12.2f}")
         ok &= row["ratio"] >= TARGET_RATIO and row["client_rss_mib"] <= RSS_LIMIT_MIB \
             and row["runtime_rss_mib"] <= RSS_LIMIT_MIB
+    for name in ("push", "pull"):
+        print(f"{name} CPU: client {split[name]['client']:.2f}s, runtime "
+              f"{split[name]['runtime']:.2f}s")
     print(f"load average during the run: {', '.join(f'{x:.1f}' for x in os.getloadavg())} on "
           f"{os.cpu_count()} CPUs")
     print(f"target >= {TARGET_RATIO} x raw (stretch {STRETCH_RATIO}), RSS <= {RSS_LIMIT_MIB} MiB "
