@@ -6,7 +6,7 @@ import sys
 import aws_cdk as cdk
 from cdk_nag import AwsSolutionsChecks
 
-from stacks.config import ConfigError, load_config
+from stacks.config import load_config
 from stacks.host_stack import HostStack
 from stacks.third_party_stack import ThirdPartyStack
 
@@ -25,6 +25,6 @@ def build_app(app: cdk.App) -> cdk.App:
 if __name__ == "__main__":
     try:
         build_app(cdk.App()).synth()
-    except ConfigError as exc:
+    except ValueError as exc:  # ConfigError, or a construct refusing conflicting inputs
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)

@@ -223,6 +223,9 @@ def load_config(context: Mapping[str, Any]) -> Config:
     measurements = r.string_list(
         "AllowedImageMeasurements", lambda v: bool(SHA384_HEX_RE.fullmatch(v)),
         "96 lowercase hex characters (a SHA-384 PCR0 from nitro-cli build-enclave)")
+    if "0" * 96 in measurements:
+        raise _fail("AllowedImageMeasurements", "0" * 96,
+                    "a real image measurement: all zeros is what a debug-mode enclave reports")
     instance_type = r.required("InstanceType", INSTANCE_TYPE_RE,
                                "a Graviton (arm64) instance type such as c7g.xlarge", "c7g.xlarge")
     size = instance_type.split(".", 1)[1]

@@ -296,3 +296,8 @@ def test_default_app_id_error_names_application_directory(context):
 def test_wildcard_in_an_upload_prefix_is_rejected(context):
     with pytest.raises(ConfigError):
         load(context, EncryptedAppPrefix="apps*/")
+
+
+def test_all_zero_measurement_is_refused_as_debug_mode(context):
+    with pytest.raises(ConfigError, match="debug-mode"):
+        load(context, AllowedImageMeasurements=["0" * 96])
