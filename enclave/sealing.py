@@ -33,12 +33,15 @@ member contents straight from the frames.
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import logging
 import os
 import shutil
 import stat
 import tarfile
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -185,22 +188,23 @@ def seal_directory(
     context = bundle_encryption_context(manifest.app_id, manifest.app_version)
     reader = _ChunkReader(_tar_stream(entries, total, progress))
     written = 0
-    try:
-        encryptor = esdk_client().stream(
-            mode="e",
-            source=reader,
-            key_provider=key_provider,
-            encryption_context=context,
-            algorithm=ALGORITHM,
-            frame_length=FRAME_LENGTH,
-        )
-        while chunk := encryptor.read(FRAME_LENGTH):
-            out.write(chunk)
-            written += len(chunk)
-        header = encryptor.header
-        encryptor.close()
-    except (AWSEncryptionSDKClientError, BotoCoreError, ClientError) as exc:
-        raise SealError(f"encryption failed: {_describe(exc)}") from exc
+    with _key_service_errors() as causes:
+        try:
+            encryptor = esdk_client().stream(
+                mode="e",
+                source=reader,
+                key_provider=key_provider,
+                encryption_context=context,
+                algorithm=ALGORITHM,
+                frame_length=FRAME_LENGTH,
+            )
+            while chunk := encryptor.read(FRAME_LENGTH):
+                out.write(chunk)
+                written += len(chunk)
+            header = encryptor.header
+            encryptor.close()
+        except (AWSEncryptionSDKClientError, BotoCoreError, ClientError) as exc:
+            raise SealError(f"encryption failed: {_describe(exc)}{_because(causes)}") from exc
     return SealResult(
         app_id=manifest.app_id,
         app_version=manifest.app_version,
@@ -404,10 +408,13 @@ def unseal_bundle(
             key_provider=key_provider,
             max_body_length=MAX_FRAME_LENGTH,
         )
-        try:
-            header = decryptor.header
-        except (AWSEncryptionSDKClientError, BotoCoreError, ClientError, InvalidTag) as exc:
-            raise UnsealError(f"cannot open the bundle: {_describe(exc)}") from exc
+        with _key_service_errors() as causes:
+            try:
+                header = decryptor.header
+            except (AWSEncryptionSDKClientError, BotoCoreError, ClientError, InvalidTag) as exc:
+                raise UnsealError(
+                    f"cannot open the bundle: {_describe(exc)}{_because(causes)}"
+                ) from exc
         _check_header(header, expected_app_id, expected_app_version)
         context = header.encryption_context
         staging = Path(tempfile.mkdtemp(prefix=".unseal-", dir=target))
@@ -682,6 +689,56 @@ def _finish_message(decryptor: Any, src: BinaryIO) -> None:
     decryptor.close()
     if src.read(1):
         raise UnsealError("unexpected bytes after the end of the bundle")
+
+
+class _KeyServiceErrorLog(logging.Handler):
+    """Keeps the key service errors the SDK logs on this thread.
+
+    The SDK's key providers log a KMS failure (AccessDenied, a disabled key, throttling) and then
+    raise a generic "unable to decrypt" error; the logged cause is what the user can act on.
+    Being a handler on the SDK's logger also keeps Python's last-resort handler from printing
+    the SDK's tracebacks to stderr.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.thread = threading.get_ident()
+        self.causes: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.thread != self.thread or not record.exc_info or record.exc_info[1] is None:
+            return
+        cause = _service_error(record.exc_info[1])
+        if cause and cause not in self.causes:
+            self.causes.append(cause)
+
+
+@contextlib.contextmanager
+def _key_service_errors() -> Iterator[list[str]]:
+    logger = logging.getLogger("aws_encryption_sdk")
+    handler = _KeyServiceErrorLog()
+    logger.addHandler(handler)
+    try:
+        yield handler.causes
+    finally:
+        logger.removeHandler(handler)
+
+
+def _service_error(exc: BaseException) -> str:
+    """`Code: message` of the first AWS error in an exception's chain, else ''."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ClientError):
+            error = seen.response.get("Error", {})
+            return f"{error.get('Code', 'Error')}: {error.get('Message', '')}".rstrip(": ")
+        if isinstance(seen, BotoCoreError):
+            return _describe(seen)
+        seen = seen.__cause__ or seen.__context__
+    return ""
+
+
+def _because(causes: list[str]) -> str:
+    return f" (key service: {'; '.join(causes)})" if causes else ""
 
 
 def _describe(exc: BaseException) -> str:

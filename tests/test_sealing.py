@@ -284,6 +284,36 @@ def test_kms_bundle_fails_with_another_kms_key(app_dir, kms_key, tmp_path):
     assert not target.exists()
 
 
+def deny(operation: str) -> botocore.session.Session:
+    """A botocore session on which KMS answers `operation` with AccessDeniedException."""
+
+    class Denied:
+        status_code = 400
+
+    def answer(**kwargs):
+        error = {"Code": "AccessDeniedException", "Message": "not allowed by key policy"}
+        return Denied(), {"Error": error, "ResponseMetadata": {}}
+
+    session = botocore.session.Session()
+    session.register(f"before-call.kms.{operation}", answer)
+    return session
+
+
+def test_kms_denial_is_named_in_the_unseal_error(app_dir, kms_key, tmp_path, capsys):
+    bundle = seal(app_dir, kms_key_provider(kms_key))
+    denied = kms_key_provider(kms_key, botocore_session=deny("Decrypt"))
+    with pytest.raises(UnsealError, match="AccessDeniedException: not allowed by key policy"):
+        unseal(bundle, tmp_path / "out", denied)
+    assert capsys.readouterr().err == ""  # no SDK traceback on stderr
+
+
+def test_kms_denial_is_named_in_the_seal_error(app_dir, kms_key, capsys):
+    denied = kms_key_provider(kms_key, botocore_session=deny("GenerateDataKey"))
+    with pytest.raises(SealError, match="AccessDeniedException"):
+        seal(app_dir, denied)
+    assert capsys.readouterr().err == ""
+
+
 # --- wrong key, wrong context -------------------------------------------------------------------
 
 
