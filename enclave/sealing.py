@@ -13,7 +13,8 @@ Here the only parties that ever hold a data key are the Third Party, who seals, 
 attested enclave running the Third Party's approved image, which unseals (KMS returns the key
 encrypted to the enclave's ephemeral key; the host never sees it). They are one trust domain,
 so a signature would guard against nobody, while hashing every ciphertext byte with SHA-384
-costs about a third of the throughput of the SDK's Python streaming loop. What the bundle
+takes 30-40 % of the SDK's streaming time (256 MiB in process here: seal 1.0 s signed against
+0.6 s, unseal 1.0 s against 0.7 s). What the bundle
 needs is still there: AES-GCM per frame with the sequence number and a final-frame marker in
 the authenticated data (tampering, reordering, dropping frames and truncation are detected),
 key commitment (one ciphertext cannot open to different plaintexts under different keys), and
