@@ -18,6 +18,7 @@ from aws_encryption_sdk.key_providers.kms import StrictAwsKmsMasterKeyProvider
 from botocore.exceptions import ClientError
 
 from client.sim.measure import simulated_pcrs
+from client.sim.template import pseudo_parameters, resolve_intrinsics
 from constructs.enclave_key import EnclaveKey
 from enclave.attested_kms import AttestedDecryptError, attested_decrypt
 from enclave.keyprovider import AttestedKmsMasterKeyProvider
@@ -47,24 +48,6 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 APP_ID = "sample-inference"
 APP_VERSION = "1.0.0"
 CONTEXT = bundle_encryption_context(APP_ID, APP_VERSION)
-PSEUDO = {"AWS::Partition": "aws", "AWS::Region": REGION, "AWS::AccountId": THIRD_PARTY_ACCOUNT,
-          "AWS::URLSuffix": "amazonaws.com"}
-
-
-def resolve(value: Any) -> Any:
-    """Resolve the intrinsics CDK puts in a key policy (Fn::Join over pseudo parameters)."""
-    if isinstance(value, dict):
-        if set(value) == {"Ref"} and value["Ref"] in PSEUDO:
-            return PSEUDO[value["Ref"]]
-        if set(value) == {"Fn::Join"}:
-            separator, parts = value["Fn::Join"]
-            return separator.join(resolve(p) for p in parts)
-        return {k: resolve(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [resolve(v) for v in value]
-    return value
-
-
 def synthesized_key_policy(measurements: list[str]) -> dict:
     """The KeyPolicy of the AWS::KMS::Key that constructs/enclave_key.py synthesizes."""
     app = cdk.App()
@@ -76,7 +59,8 @@ def synthesized_key_policy(measurements: list[str]) -> dict:
     resources = Template.from_stack(stack).to_json()["Resources"]
     (policy,) = [r["Properties"]["KeyPolicy"] for r in resources.values()
                  if r["Type"] == "AWS::KMS::Key"]
-    resolved = resolve(policy)
+    resolved = resolve_intrinsics(policy, pseudo_parameters(account=THIRD_PARTY_ACCOUNT,
+                                                            region=REGION))
     assert "Fn::" not in json.dumps(resolved), "unresolved intrinsic in the key policy"
     return resolved
 

@@ -6,9 +6,10 @@ import re
 import pytest
 from aws_cdk.assertions import Capture, Match
 
+from client.sim.template import resolve_intrinsics
 from constructs.sealing_pipeline import load_buildspec
 from pipeline import allowlist
-from tests.third_party_support import key_policy, resolve_partition, third_party_template
+from tests.third_party_support import key_policy, third_party_template
 
 pytestmark = pytest.mark.cdk
 
@@ -418,8 +419,8 @@ def test_encryptor_generates_data_keys_only_for_this_app(template, config):
 
 def test_encryptor_uploads_only_under_the_encrypted_prefix(template, config):
     statements = role_statements(template, "SealingPipelineEncryptorRole")
-    puts = [resolve_partition(r) for s in statements if "s3:PutObject" in as_list(s["Action"])
-            for r in as_list(s["Resource"])]
+    puts = [resolve_intrinsics(r, {"AWS::Partition": "aws"}) for s in statements
+            if "s3:PutObject" in as_list(s["Action"]) for r in as_list(s["Resource"])]
     assert puts == [f"arn:aws:s3:::{config.host_bucket_name}/{config.encrypted_app_prefix}*"]
 
 
