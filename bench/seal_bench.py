@@ -217,7 +217,7 @@ def measure(command: list[str], env: dict[str, str]) -> dict[str, float]:
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise SystemExit(f"benchmark step failed ({proc.returncode}): {' '.join(command)}")
-    result = {"seconds": elapsed, "rss_mib": usage.ru_maxrss / 1024}
+    result = {"seconds": elapsed, "rss_mib": usage.ru_maxrss / 1024, "minflt": usage.ru_minflt}
     if out.strip():
         reported = json.loads(out)
         result["op_seconds"] = reported.get("seconds", 0.0)
@@ -393,14 +393,15 @@ def main(argv: list[str] | None = None) -> int:
         f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
     )
     print(f"{'phase':28} {'bytes':>9} {'process s':>10} {'op s':>7} {'MiB/s':>7} {'x cp':>6} "
-          f"{'ru_maxrss':>10} {'VmHWM':>9}")  # fmt: skip
+          f"{'ru_maxrss':>10} {'VmHWM':>9} {'minflt':>8}")  # fmt: skip
     for name, n, result, yardstick in rows:
         ratio = yardstick["seconds"] / result["seconds"]
         op = f"{result['op_seconds']:.2f}" if "op_seconds" in result else "-"
         hwm = f"{result['hwm_mib']:.0f} MiB" if result.get("hwm_mib") else "-"
         print(
             f"{name:28} {fmt_size(n):>9} {result['seconds']:>10.2f} {op:>7} "
-            f"{rate(result, n):>7.0f} {ratio:>6.2f} {result['rss_mib']:>6.0f} MiB {hwm:>9}"
+            f"{rate(result, n):>7.0f} {ratio:>6.2f} {result['rss_mib']:>6.0f} MiB {hwm:>9} "
+            f"{result['minflt']:>8}"
         )
     seal_ratio = cp["seconds"] / seal["seconds"]
     unseal_ratio = cp["seconds"] / unseal["seconds"]

@@ -26,6 +26,12 @@ truncated stream is detected only when the reader gets there, after earlier fram
 was handed out. `unseal_bundle` therefore writes into a staging directory, moves members into
 the target only after the whole message verified, and removes everything on any failure.
 
+Allocator: the SDK allocates a few fresh frame-sized buffers per frame. With glibc's defaults
+buffers of a MiB are mmap'd and unmapped each time, so every page is faulted in and zeroed
+again (about 700,000 page faults per GiB, half the sealing time). `tune_allocator()` (called by
+`seal_directory` and `unseal_bundle`, once per process) lets glibc serve them from the heap and
+keep up to 32 MiB of freed memory for reuse; peak RSS does not change.
+
 Memory stays constant: sealing reads files in fixed chunks and feeds the SDK through a reader
 that produces the tar stream on demand (no temporary plaintext file, no thread, no pipe);
 unsealing takes the plaintext one frame at a time, parses headers with `tarfile` and writes
@@ -35,6 +41,7 @@ member contents straight from the frames.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import logging
 import os
@@ -114,6 +121,29 @@ class SealResult:
     encryption_context: dict[str, str]
 
 
+_allocator_tuned = False
+
+
+def tune_allocator() -> bool:
+    """Make glibc reuse frame-sized buffers instead of mapping fresh pages for each (see above).
+
+    Process-wide and idempotent; returns False where there is no glibc `mallopt` to call.
+    """
+    global _allocator_tuned
+    if _allocator_tuned:
+        return True
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
+    ok = bool(mallopt(m_mmap_threshold, 2 * MAX_FRAME_LENGTH)) and bool(
+        mallopt(m_trim_threshold, 32 * 1024 * 1024)
+    )
+    _allocator_tuned = ok
+    return ok
+
+
 def bundle_encryption_context(app_id: str, app_version: str) -> dict[str, str]:
     """The encryption context a bundle for this app is sealed under (and the key policy checks)."""
     return {"bundle_format": BUNDLE_FORMAT, "app_id": app_id, "app_version": app_version}
@@ -185,6 +215,7 @@ def seal_directory(
                 f"change {source / MANIFEST_NAME} or drop the option"
             )
     entries = _collect_entries(source, _identity(out))
+    tune_allocator()
     total = sum(e.size for e in entries)
     context = bundle_encryption_context(manifest.app_id, manifest.app_version)
     reader = _ChunkReader(_tar_stream(entries, total, progress))
@@ -401,6 +432,7 @@ def unseal_bundle(
     """
     target = Path(target)
     created_target = _prepare_target(target)
+    tune_allocator()
     staging: Path | None = None
     try:
         decryptor = esdk_client().stream(

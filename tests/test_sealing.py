@@ -3,6 +3,7 @@
 import io
 import json
 import os
+import platform
 import stat
 import tarfile
 from pathlib import Path
@@ -200,6 +201,12 @@ def test_unsealed_modes_are_owner_only(app_dir, provider, tmp_path):
     assert stat.S_IMODE((target / "main.py").stat().st_mode) == 0o700
     assert stat.S_IMODE((target / "zero.txt").stat().st_mode) == 0o600
     assert stat.S_IMODE((target / "model").stat().st_mode) == 0o700
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
+def test_allocator_tuning_applies_on_glibc():
+    assert sealing.tune_allocator() is True
+    assert sealing.tune_allocator() is True  # idempotent
 
 
 def test_seal_result_describes_the_bundle(app_dir, provider):
