@@ -4,7 +4,8 @@
     .venv/bin/python bench/seal_bench.py --size 64M       # a quick run
 
 What is measured, each phase in its own child process (wall time of the whole process, page
-cache warm; peak RSS from the child's own rusage via wait4):
+cache warm, started after a `sync` so that no phase pays for another's writeback; peak RSS from
+the child's own rusage via wait4):
 - `cp -r` of the input, the yardstick;
 - seal and unseal with enclave/sealing.py (ESDK streaming, KMS through a local moto server);
 - the previous approach (the public sample's envelope_encryptor): zip the directory, read the
@@ -207,8 +208,16 @@ def _vm_hwm() -> float:
 # --- measurement ------------------------------------------------------------------------------
 
 
+def settle() -> None:
+    """Flush what earlier phases wrote or deleted, so no phase pays for another's writeback (on
+    ext4, creating files while a big commit is flushing takes up to a millisecond each)."""
+    os.sync()
+    time.sleep(0.5)
+
+
 def measure(command: list[str], env: dict[str, str]) -> dict[str, float]:
     """Run a command; return whole-process wall seconds, its own peak RSS (MiB), its output."""
+    settle()
     start = time.perf_counter()
     proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE)
     out = proc.stdout.read() if proc.stdout else b""
