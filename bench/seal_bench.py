@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/seal_bench.py                  # 1 GiB, baseline on 256 MiB
     .venv/bin/python bench/seal_bench.py --size 64M       # a quick run
+    .venv/bin/python bench/seal_bench.py --workdir /dev/shm   # in RAM, like the enclave's disk
 
 What is measured, each phase in its own child process (wall time of the whole process, page
 cache warm, started after a `sync` so that no phase pays for another's writeback; peak RSS from
