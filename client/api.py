@@ -9,6 +9,7 @@ Every failure becomes a `ClientError` subclass carrying the server's own one-lin
 from __future__ import annotations
 
 import base64
+import builtins
 import http.client
 import json
 import socket
@@ -234,6 +235,8 @@ class RuntimeClient:
     def stat(self, area: str, path: str) -> dict[str, Any]:
         return self._json("GET", _fs_url(area, check_remote_path(path, allow_empty=True), "stat"))
 
+    # From here on `list` in this class body names this method: annotations below that mean
+    # the type spell it `builtins.list`.
     def list(self, area: str, path: str = "") -> list[dict[str, Any]]:
         result = self._json("GET", _fs_url(area, check_remote_path(path, allow_empty=True), "list"))
         return list(result.get("entries", []))
@@ -330,7 +333,7 @@ class RuntimeClient:
 
     # -- runs, attestation, logs --------------------------------------------------------
 
-    def start_run(self, *, bundle: str, entrypoint: str, args: list[str],
+    def start_run(self, *, bundle: str, entrypoint: str, args: builtins.list[str],
                   credentials: dict[str, str] | None, region: str | None,
                   expected_app_id: str | None = None) -> dict[str, Any]:
         payload: dict[str, Any] = {
@@ -346,7 +349,7 @@ class RuntimeClient:
     def get_run(self, run_id: str) -> dict[str, Any]:
         return self._json("GET", f"/v1/runs/{quote(run_id, safe='')}")
 
-    def list_runs(self) -> list[dict[str, Any]]:
+    def list_runs(self) -> builtins.list[dict[str, Any]]:
         result = self._json("GET", "/v1/runs")
         if isinstance(result, dict):
             return list(result.get("runs", []))

@@ -279,8 +279,8 @@ class ExchangeFs(fuse.Operations):
             handle = self._handles[fh]
         else:
             area, relative = self._writable_area(path)
-            handle = self._pending_write(area, relative)
-            if handle is None:
+            pending = self._pending_write(area, relative)
+            if pending is None:
                 temp = self._new_temp()
                 if length:
                     self._call(self.client.download, area, relative, temp)
@@ -294,6 +294,7 @@ class ExchangeFs(fuse.Operations):
                 finally:
                     temp.close()
                 return 0
+            handle = pending
         os.ftruncate(handle.temp.fileno(), length)
         handle.dirty = True
         return 0

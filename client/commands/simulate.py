@@ -157,7 +157,7 @@ def runtime_command(socket_path: Path, state_dir: Path, nsm_socket: Path, kms_en
 def stop_component(component: dict[str, Any], module: str) -> bool:
     """SIGTERM (then SIGKILL) a recorded process, if it still is the one we started."""
     pid = component.get("pid")
-    if not simstate.pid_alive(pid) or not _runs_module(pid, module):
+    if not isinstance(pid, int) or not simstate.pid_alive(pid) or not _runs_module(pid, module):
         return False
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + STOP_TIMEOUT_SECONDS

@@ -114,7 +114,7 @@ class SimulatedNsm:
     def _attestation(self, body: Any) -> dict[str, Any]:
         if not isinstance(body, dict):
             return {"Error": "InvalidArgument"}
-        fields = {}
+        fields: dict[str, bytes | None] = {}
         for name, limit in (("user_data", USER_DATA_MAX), ("nonce", NONCE_MAX),
                             ("public_key", PUBLIC_KEY_MAX)):
             value = body.get(name)
@@ -124,13 +124,15 @@ class SimulatedNsm:
                 return {"Error": "InputTooLarge"}
             fields[name] = value
         pki = sim_pki.load_or_create(self.state_dir)
-        document = build_attestation_document(pki, pcrs=self.pcrs, module_id=self.module_id,
-                                              **fields)
+        document = build_attestation_document(
+            pki, pcrs=self.pcrs, module_id=self.module_id, user_data=fields["user_data"],
+            nonce=fields["nonce"], public_key=fields["public_key"])
         return {"Attestation": {"document": document}}
 
 
 def _read_request(conn: socket.socket) -> bytes | None:
-    chunks, size = [], 0
+    chunks: list[bytes] = []
+    size = 0
     while True:
         chunk = conn.recv(65536)
         if not chunk:

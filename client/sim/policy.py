@@ -131,7 +131,7 @@ def _principal_value_matches(value: str, caller: str) -> bool:
     account = ACCOUNT_RE.match(value)
     if account:
         caller_account = ARN_ACCOUNT_RE.match(caller)
-        return bool(caller_account) and caller_account.group(1) == account.group(1)
+        return caller_account is not None and caller_account.group(1) == account.group(1)
     role = ROLE_RE.match(value)
     session = ASSUMED_ROLE_RE.match(caller)
     return bool(role and session and role.groups() == session.groups())
