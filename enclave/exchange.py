@@ -23,7 +23,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 INBOX = "inbox"
 OUTBOX = "outbox"
@@ -40,6 +40,15 @@ PARTIAL_PREFIX = ".partial-"
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # O_NONBLOCK: opening a FIFO for reading must not block the server even if one slipped in.
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+
+
+class UploadBody(Protocol):
+    """Where an upload's bytes come from: a request's socket file, or io.BytesIO in tests.
+
+    Only `readinto` is used, so that the bytes land in the two reused buffers of `_copy_exactly`.
+    """
+
+    def readinto(self, buffer: memoryview, /) -> int | None: ...
 
 
 class ExchangeError(Exception):
@@ -305,7 +314,7 @@ class ExchangeArea:
 
     # -- writing -------------------------------------------------------------------------------
 
-    def upload(self, area: str, relative: str, body: BinaryIO, length: int) -> UploadResult:
+    def upload(self, area: str, relative: str, body: UploadBody, length: int) -> UploadResult:
         """Stream exactly `length` bytes from `body` into `relative`, atomically.
 
         The parent directory must exist. The bytes land in a fresh temporary file in the same
@@ -411,7 +420,7 @@ class ExchangeArea:
         return found
 
 
-def _copy_exactly(body: BinaryIO, fd: int, length: int, digest: hashlib._Hash) -> None:
+def _copy_exactly(body: UploadBody, fd: int, length: int, digest: hashlib._Hash) -> None:
     """Copy `length` bytes from `body` to `fd`, hashing them, through two fixed buffers.
 
     Hashing a chunk runs in a helper thread while the next chunk is received and written
@@ -437,7 +446,7 @@ def _copy_exactly(body: BinaryIO, fd: int, length: int, digest: hashlib._Hash) -
                 future.result()
 
 
-def _copy_chunks(body: BinaryIO, fd: int, length: int, consume: Callable[[memoryview], None],
+def _copy_chunks(body: UploadBody, fd: int, length: int, consume: Callable[[memoryview], None],
                  buffers: list[bytearray]) -> None:
     remaining = length
     turn = 0
@@ -445,7 +454,7 @@ def _copy_chunks(body: BinaryIO, fd: int, length: int, consume: Callable[[memory
         view = memoryview(buffers[turn % len(buffers)])
         turn += 1
         try:
-            n = body.readinto(view[: min(len(view), remaining)])  # type: ignore[attr-defined]
+            n = body.readinto(view[: min(len(view), remaining)])
         except OSError as exc:  # reset, timeout: the sender is gone, not a file-system problem
             raise UploadIncomplete(
                 f"reading the body failed after {length - remaining} of {length} bytes "

@@ -14,6 +14,7 @@ before any process gets them again, so an overwrite would cost time and protect 
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import os
 import secrets
@@ -317,6 +318,8 @@ class Runner:
         with self._lock:
             return self._jobs.get(run_id)
 
+    # From here on `list` in this class body names this method: annotations below that mean
+    # the type spell it `builtins.list`.
     def list(self) -> list[Job]:
         with self._lock:
             return sorted(self._jobs.values(), key=lambda j: j.started_at)
@@ -339,8 +342,8 @@ class Runner:
 
     # -- the run -------------------------------------------------------------------------------
 
-    def _execute(self, job: Job, box: list[RunRequest]) -> None:
-        request: RunRequest | None = box.pop()
+    def _execute(self, job: Job, box: builtins.list[RunRequest]) -> None:
+        request = box.pop()
         outcome, error = FAILED, None
         private: Path | None = None
         try:
@@ -349,7 +352,7 @@ class Runner:
             app_dir = private / "app"
             app_dir.mkdir(mode=0o700)
             manifest = self._unseal_into(job, request, app_dir)
-            request = None  # the credentials are not needed past this point
+            del request  # the credentials are not needed past this point
             argv = self._prepare(job, manifest)
             self._claim_slot(job, manifest)
             before = self.exchange.files(OUTBOX)
@@ -412,7 +415,7 @@ class Runner:
             raise _Cancelled()
         return manifest
 
-    def _prepare(self, job: Job, manifest: Manifest) -> list[str]:
+    def _prepare(self, job: Job, manifest: Manifest) -> builtins.list[str]:
         entry = manifest.entrypoint(job.entrypoint)
         inbox_root = self.exchange.area_root(INBOX)
         outbox_root = self.exchange.area_root(OUTBOX)
@@ -451,7 +454,7 @@ class Runner:
                 )
             job.state = RUNNING
 
-    def _launch(self, job: Job, manifest: Manifest, argv: list[str], app_dir: Path,
+    def _launch(self, job: Job, manifest: Manifest, argv: builtins.list[str], app_dir: Path,
                 private: Path) -> str:
         home, tmp = private / "home", private / "tmp"
         home.mkdir(mode=0o700)

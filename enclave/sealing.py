@@ -627,8 +627,9 @@ def _extract(decryptor: Any, staging: Path, frame_length: int) -> Manifest:
                 f"member {member.name!r} is a {_member_kind(member)}: only regular files "
                 "and directories are allowed in a bundle"
             )
-        # TarFile keeps every TarInfo for random access we never use.
-        tar.members.clear()
+        # TarFile keeps every TarInfo for random access we never use. `members` is the plain
+        # list CPython's TarFile.__init__ creates; typeshed does not declare it.
+        tar.members.clear()  # type: ignore[attr-defined]
     if manifest is None:
         raise UnsealError(f"the bundle is empty: expected {MANIFEST_NAME} as its first member")
     return manifest

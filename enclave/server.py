@@ -253,8 +253,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     # -- connection and request framing --------------------------------------------------------
 
     def setup(self) -> None:
-        self.timeout = self.server.config.io_timeout
         super().setup()
+        self.connection.settimeout(self.server.config.io_timeout)
 
     def version_string(self) -> str:
         return self.server_version
@@ -542,7 +542,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                                      f"the range {range_header!r} lies outside the file "
                                      f"({size} bytes)", {"Content-Range": f"bytes */{size}"})
                     return
-                if parsed is not None:
+                if isinstance(parsed, tuple):
                     start, end = parsed
                     status = 206
             count = max(0, end - start + 1)
