@@ -174,8 +174,12 @@ class SealingPipeline(Construct):
         """The policies CodePipeline generates for its own role and the source action's role."""
         source_role = self.pipeline.node.find_child("Source").node.find_child("Source") \
             .node.find_child("CodePipelineActionRole")
-        return [role.node.find_child("DefaultPolicy")
-                for role in (self.pipeline.role, source_role)]  # type: ignore[misc]
+        policies = []
+        for role in (self.pipeline.role, source_role):
+            policy = role.node.find_child("DefaultPolicy")
+            assert isinstance(policy, iam.Policy), role.node.path
+            policies.append(policy)
+        return policies
 
     def _project(self, construct_id: str, name: str, *, role: iam.Role, privileged: bool,
                  compute_type: codebuild.ComputeType,

@@ -168,7 +168,9 @@ class SharingBucket(Construct):
         if isinstance(grantee, Construct):
             # The only wildcards: "every object under an upload prefix" is what reading uploads
             # means, and the prefixes are the ones the third party may write to.
-            bucket_id = stack.get_logical_id(self.bucket.node.default_child)
+            cfn_bucket = self.bucket.node.default_child
+            assert isinstance(cfn_bucket, s3.CfnBucket), self.bucket.node.path
+            bucket_id = stack.get_logical_id(cfn_bucket)
             for prefix in self.upload_prefixes:
                 cdk.Validations.of(grantee).acknowledge(cdk.Acknowledgment(
                     id=f"AwsSolutions-IAM5[Resource::<{bucket_id}.Arn>/{prefix}*]",

@@ -3,6 +3,7 @@
 from typing import Any
 
 import aws_cdk as cdk
+from aws_cdk import aws_s3 as s3
 
 from constructs import Construct
 from constructs.enclave_key import EnclaveKey, MeasurementKeeper
@@ -79,9 +80,10 @@ class ThirdPartyStack(cdk.Stack):
                    f"{self.config.host_bucket_name}/{prefix}*]",
                 reason="Uploads go to build-named objects under the one agreed prefix of the "
                        "host's bucket; the host's bucket policy enforces the same prefix."))
+        cfn_artifact_bucket = sealing.artifact_bucket.node.default_child
+        assert isinstance(cfn_artifact_bucket, s3.CfnBucket), sealing.artifact_bucket.node.path
         artifact_objects = ("AwsSolutions-IAM5[Resource::<"
-                            f"{self.get_logical_id(sealing.artifact_bucket.node.default_child)}"
-                            ".Arn>/*]")
+                            f"{self.get_logical_id(cfn_artifact_bucket)}.Arn>/*]")
         for runtime in sealing.runtime_policies:
             _resource(runtime).acknowledge(cdk.Acknowledgment(
                 id=artifact_objects,
