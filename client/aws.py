@@ -5,6 +5,8 @@ The enclave host's role credentials come from the instance metadata service, ver
 explicitly in the environment or a named profile override it; when IMDS is unreachable (not on
 EC2), the standard boto3 chain is the fallback. `AWS_EC2_METADATA_SERVICE_ENDPOINT` moves the
 endpoint (tests point it at a loopback server) and `AWS_EC2_METADATA_DISABLED=true` skips it.
+The region: `--region`, the environment, the host settings file (`client.hostconfig`), IMDSv2,
+then boto3's configuration.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from client.errors import AwsError
+from client.hostconfig import load_host_config
 
 DEFAULT_ENDPOINT = "http://169.254.169.254"
 TOKEN_TTL_SECONDS = 21600
@@ -155,9 +158,13 @@ def get_credentials(imds: Imds | None = None) -> Credentials:
 
 
 def get_region(explicit: str | None = None, imds: Imds | None = None) -> str:
+    """`--region`, the environment, the host settings file, IMDSv2, then boto3's configuration."""
     region = explicit or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
     if region:
         return region
+    host = load_host_config()
+    if host is not None:
+        return host.region
     if not imds_disabled():
         try:
             return (imds or Imds()).region()

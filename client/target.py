@@ -1,8 +1,9 @@
 """How a command finds the enclave runtime it talks to.
 
-In order: `--socket PATH` (a simulated runtime), `--cid` with `--port` (default 5005), the one
-running enclave that `nitro-cli describe-enclaves` lists, and last the running local simulation
-recorded in the simulation state. Ambiguity is an error, never a guess.
+In order: `--socket PATH` (a simulated runtime), `--cid` with `--port`, the one running enclave
+that `nitro-cli describe-enclaves` lists, and last the running local simulation recorded in the
+simulation state. Ambiguity is an error, never a guess. Without `--port`, an enclave's runtime
+port is the host settings' `enclave_port`, else 5005.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from client.api import (
     VsockAddress,
 )
 from client.errors import ClientError, NotFoundError, UsageError
+from client.hostconfig import load_host_config
 
 NITRO_CLI = "nitro-cli"
 
@@ -62,6 +64,14 @@ def describe_enclaves(nitro_cli: str = NITRO_CLI) -> list[dict[str, Any]] | None
     return described
 
 
+def enclave_port(explicit: int | None) -> int:
+    """`--port`, else the host settings' `enclave_port`, else the runtime's default."""
+    if explicit is not None:
+        return explicit
+    host = load_host_config()
+    return host.enclave_port if host is not None else DEFAULT_PORT
+
+
 def running_enclaves(described: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [e for e in described if str(e.get("State", "")).upper() == "RUNNING"]
 
@@ -84,13 +94,13 @@ def resolve_target(args: Any, *,
         return Target(UnixAddress(str(socket_path)), "--socket",
                       simulation=state if same else None)
     if cid is not None:
-        return Target(VsockAddress(cid, port or DEFAULT_PORT), "--cid")
+        return Target(VsockAddress(cid, enclave_port(port)), "--cid")
 
     described = describe()
     if described is not None:
         running = running_enclaves(described)
         if len(running) == 1:
-            return Target(VsockAddress(int(running[0]["EnclaveCID"]), port or DEFAULT_PORT),
+            return Target(VsockAddress(int(running[0]["EnclaveCID"]), enclave_port(port)),
                           "nitro-cli")
         if len(running) > 1:
             listed = ", ".join(f"{e.get('EnclaveName', e.get('EnclaveID'))} (cid "

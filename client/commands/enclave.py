@@ -3,6 +3,8 @@
 `start` checks what nitro-cli would refuse (memory below 4x the EIF size, more memory or CPUs
 than the allocator reserved) before calling it, so the user gets one clear line instead of a
 nitro-cli error code; an `s3://` EIF is downloaded first, with its measurements JSON if present.
+On the enclave host, `--eif`, `--cpu-count` and `--memory` default to the host settings
+(`client.hostconfig`): the pipeline's image in the sharing bucket and the size HostStack reserved.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 
 from client import aws, hoststate
 from client.errors import AwsError, ClientError, NotFoundError, UsageError
+from client.hostconfig import HostConfig, config_path, load_host_config
 from client.output import emit
 from client.target import NITRO_CLI, describe_enclaves, running_enclaves
 
@@ -36,12 +39,15 @@ def register(subparsers: argparse._SubParsersAction,
 
     start = actions.add_parser("start", parents=parents, help="start an enclave from an EIF",
                                description="Start an enclave from a local EIF or one in S3.")
-    start.add_argument("--eif", required=True, metavar="PATH|s3://BUCKET/KEY",
-                       help="the enclave image file")
+    start.add_argument("--eif", metavar="PATH|s3://BUCKET/KEY",
+                       help="the enclave image file (default on the enclave host: the "
+                            "pipeline's s3://<bucket>/<enclave_image_prefix><app_id>.eif)")
     start.add_argument("--cpu-count", type=int, metavar="N",
-                       help="vCPUs (default: all the allocator reserved)")
+                       help="vCPUs (default: the host settings' enclave_cpu_count, else all "
+                            "the allocator reserved)")
     start.add_argument("--memory", type=int, metavar="MIB",
-                       help="memory in MiB (default: all the allocator reserved)")
+                       help="memory in MiB (default: the host settings' enclave_memory_mib, "
+                            "else all the allocator reserved)")
     start.add_argument("--debug-mode", action="store_true",
                        help="console access; zeroes every PCR, so KMS and `attest` will refuse it")
     start.add_argument("--enclave-cid", type=int, metavar="CID", help="request this CID")
@@ -187,21 +193,33 @@ def nitro_cli(*arguments: str) -> Any:
             raise ClientError(f"nitro-cli {arguments[0]} printed no JSON") from exc
 
 
+def image_location(explicit: str | None, host: HostConfig | None) -> str:
+    """`--eif`, else where the pipeline uploads this host's application image."""
+    if explicit:
+        return explicit
+    if host is None:
+        raise UsageError(f"no --eif given and no host settings at {config_path()[0]} to find "
+                         "the pipeline's image; pass --eif PATH or --eif s3://BUCKET/KEY")
+    return host.enclave_image_url
+
+
 def start_command(args: argparse.Namespace) -> int:
     allocator = read_allocator(args.allocator_config)
+    host = load_host_config()
+    location = image_location(args.eif, host)
     measurements: Path | None
-    if args.eif.startswith("s3://"):
-        eif, measurements = download_eif(args.eif, args.download_dir or
+    if location.startswith("s3://"):
+        eif, measurements = download_eif(location, args.download_dir or
                                          hoststate.state_dir() / "eif", args.region)
     else:
-        eif = Path(args.eif).resolve()
+        eif = Path(location).resolve()
         if not eif.is_file():
             raise NotFoundError(f"EIF {eif} does not exist; build it or give s3://BUCKET/KEY")
         measurements = next((p for p in (eif.with_suffix(".json"),
                                          eif.parent / "measurements.json") if p.is_file()), None)
     size = eif.stat().st_size
-    memory = args.memory if args.memory is not None else allocator.memory_mib
-    cpus = args.cpu_count if args.cpu_count is not None else allocator.cpu_count
+    memory = _first(args.memory, host.enclave_memory_mib if host else None, allocator.memory_mib)
+    cpus = _first(args.cpu_count, host.enclave_cpu_count if host else None, allocator.cpu_count)
     check_resources(size, memory, cpus, allocator)
     command = ["run-enclave", "--eif-path", str(eif), "--cpu-count", str(cpus),
                "--memory", str(memory)]
@@ -218,6 +236,10 @@ def start_command(args: argparse.Namespace) -> int:
     emit(args, started, f"enclave {started.get('EnclaveID')} started: cid "
                         f"{started.get('EnclaveCID')}, {cpus} CPUs, {memory} MiB")
     return 0
+
+
+def _first(*values: int | None) -> int:
+    return next(value for value in values if value is not None)
 
 
 def describe_command(args: argparse.Namespace) -> int:

@@ -2,7 +2,8 @@
 
 Starts `vsock-proxy` detached, with the allow-list configuration, a pid file in the client's
 state directory and its own log, and working directory `/`, so it does not depend on where the
-command was typed. Starting it twice is harmless: the running one is reported.
+command was typed. Starting it twice is harmless: the running one is reported. On the enclave
+host, the listen port defaults to the host settings' `vsock_proxy_port` (`client.hostconfig`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 
 from client import aws, hoststate
 from client.errors import ClientError, ExitStatus, NotFoundError, UsageError
+from client.hostconfig import load_host_config
 from client.output import emit
 from client.simstate import pid_alive
 
@@ -36,8 +38,9 @@ def register(subparsers: argparse._SubParsersAction,
                     "nothing else (the allow list in --config).")
     parser.add_argument("-s", "--service", required=True, choices=sorted(SERVICES),
                         help="the AWS service to proxy (kms)")
-    parser.add_argument("--listen-port", type=int, default=DEFAULT_LISTEN_PORT, metavar="PORT",
-                        help=f"vsock port the enclave connects to (default {DEFAULT_LISTEN_PORT})")
+    parser.add_argument("--listen-port", type=int, metavar="PORT",
+                        help="vsock port the enclave connects to (default: the host settings' "
+                             f"vsock_proxy_port, else {DEFAULT_LISTEN_PORT})")
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG,
                         help=f"vsock-proxy allow-list file (default {DEFAULT_CONFIG})")
     action = parser.add_mutually_exclusive_group()
@@ -48,6 +51,15 @@ def register(subparsers: argparse._SubParsersAction,
 
 def endpoint_for(service: str, region: str) -> str:
     return SERVICES[service].format(region=region)
+
+
+def listen_port(explicit: int | None) -> int:
+    """`--listen-port`, else the host settings' `vsock_proxy_port` (the port the enclave image
+    was told to use), else vsock-proxy's usual 8000."""
+    if explicit is not None:
+        return explicit
+    host = load_host_config()
+    return host.vsock_proxy_port if host is not None else DEFAULT_LISTEN_PORT
 
 
 def pid_file(service: str) -> Path:
@@ -103,9 +115,10 @@ def proxy_command(args: argparse.Namespace) -> int:
 def start_proxy(args: argparse.Namespace, service: str) -> int:
     region = aws.get_region(args.region)
     endpoint = endpoint_for(service, region)
+    port = listen_port(args.listen_port)
     existing = running_proxy(service)
     if existing:
-        if existing.get("endpoint") != endpoint or existing.get("listen_port") != args.listen_port:
+        if existing.get("endpoint") != endpoint or existing.get("listen_port") != port:
             raise UsageError(f"a {service} proxy already runs (pid {existing['pid']}, port "
                              f"{existing['listen_port']} -> {existing['endpoint']}); stop it "
                              "first with --stop")
@@ -119,7 +132,7 @@ def start_proxy(args: argparse.Namespace, service: str) -> int:
     config = args.config.resolve()
     check_allow_list(config, endpoint)
     log_path = hoststate.state_dir() / f"proxy-{service}.log"
-    command = [binary, str(args.listen_port), endpoint, "443", "--config", str(config)]
+    command = [binary, str(port), endpoint, "443", "--config", str(config)]
     with log_path.open("ab") as log:
         process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                    cwd="/", start_new_session=True, close_fds=True)
@@ -128,11 +141,11 @@ def start_proxy(args: argparse.Namespace, service: str) -> int:
         raise ClientError(f"vsock-proxy exited at once (status {process.returncode}): "
                           f"{_last_line(log_path)}; see {log_path}")
     record = {"pid": process.pid, "service": service, "endpoint": endpoint, "region": region,
-              "listen_port": args.listen_port, "config": str(config), "log": str(log_path),
+              "listen_port": port, "config": str(config), "log": str(log_path),
               "command": command}
     hoststate.write_json(pid_file(service).name, record)
     emit(args, {"started": True, **record},
-         f"{service} proxy started (pid {process.pid}): vsock port {args.listen_port} -> "
+         f"{service} proxy started (pid {process.pid}): vsock port {port} -> "
          f"{endpoint}:443, log {log_path}")
     return 0
 
