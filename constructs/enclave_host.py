@@ -29,7 +29,9 @@ USER_DATA_TEMPLATE = Path(__file__).resolve().parent / "templates" / "enclave_ho
 # AWS, and every deployment picks up the newest AL2023 arm64 image.
 AL2023_ARM64_AMI_PARAMETER = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-arm64"
 # What the client needs on the host; versions come from requirements.txt so they never drift.
-HOST_RUNTIME_PACKAGES = ("boto3", "cryptography", "aws-encryption-sdk", "asn1crypto", "cbor2")
+# mfusepy is `sync`'s FUSE binding; it loads the libfuse3 the user data installs.
+HOST_RUNTIME_PACKAGES = ("boto3", "cryptography", "aws-encryption-sdk", "asn1crypto", "cbor2",
+                         "mfusepy")
 # Python packages shipped to the host as assets (the client imports shared pure code from enclave/).
 SHIPPED_PACKAGES = ("client", "enclave")
 ASSET_EXCLUDE = ["__pycache__", "*.pyc", ".pytest_cache", ".mypy_cache"]

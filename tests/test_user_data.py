@@ -11,6 +11,7 @@ import stat
 import subprocess
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -37,9 +38,10 @@ HOST_CONFIG = {
 
 
 def render(**overrides) -> str:
-    values = dict(region="eu-west-1", enclave_cpu_count=4, enclave_memory_mib=6144,
-                  host_config=HOST_CONFIG, client_asset_url=CLIENT_URL,
-                  enclave_asset_url=ENCLAVE_URL, requirements=runtime_requirements())
+    values: dict[str, Any] = dict(region="eu-west-1", enclave_cpu_count=4, enclave_memory_mib=6144,
+                                  host_config=HOST_CONFIG, client_asset_url=CLIENT_URL,
+                                  enclave_asset_url=ENCLAVE_URL,
+                                  requirements=runtime_requirements())
     values.update(overrides)
     return render_user_data(**values)
 
@@ -87,6 +89,17 @@ def test_installs_the_nitro_enclaves_cli_and_its_devel_package():
     install = next(line for line in render().splitlines() if line.startswith("dnf install"))
     assert "-y" in install.split()
     assert {"aws-nitro-enclaves-cli", "aws-nitro-enclaves-cli-devel"} <= set(install.split())
+
+
+def test_installs_fuse_3_for_sync():
+    installs = [line.split() for line in render().splitlines() if line.startswith("dnf install")]
+    # fuse3: fusermount3 (mount and unmount as ec2-user); fuse3-libs: the libfuse3 mfusepy loads
+    assert any({"-y", "fuse3", "fuse3-libs"} <= set(words) for words in installs)
+
+
+def test_client_virtualenv_gets_the_fuse_binding_sync_imports():
+    pip = next(line for line in render().splitlines() if "-m pip install" in line)
+    assert any(word.startswith("mfusepy==") for word in pip.split())
 
 
 def test_allocator_memory_and_cpus_come_from_config():

@@ -11,6 +11,9 @@ VENV="$APP_HOME/venv"
 
 # Nitro Enclaves CLI (nitro-cli, the allocator service, vsock-proxy) and its headers.
 dnf install -y aws-nitro-enclaves-cli aws-nitro-enclaves-cli-devel python3.11 python3.11-pip unzip
+# FUSE 3 for `sealed-client sync`: libfuse3 (fuse3-libs), which the client's mfusepy loads, and
+# fusermount3 (fuse3), setuid, so ec2-user can mount and unmount without root.
+dnf install -y fuse3 fuse3-libs
 
 # Memory and CPUs the allocator reserves for enclaves at boot. Whole cores only, and the parent
 # keeps the rest; the config check enforces both before this file is ever rendered.
