@@ -31,6 +31,7 @@ test: setup
 
 lint: setup
 	ruff check .
+	mypy
 
 demo: synth
 	python demo.py
