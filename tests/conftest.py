@@ -19,6 +19,19 @@ def context() -> dict:
     return cdk_json_context()
 
 
+@pytest.fixture(autouse=True)
+def no_host_settings(tmp_path, monkeypatch):
+    """Built-in client defaults, even on an enclave host that has /etc/sealed-enclave/host.json.
+
+    Tests of the host configuration itself point `DEFAULT_PATH` or `SEALED_HOST_CONFIG` at their
+    own files after this runs.
+    """
+    from client import hostconfig
+
+    monkeypatch.setattr(hostconfig, "DEFAULT_PATH", tmp_path / "no-host.json")
+    monkeypatch.delenv("SEALED_HOST_CONFIG", raising=False)
+
+
 @pytest.fixture(scope="session")
 def fixtures_dir() -> Path:
     if not FIXTURES.is_dir():

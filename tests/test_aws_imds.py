@@ -8,16 +8,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from client import aws, hostconfig
+from client import aws
 from client.errors import AwsError
-
-
-@pytest.fixture(autouse=True)
-def no_host_settings(tmp_path, monkeypatch):
-    """The built-in defaults, even on a host that has /etc/sealed-enclave/host.json."""
-    monkeypatch.setattr(hostconfig, "DEFAULT_PATH", tmp_path / "no-host.json")
-    monkeypatch.delenv("SEALED_HOST_CONFIG", raising=False)
-
 
 ROLE = "sealed-enclave-host"
 CREDS = {"Code": "Success", "AccessKeyId": "ASIAIMDS", "SecretAccessKey": "imds-secret",

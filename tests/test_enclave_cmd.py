@@ -8,19 +8,10 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from client import hostconfig
 from client.cli import main
 from client.commands.enclave import Allocator, check_resources, minimum_memory_mib, read_allocator
 from client.errors import ExitStatus, UsageError
 from tests.fake_tools import calls, install_tool, on_path
-
-
-@pytest.fixture(autouse=True)
-def no_host_settings(tmp_path, monkeypatch):
-    """The built-in defaults, even on a host that has /etc/sealed-enclave/host.json."""
-    monkeypatch.setattr(hostconfig, "DEFAULT_PATH", tmp_path / "no-host.json")
-    monkeypatch.delenv("SEALED_HOST_CONFIG", raising=False)
-
 
 MIB = 1024 * 1024
 STARTED = {"EnclaveName": "image", "EnclaveID": "i-0abc-enc-1", "ProcessID": 4242,

@@ -8,19 +8,10 @@ import time
 
 import pytest
 
-from client import hostconfig
 from client.cli import main
 from client.errors import ExitStatus
 from client.simstate import pid_alive
 from tests.fake_tools import calls, install_tool, on_path
-
-
-@pytest.fixture(autouse=True)
-def no_host_settings(tmp_path, monkeypatch):
-    """The built-in defaults, even on a host that has /etc/sealed-enclave/host.json."""
-    monkeypatch.setattr(hostconfig, "DEFAULT_PATH", tmp_path / "no-host.json")
-    monkeypatch.delenv("SEALED_HOST_CONFIG", raising=False)
-
 
 SLEEPER = "time.sleep(60)\n"
 

@@ -9,19 +9,11 @@ import socket
 
 import pytest
 
-from client import hostconfig, simstate
+from client import simstate
 from client.api import UnixAddress, VsockAddress
 from client.errors import ClientError, NotFoundError, UsageError
 from client.target import resolve_target
 from tests.fake_tools import install_tool, on_path
-
-
-@pytest.fixture(autouse=True)
-def no_host_settings(tmp_path, monkeypatch):
-    """The built-in defaults, even on a host that has /etc/sealed-enclave/host.json."""
-    monkeypatch.setattr(hostconfig, "DEFAULT_PATH", tmp_path / "no-host.json")
-    monkeypatch.delenv("SEALED_HOST_CONFIG", raising=False)
-
 
 ENCLAVE = {"EnclaveName": "app", "EnclaveID": "i-1-enc-1", "ProcessID": 10, "EnclaveCID": 16,
            "NumberOfCPUs": 2, "MemoryMiB": 4096, "State": "RUNNING", "Flags": "NONE"}
