@@ -553,7 +553,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             if status == 206:
                 self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
             self.end_headers()
-            sent = self.connection.sendfile(f, start, count) if count else 0  # type: ignore[arg-type]
+            sent = self.connection.sendfile(f, start, count) if count else 0
             if sent != count:
                 # The file shrank under us: the promised length cannot be met, end the connection.
                 self.close_connection = True
