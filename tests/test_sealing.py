@@ -331,6 +331,52 @@ def test_wrong_key_fails_and_leaves_nothing(app_dir, provider, tmp_path):
     assert not target.exists()
 
 
+class FailingSource(io.RawIOBase):
+    """A bundle whose storage fails after `good` bytes (a disk or network error mid-read)."""
+
+    def __init__(self, data: bytes, good: int) -> None:
+        self._data, self._good, self._position = data, good, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, n: int = -1) -> bytes:
+        if self._position >= self._good:
+            raise OSError(5, "Input/output error")
+        end = min(self._good, self._position + (n if n >= 0 else len(self._data)))
+        piece = self._data[self._position:end]
+        self._position = end
+        return piece
+
+
+def prefetch_threads() -> list:
+    import threading
+
+    return [t for t in threading.enumerate() if t.name == "unseal-prefetch" and t.is_alive()]
+
+
+def test_read_error_in_the_middle_of_the_bundle_fails_and_leaves_nothing(
+    app_dir, provider, tmp_path, small_frames
+):
+    bundle = seal(app_dir, provider)
+    target = tmp_path / "out"
+    with pytest.raises(UnsealError, match="cannot read the bundle: .*Input/output error"):
+        unseal_bundle(FailingSource(bundle, len(bundle) // 2), target, key_provider=provider)
+    assert not target.exists()
+    assert prefetch_threads() == []
+
+
+def test_failed_unseal_stops_its_read_ahead_thread(app_dir, provider, tmp_path):
+    with pytest.raises(UnsealError):
+        unseal(seal(app_dir, provider), tmp_path / "out", raw_provider(b"\x02" * 32))
+    assert prefetch_threads() == []
+
+
+def test_successful_unseal_stops_its_read_ahead_thread(app_dir, provider, tmp_path):
+    unseal(seal(app_dir, provider), tmp_path / "out", provider)
+    assert prefetch_threads() == []
+
+
 @pytest.mark.parametrize(
     "expected", [{"expected_app_id": "other-app"}, {"expected_app_version": "2.1.1"}]
 )
