@@ -2,7 +2,10 @@
 
     .venv/bin/python bench/seal_bench.py                  # 1 GiB, baseline on 256 MiB
     .venv/bin/python bench/seal_bench.py --size 64M       # a quick run
-    .venv/bin/python bench/seal_bench.py --workdir /dev/shm   # in RAM, like the enclave's disk
+    .venv/bin/python bench/seal_bench.py --workdir /tmp       # on the local disk instead
+
+The data lives in /dev/shm by default: the enclave's file system is RAM, and on this machine's
+shared ext4 volume writeback makes the same run vary by 2x from one try to the next.
 
 What is measured, each phase in its own child process (wall time of the whole process, page
 cache warm, started after a `sync` so that no phase pays for another's writeback; peak RSS from
@@ -312,6 +315,11 @@ def generate(out: Path, size: int, seed: int, env) -> tuple[int, int]:
     return reported["files"], reported["bytes"]
 
 
+def default_workdir() -> Path | None:
+    shm = Path("/dev/shm")
+    return shm if shm.is_dir() and os.access(shm, os.W_OK) else None
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["_phase"]:
@@ -329,7 +337,8 @@ def main(argv: list[str] | None = None) -> int:
         "--repeat", type=int, default=3, help="runs per phase, interleaved; best is reported"
     )
     parser.add_argument("--frame-length", type=parse_size, help="override the ESDK frame length")
-    parser.add_argument("--workdir", type=Path, help="where to put the data (default: a tmp dir)")
+    parser.add_argument("--workdir", type=Path, default=default_workdir(),
+                        help="where to put the data (default: /dev/shm where it exists)")
     args = parser.parse_args(argv)
     size = parse_size(args.size)
     baseline_size = min(parse_size(args.baseline_size), size)
@@ -398,7 +407,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"input: {fmt_size(nbytes)} in {files} files (3 large, {files - 4} small, manifest), "
         f"random data; baseline input {fmt_size(bbytes)} in {bfiles} files; page cache warm; "
-        f"KMS: moto server (own process); frame {seal['frame_length'] // 1024} KiB; sealed "
+        f"in {work.parent}; KMS: moto server (own process); "
+        f"frame {seal['frame_length'] // 1024} KiB; sealed "
         f"{fmt_size(sealed_bytes)}; best of {repeat} interleaved runs, load average "
         f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
     )
