@@ -40,6 +40,8 @@ from pathlib import Path
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_ROOT))
 
+from benchlib import parse_size, ram_workdir  # noqa: E402  (beside this script)
+
 MIB = 1024 * 1024
 GIB = 1024 * MIB
 REGION = "us-east-1"
@@ -55,14 +57,6 @@ MANIFEST = {
     "app_version": "1.0.0",
     "entrypoints": {"run": {"command": ["python3", "main.py"]}},
 }
-
-
-def parse_size(text: str) -> int:
-    units = {"K": 1024, "M": MIB, "G": GIB}
-    text = text.strip().upper().removesuffix("IB").removesuffix("B")
-    if text and text[-1] in units:
-        return int(float(text[:-1]) * units[text[-1]])
-    return int(text)
 
 
 # --- input ------------------------------------------------------------------------------------
@@ -315,11 +309,6 @@ def generate(out: Path, size: int, seed: int, env) -> tuple[int, int]:
     return reported["files"], reported["bytes"]
 
 
-def default_workdir() -> Path | None:
-    shm = Path("/dev/shm")
-    return shm if shm.is_dir() and os.access(shm, os.W_OK) else None
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["_phase"]:
@@ -337,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
         "--repeat", type=int, default=3, help="runs per phase, interleaved; best is reported"
     )
     parser.add_argument("--frame-length", type=parse_size, help="override the ESDK frame length")
-    parser.add_argument("--workdir", type=Path, default=default_workdir(),
+    parser.add_argument("--workdir", type=Path, default=ram_workdir(),
                         help="where to put the data (default: /dev/shm where it exists)")
     args = parser.parse_args(argv)
     size = parse_size(args.size)

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import resource
 import shutil
 import socket
@@ -38,18 +37,12 @@ from pathlib import Path
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_ROOT))
 
+from benchlib import parse_size, ram_workdir  # noqa: E402  (beside this script)
+
 MIB = 1024 * 1024
 TARGET_RATIO = 0.6
 STRETCH_RATIO = 0.8
 RSS_LIMIT_MIB = 128
-
-
-def parse_size(text: str) -> int:
-    match = re.fullmatch(r"(\d+)\s*([KMG]i?B?)?", text.strip(), re.IGNORECASE)
-    if not match:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a size like 1GiB or 256MiB")
-    unit = (match.group(2) or "").upper()[:1]
-    return int(match.group(1)) * {"": 1, "K": 1024, "M": MIB, "G": 1024 * MIB}[unit]
 
 
 def make_file(path: Path, size: int) -> None:
@@ -196,11 +189,6 @@ def median(values: list[float]) -> float:
     return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
 
 
-def default_dir() -> Path | None:
-    shm = Path("/dev/shm")
-    return shm if shm.is_dir() and os.access(shm, os.W_OK) else None
-
-
 def filesystem_of(path: Path) -> str:
     """The mount's file system type, for the report (disk and RAM give different pictures)."""
     best_mount, best_type = "", "unknown"
@@ -218,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=parse_size, default=parse_size("1GiB"),
                         help="bytes to move, e.g. 1GiB (default), 256MiB")
-    parser.add_argument("--dir", type=Path, default=default_dir(),
+    parser.add_argument("--dir", type=Path, default=ram_workdir(),
                         help="work directory (default: /dev/shm where it exists, so that the "
                              "local disk is not the narrower pipe; the enclave's side is RAM)")
     parser.add_argument("--repeat", type=int, default=2, help="runs per mode; the best counts")
