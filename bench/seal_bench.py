@@ -99,10 +99,6 @@ def _write_random(path: Path, n: int) -> None:
             n -= len(chunk)
 
 
-def tree_bytes(root: Path) -> int:
-    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
-
-
 def same_tree(a: Path, b: Path) -> bool:
     def listing(root: Path) -> dict[str, int]:
         return {

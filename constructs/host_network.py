@@ -54,11 +54,9 @@ class HostNetwork(Construct):
                 availability_zones=list(availability_zones),
                 private_subnet_ids=list(private_subnet_ids),
             )
-            self.created = False
             self.endpoint_security_group: ec2.SecurityGroup | None = None
         else:
             self.vpc = self._create_vpc(max_azs)
-            self.created = True
         self.subnets = ec2.SubnetSelection(subnet_type=ec2.SubnetType.PRIVATE_WITH_EGRESS)
 
     def allow_endpoints_from(self, peer: ec2.ISecurityGroup) -> None:

@@ -27,7 +27,6 @@ INTERMEDIATE_YEARS = 10
 LEAF_DAYS = 365
 # a leaf closer than this to expiry is replaced, so a long-lived state dir keeps working
 LEAF_RENEW_BEFORE = dt.timedelta(days=7)
-FILES = ("root", "intermediate", "leaf")
 
 
 @dataclass(frozen=True)
