@@ -46,12 +46,11 @@ def errno_for(exc: Exception) -> int:
             if "too long" in message:
                 return errno.ENAMETOOLONG
             return errno.EINVAL
-        if exc.http_status == 409 or exc.code in ("conflict", "exists", "not_empty",
-                                                  "is_a_directory"):
-            if "not empty" in message or exc.code == "not_empty":
-                return errno.ENOTEMPTY
-            if "is a directory" in message or exc.code == "is_a_directory":
-                return errno.EISDIR
+        if exc.code == "not_empty":
+            return errno.ENOTEMPTY
+        if exc.code == "is_a_directory":
+            return errno.EISDIR
+        if exc.http_status == 409:
             return errno.EEXIST
         if exc.http_status in (401, 403):
             return errno.EACCES

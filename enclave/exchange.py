@@ -82,6 +82,20 @@ class Conflict(ExchangeError):
     status = 409
 
 
+# The kinds of conflict carry their own codes, so a client (the FUSE layer's errno) need not
+# read messages; each is still a `Conflict` (409).
+class AlreadyExists(Conflict):
+    code = "exists"
+
+
+class NotEmpty(Conflict):
+    code = "not_empty"
+
+
+class IsADirectory(Conflict):
+    code = "is_a_directory"
+
+
 class TooMany(ExchangeError):
     code = "too_many_entries"
     status = 413
@@ -182,11 +196,11 @@ def _os_error(exc: OSError, relative: str) -> ExchangeError:
     if exc.errno == errno.ENOTDIR:
         return PathRejected(f"a component of {relative!r} is not a directory")
     if exc.errno == errno.ENOTEMPTY:
-        return Conflict(f"directory {relative!r} is not empty; remove its entries first")
+        return NotEmpty(f"directory {relative!r} is not empty; remove its entries first")
     if exc.errno == errno.EEXIST:
-        return Conflict(f"{relative!r} already exists")
+        return AlreadyExists(f"{relative!r} already exists")
     if exc.errno == errno.EISDIR:
-        return Conflict(f"{relative!r} is a directory")
+        return IsADirectory(f"{relative!r} is a directory")
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return NoSpace("the enclave's exchange area is full; delete files and retry")
     if exc.errno == errno.ENAMETOOLONG:
@@ -279,11 +293,11 @@ class ExchangeArea:
         """An open regular file with a single link, for streaming to the host; caller closes it."""
         parts = split_relative(relative)
         if not parts:
-            raise Conflict(f"the {area} root is a directory; list it with ?list")
+            raise IsADirectory(f"the {area} root is a directory; list it with ?list")
         with self._dir_fd(area, parts[:-1], relative) as dir_fd:
             before = self._lstat(dir_fd, parts[-1], relative)
             if stat.S_ISDIR(before.st_mode):
-                raise Conflict(f"{relative!r} is a directory; list it with ?list")
+                raise IsADirectory(f"{relative!r} is a directory; list it with ?list")
             if not stat.S_ISREG(before.st_mode):
                 raise NotRegularFile(f"{relative!r} is not a regular file; only files are served")
             try:
@@ -323,7 +337,7 @@ class ExchangeArea:
         """
         parts = split_relative(relative)
         if not parts:
-            raise Conflict(f"the {area} root is a directory; name a file under it")
+            raise IsADirectory(f"the {area} root is a directory; name a file under it")
         with self._dir_fd(area, parts[:-1], relative) as dir_fd:
             existing = None
             try:
@@ -331,7 +345,7 @@ class ExchangeArea:
             except FileNotFoundError:
                 pass
             if existing is not None and stat.S_ISDIR(existing.st_mode):
-                raise Conflict(f"{relative!r} is a directory; choose a file name")
+                raise IsADirectory(f"{relative!r} is a directory; choose a file name")
             temp = PARTIAL_PREFIX + secrets.token_hex(8)
             try:
                 fd = os.open(
@@ -362,7 +376,7 @@ class ExchangeArea:
     def mkdir(self, area: str, relative: str) -> None:
         parts = split_relative(relative)
         if not parts:
-            raise Conflict(f"the {area} root already exists")
+            raise AlreadyExists(f"the {area} root already exists")
         with self._dir_fd(area, parts[:-1], relative) as dir_fd:
             try:
                 os.mkdir(parts[-1], 0o755, dir_fd=dir_fd)

@@ -33,7 +33,14 @@ from typing import Any, BinaryIO
 
 from enclave.config import RuntimeConfig
 from enclave.events import EventLog
-from enclave.exchange import INBOX, OUTBOX, Conflict, ExchangeArea, ExchangeError
+from enclave.exchange import (
+    INBOX,
+    OUTBOX,
+    Conflict,
+    ExchangeArea,
+    ExchangeError,
+    IsADirectory,
+)
 from enclave.manifest import Manifest, ManifestError
 from enclave.receipt import RECEIPT_FORMAT
 
@@ -279,7 +286,7 @@ class Runner:
     def submit(self, request: RunRequest) -> Job:
         entry = self.exchange.stat(INBOX, request.bundle)  # confined; raises ExchangeError
         if entry.type != "file":
-            raise Conflict(f"bundle {request.bundle!r} is a directory; name the sealed file")
+            raise IsADirectory(f"bundle {request.bundle!r} is a directory; name the sealed file")
         with self._lock:
             active = [j for j in self._jobs.values() if j.state in ACTIVE_STATES]
             if len(active) >= self.config.max_active_runs:

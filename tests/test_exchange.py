@@ -250,3 +250,19 @@ def test_files_snapshot_skips_links_and_descends_directories(
     (area.root / "outbox" / "sub" / "r.txt").write_text("r")
     os.symlink(secret.parent, area.root / "outbox" / "away")
     assert list(area.files("outbox")) == ["sub/r.txt"]
+
+
+# -- each kind of conflict carries its own code (clients map codes, never messages) -------------
+
+def test_each_kind_of_conflict_has_its_own_code(area: ExchangeArea) -> None:
+    area.mkdir("inbox", "d")
+    put(area, "d/f", b"x")
+    with pytest.raises(Conflict) as exists:
+        area.mkdir("inbox", "d")
+    with pytest.raises(Conflict) as not_empty:
+        area.delete("inbox", "d")
+    with pytest.raises(Conflict) as is_a_directory:
+        put(area, "d", b"x")
+    assert (exists.value.code, exists.value.status) == ("exists", 409)
+    assert (not_empty.value.code, not_empty.value.status) == ("not_empty", 409)
+    assert (is_a_directory.value.code, is_a_directory.value.status) == ("is_a_directory", 409)
