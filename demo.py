@@ -23,13 +23,11 @@ from pathlib import Path
 import boto3
 
 from client import simstate
-from client.sim.template import key_policy_from_template
 
 PROJECT_ROOT = Path(__file__).resolve().parent
 TEMPLATE = PROJECT_ROOT / "cdk.out" / "ThirdPartyStack.template.json"
 APP_DIR = PROJECT_ROOT / "src" / "sample-inference"
 DATASET = PROJECT_ROOT / "samples" / "host-data" / "patients.csv"
-ENCLAVE_KEY_LOGICAL_ID = "EnclaveKey"
 
 
 class DemoFailed(Exception):
@@ -39,6 +37,8 @@ class DemoFailed(Exception):
 class Demo:
     def __init__(self, work: Path, template: Path = TEMPLATE) -> None:
         self.work = work
+        # The demo's own simulation, so a simulation the user started is neither used nor stopped.
+        self.sim_dir = work / "sim"
         self.template = template
         self.step_number = 0
         self.context = json.loads((PROJECT_ROOT / "cdk.json").read_text())["context"]
@@ -50,14 +50,17 @@ class Demo:
         print(f"\n=== {self.step_number}. {title}", flush=True)
 
     def run(self, argv: Sequence[str], *, env: dict[str, str] | None = None,
-            expect_failure: bool = False) -> subprocess.CompletedProcess[str]:
+            expect_failure: bool = False, quiet: bool = False
+            ) -> subprocess.CompletedProcess[str]:
         shown = " ".join(shlex.quote(a) for a in argv)
         print(f"$ {shown}", flush=True)
         result = subprocess.run(list(argv), cwd=PROJECT_ROOT, env=env or self.env(), text=True,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=600,
-                                check=False)
-        for line in result.stdout.splitlines():
-            print(f"  {line}")
+                                stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL if quiet else subprocess.STDOUT,
+                                timeout=600, check=False)
+        if not quiet:
+            for line in result.stdout.splitlines():
+                print(f"  {line}")
         if expect_failure and result.returncode == 0:
             raise DemoFailed(f"`{shown}` succeeded but must be refused")
         if not expect_failure and result.returncode != 0:
@@ -66,10 +69,10 @@ class Demo:
 
     # -- environments -----------------------------------------------------------------------
 
-    @staticmethod
-    def env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    def env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
         env["PYTHONPATH"] = str(PROJECT_ROOT)
+        env[simstate.ENV_VAR] = str(self.sim_dir)
         env.update(extra or {})
         return env
 
@@ -97,32 +100,25 @@ class Demo:
                              "first)")
         print(f"  {self.template}")
 
-        self.step("Enclave User: start the local simulation (KMS endpoint, NSM, enclave runtime)")
-        self.run([*client, "simulate", "down"])
-        self.run([*client, "simulate", "up"])
-        state = simstate.load_state()
+        self.step("Start the local simulation (KMS endpoint, NSM, enclave runtime); as the Third "
+                  "Party's image build it creates or reuses the enclave key, pins it in the "
+                  "image policy and allows the image's PCR0")
+        print(f"  simulation state: {self.sim_dir} (the demo's own; a simulation of yours in "
+              f"{simstate.PROJECT_ROOT / '.sim'} is left alone)")
+        previous = simstate.load_state(self.sim_dir)
+        if previous and simstate.runtime_running(previous):
+            print("  an earlier demo's simulation is still running: stopping it first")
+            self.run([*client, "simulate", "down"])
+        self.run([*client, "simulate", "up", "--template", str(self.template)])
+        state = simstate.load_state(self.sim_dir)
         if state is None:
             raise DemoFailed("simulate up recorded no state")
         third_party = self.principal_env(state, "third_party")
         host = self.principal_env(state, "host")
+        key_arn = state["enclave_key"]["arn"]
 
-        self.step("Third Party: create the enclave key with the synthesized key policy")
-        policy = key_policy_from_template(
-            self.template, logical_id_prefix=ENCLAVE_KEY_LOGICAL_ID,
-            account=self.context["ThirdPartyAWSAccountNumber"], region=state["region"])
-        kms = boto3.client(
-            "kms", region_name=state["region"], endpoint_url=state["kms"]["endpoint"],
-            aws_access_key_id=state["principals"]["third_party"]["access_key_id"],
-            aws_secret_access_key=state["principals"]["third_party"]["secret_access_key"],
-            aws_session_token=state["principals"]["third_party"]["session_token"])
-        key_arn = kms.create_key(Policy=json.dumps(policy),
-                                 Description="enclave key (demo)")["KeyMetadata"]["Arn"]
-        kms.create_alias(AliasName=self.context["EncryptionKeyAlias"], TargetKeyId=key_arn)
-        sids = [s.get("Sid") for s in policy["Statement"]]
-        print(f"  key {key_arn}\n  alias {self.context['EncryptionKeyAlias']}\n"
-              f"  policy statements: {', '.join(sids)}")
-
-        self.step("Third Party pipeline (nitro-image-builder): allow the enclave image's PCR0")
+        self.step("Third Party pipeline (nitro-image-builder): allow the enclave image's PCR0 "
+                  "with the pipeline's tool (idempotent)")
         measurements = self.work / "measurements.json"
         measurements.write_text(json.dumps({"Measurements": {
             "HashAlgorithm": "Sha384 { ... }", **state["measurements"]}}, indent=2))
@@ -132,19 +128,22 @@ class Demo:
 
         self.step("Third Party pipeline (application-encryptor): seal src/sample-inference")
         bundle = self.work / "sample-inference.sealed"
-        self.run([python, "envelope_encryptor.py", "encrypt", "-d", str(APP_DIR), "-k", key_arn,
-                  "-o", str(bundle)], env=third_party)
+        self.run([python, "envelope_encryptor.py", "encrypt", "-d", str(APP_DIR), "-k",
+                  self.context["EncryptionKeyAlias"], "-o", str(bundle)], env=third_party)
 
         self.step("Enclave User: verify the enclave's attestation against the allowed PCR0")
-        self.run([*client, "attest", "--measurements", str(measurements)], env=host)
+        self.run([*client, "attest", "--simulation", "--measurements", str(measurements)],
+                 env=host)
 
         self.step("Enclave User: push the sealed application and the dataset into the inbox")
         self.run([*client, "push", str(bundle), bundle.name], env=host)
         self.run([*client, "push", str(DATASET), DATASET.name], env=host)
 
         self.step("Enclave User: run the sealed application's `predict` entrypoint")
-        self.run([*client, "run", "-f", bundle.name, "-s", "predict", "--",
-                  DATASET.name, "predictions.csv"], env=host)
+        started = self.run([*client, "--json", "run", "-f", bundle.name, "-s", "predict", "--",
+                            DATASET.name, "predictions.csv"], env=host, quiet=True)
+        run_id = json.loads(started.stdout)["id"]
+        print(f"  run {run_id} succeeded")
 
         self.step("Enclave User: pull the result from the outbox")
         result = self.work / "predictions.csv"
@@ -154,6 +153,27 @@ class Demo:
         print(f"  {result}: {len(rows) - 1} predictions; first rows:")
         for row in rows[:6]:
             print("    " + ",".join(row))
+
+        self.step("Enclave User: the run's receipt, signed by the enclave, checked against the "
+                  "files on this side")
+        receipt = self.work / "receipt.json"
+        self.run([*client, "receipt", run_id, "-o", str(receipt)], env=host)
+        self.run([*client, "verify-receipt", str(receipt), "--expect-pcr",
+                  f"0={state['measurements']['PCR0']}", "--root", state["dev_root"],
+                  "--input", f"{DATASET.name}={DATASET}", "--output",
+                  f"predictions.csv={result}"], env=host)
+
+        self.step("Hostile host: a bundle sealed under a key of the host's own is refused by the "
+                  "image before any KMS request")
+        own_key = self.host_owned_key(state)
+        hostile = self.work / "host-made.sealed"
+        self.run([python, "envelope_encryptor.py", "encrypt", "-d", str(APP_DIR), "-k", own_key,
+                  "-o", str(hostile)], env=host)
+        self.run([*client, "push", str(hostile), hostile.name], env=host)
+        refused = self.run([*client, "run", "-f", hostile.name, "-s", "predict", "--",
+                            DATASET.name, "stolen.csv"], env=host, expect_failure=True)
+        if "refused" not in refused.stdout:
+            raise DemoFailed("the host's own bundle failed, but not by the image's refusal")
 
         self.step("Host without an enclave: decrypting the bundle directly is denied by KMS")
         refused = self.run([python, "envelope_encryptor.py", "decrypt", "-i", str(bundle),
@@ -167,6 +187,21 @@ class Demo:
         self.step("Enclave User: stop the simulation")
         self.run([*client, "simulate", "down"])
 
+    def host_owned_key(self, state: dict) -> str:
+        """A key the host role controls entirely, in the local KMS: the attacker's own."""
+        host = state["principals"]["host"]
+        kms = boto3.client("kms", region_name=state["region"],
+                           endpoint_url=state["kms"]["endpoint"],
+                           aws_access_key_id=host["access_key_id"],
+                           aws_secret_access_key=host["secret_access_key"],
+                           aws_session_token=host["session_token"])
+        policy = {"Version": "2012-10-17", "Statement": [{
+            "Sid": "HostOwnsIt", "Effect": "Allow", "Principal": {"AWS": host["arn"]},
+            "Action": "kms:*", "Resource": "*"}]}
+        arn: str = kms.create_key(Policy=json.dumps(policy))["KeyMetadata"]["Arn"]
+        print(f"  host-made key {arn}")
+        return arn
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -176,7 +211,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="the synthesized ThirdPartyStack template (default: cdk.out's)")
     args = parser.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
-    for leftover in ("measurements.json", "sample-inference.sealed", "predictions.csv"):
+    for leftover in ("measurements.json", "sample-inference.sealed", "predictions.csv",
+                     "receipt.json", "host-made.sealed"):
         (args.work / leftover).unlink(missing_ok=True)
     started = time.monotonic()
     demo = Demo(args.work, args.template)
@@ -185,7 +221,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (DemoFailed, Exception) as exc:  # every failure ends the demo with one clear line
         print(f"\ndemo FAILED at step {demo.step_number}: {exc}", file=sys.stderr)
         subprocess.run([sys.executable, "-m", "client", "simulate", "down"], cwd=PROJECT_ROOT,
-                       env=Demo.env(), capture_output=True, check=False)
+                       env=demo.env(), capture_output=True, check=False)
         return 1
     print(f"\ndemo completed in {time.monotonic() - started:.1f}s: the sealed application ran "
           "on the host's data inside the (simulated) attested enclave; the host alone could "

@@ -334,15 +334,13 @@ class RuntimeClient:
     # -- runs, attestation, logs --------------------------------------------------------
 
     def start_run(self, *, bundle: str, entrypoint: str, args: builtins.list[str],
-                  credentials: dict[str, str] | None, region: str | None,
-                  expected_app_id: str | None = None) -> dict[str, Any]:
+                  credentials: dict[str, str] | None) -> dict[str, Any]:
+        # No key, region or app id: what the enclave may unseal is its image's choice alone.
         payload: dict[str, Any] = {
             "bundle": check_remote_path(bundle),
             "entrypoint": entrypoint,
             "args": list(args),
             "credentials": credentials,
-            "region": region,
-            "expected_app_id": expected_app_id,
         }
         return self._json("POST", "/v1/runs", payload)
 

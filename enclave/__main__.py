@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from enclave.config import ConfigError, GiB, KiB, RuntimeConfig
+from enclave.isolation import harden_runtime, isolation_available, restrict_device
+from enclave.policy import PolicyError, load_policy
 
 VSOCK_PORT = 5005
 PARENT_CID = 3  # the parent instance, where vsock-proxy listens
@@ -37,6 +39,7 @@ _PRODUCTION_OPTIONS: tuple[tuple[str, str], ...] = (
     ("--private", "/run/sealed"),
     ("--nsm-device", "/dev/nsm"),
     ("--kms-endpoint", "https://kms.{region}.amazonaws.com"),
+    ("--policy", "/opt/enclave/policy.json"),
 )
 
 
@@ -50,19 +53,21 @@ def production_argv() -> list[str]:
 
 def simulation_argv(*, socket_path: str | os.PathLike[str], exchange: str | os.PathLike[str],
                     private: str | os.PathLike[str], nsm_device: str | os.PathLike[str],
-                    kms_endpoint: str, region: str, python: str = sys.executable) -> list[str]:
-    """`production_argv()` with only the transport, paths and endpoints replaced, plus a region."""
+                    kms_endpoint: str, policy: str | os.PathLike[str],
+                    python: str = sys.executable) -> list[str]:
+    """`production_argv()` with only the transport, paths and endpoints replaced."""
     replacements = {
         "--vsock-port": ("--unix", str(socket_path)),
         "--exchange": ("--exchange", str(exchange)),
         "--private": ("--private", str(private)),
         "--nsm-device": ("--nsm-device", str(nsm_device)),
         "--kms-endpoint": ("--kms-endpoint", kms_endpoint),
+        "--policy": ("--policy", str(policy)),
     }
     argv = [python, *production_argv()[1:4]]
     for option, _value in _PRODUCTION_OPTIONS:
         argv += list(replacements[option])
-    return argv + ["--region", region]
+    return argv
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -82,8 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="NSM device, or the simulated NSM's Unix socket (default /dev/nsm)")
     serve.add_argument("--kms-endpoint", default="https://kms.{region}.amazonaws.com",
                        metavar="URL", help="KMS endpoint; {region} is replaced per run")
-    serve.add_argument("--region", default=None,
-                       help="region for runs that name none (default: the key ARN's region)")
+    serve.add_argument("--policy", required=True, metavar="PATH",
+                       help="the image policy (enclave/policy.py): which keys, apps and versions "
+                            "this image unseals; the runtime does not start without it")
     serve.add_argument("--max-connections", type=int, default=32)
     serve.add_argument("--max-upload-bytes", type=int, default=64 * GiB)
     serve.add_argument("--max-json-bytes", type=int, default=64 * KiB)
@@ -105,7 +111,7 @@ def config_from_args(args: argparse.Namespace) -> RuntimeConfig:
         private_root=Path(args.private),
         nsm_device=args.nsm_device,
         kms_endpoint=args.kms_endpoint,
-        default_region=args.region,
+        image_policy=load_policy(args.policy),
         max_connections=args.max_connections,
         max_upload_bytes=args.max_upload_bytes,
         max_json_bytes=args.max_json_bytes,
@@ -166,6 +172,13 @@ def serve(args: argparse.Namespace) -> int:
     from enclave.server import make_server
 
     config = config_from_args(args)
+    harden_runtime()
+    if isolation_available():
+        try:
+            restrict_device(config.nsm_device)  # applications never reach the NSM
+        except OSError as exc:
+            logging.getLogger("enclave").warning("could not restrict %s: %s",
+                                                 config.nsm_device, exc)
     nsm = _nsm_client(config.nsm_device)
     if args.vsock_port is not None:
         try:
@@ -216,7 +229,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return serve(args)
-    except ConfigError as exc:
+    except (ConfigError, PolicyError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:

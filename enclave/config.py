@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from enclave.policy import ImagePolicy
+
 RUNTIME_VERSION = "1.0.0"
 
 KiB = 1024
@@ -25,10 +27,9 @@ class RuntimeConfig:
     exchange_root: Path
     private_root: Path
     nsm_device: str = "/dev/nsm"
-    # `{region}` is replaced by the run request's region. In the enclave the host name resolves to
-    # 127.0.0.1 (the image's /etc/hosts), where the bridge forwards to the host's vsock-proxy.
+    # `{region}` is replaced by the image policy's region. In the enclave the host name resolves
+    # to 127.0.0.1, where the bridge forwards to the host's vsock-proxy.
     kms_endpoint: str = "https://kms.{region}.amazonaws.com"
-    default_region: str | None = None
     max_connections: int = 32
     max_upload_bytes: int = 64 * GiB
     max_json_bytes: int = 64 * KiB
@@ -38,6 +39,12 @@ class RuntimeConfig:
     io_timeout: float = 60.0  # any single read or write on a connection
     max_active_runs: int = 4
     max_kept_runs: int = 1000
+    # What this image may unseal (enclave/policy.py); None refuses every run.
+    image_policy: ImagePolicy | None = None
+    # Runs take numeric user ids base .. base + max_active_runs - 1 (no image file has them).
+    app_uid_base: int = 61000
+    # PATH of applications: the image's interpreters (`python3` in a manifest is the first here).
+    app_path: str = "/usr/local/bin:/usr/bin:/bin"
     version: str = RUNTIME_VERSION
 
     def __post_init__(self) -> None:

@@ -30,6 +30,7 @@ PROVIDER_ID = "aws-kms"
 @attr.s(hash=True)
 class AttestedKmsMasterKeyConfig(KMSMasterKeyConfig):
     nsm = attr.ib(hash=False, default=None)
+    context_guard = attr.ib(hash=False, default=None)
 
 
 class AttestedKmsMasterKey(KMSMasterKey):
@@ -51,6 +52,13 @@ class AttestedKmsMasterKey(KMSMasterKey):
         edk_key_id = to_str(encrypted_data_key.key_provider.key_info)
         if edk_key_id != self._key_id:
             raise DecryptKeyError(f"the data key was sealed under {edk_key_id}, not {self._key_id}")
+        if self.config.context_guard is not None:
+            # The image policy once more, on the context KMS is about to see: nothing but a
+            # pinned app at or above the minimum version ever reaches KMS.
+            try:
+                self.config.context_guard(encryption_context or {})
+            except Exception as exc:
+                raise DecryptKeyError(f"refused before KMS: {exc}") from exc
         try:
             plaintext = attested_decrypt(
                 self.config.client, self.config.nsm,
@@ -75,6 +83,7 @@ class AttestedKmsMasterKeyProviderConfig(MasterKeyProviderConfig):
     key_arn = attr.ib(hash=True, validator=attr.validators.instance_of(str))
     kms_client = attr.ib(hash=False)
     nsm = attr.ib(hash=False)
+    context_guard = attr.ib(hash=False, default=None)
 
 
 class AttestedKmsMasterKeyProvider(MasterKeyProvider):
@@ -92,6 +101,7 @@ class AttestedKmsMasterKeyProvider(MasterKeyProvider):
 
     def __init__(self, key_arn: str | None = None, kms_client: Any = None, nsm: Any = None,
                  **kwargs: Any) -> None:
+        # `context_guard(encryption_context)` raises to refuse a context before KMS sees it.
         if not self.config.key_arn.startswith("arn:") or ":key/" not in self.config.key_arn:
             raise ValueError(f"key_arn {self.config.key_arn!r} must be a KMS key ARN "
                              "(arn:aws:kms:<region>:<account>:key/<id>), not an alias or id: "
@@ -102,4 +112,4 @@ class AttestedKmsMasterKeyProvider(MasterKeyProvider):
         if to_str(key_id) != self.config.key_arn:
             raise InvalidKeyIdError(f"this provider decrypts only with {self.config.key_arn}")
         return AttestedKmsMasterKey(key_id=self.config.key_arn, client=self.config.kms_client,
-                                    nsm=self.config.nsm)
+                                    nsm=self.config.nsm, context_guard=self.config.context_guard)

@@ -1,9 +1,16 @@
 """Runs: unseal a bundle from the inbox into a private directory, run one declared entrypoint, wipe.
 
 What the host controls is narrow on purpose: which bundle (an inbox path), which entrypoint (a name
-the bundle's own manifest declares), and the arguments (a list, checked and mapped into the exchange
-area by `Manifest.resolve_arguments`). The command itself, the time limit, whether stdout/stderr are
-returned and how much of them, all come from the sealed manifest.
+the bundle's own manifest declares), and the arguments (a list, checked and mapped by
+`Manifest.resolve_arguments`). Which bundles may be unsealed at all is the image policy's choice
+(`enclave/policy.py`), checked on the bundle's header before any KMS request. The command itself,
+the time limit, whether stdout/stderr are returned and how much of them, all come from the sealed
+manifest.
+
+Each run has its own user (when the runtime is root, `enclave/isolation.py`), reads private copies
+of its inputs made while hashing them, and writes its outputs privately; after it ended and every
+process of its user was killed, the files at its declared outputs are published to the outbox and
+hashed. So a receipt names exactly the bytes the app read and wrote.
 
 The plaintext lives in a fresh 0700 directory under `RuntimeConfig.private_root` (RAM inside the
 enclave), which is outside the exchange root and so unreachable through the API. It is removed in
@@ -22,11 +29,10 @@ import shutil
 import signal
 import stat
 import subprocess
-import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -41,7 +47,9 @@ from enclave.exchange import (
     ExchangeError,
     IsADirectory,
 )
+from enclave.isolation import AppUser, UserPool, chown_tree, isolation_available, kill_user
 from enclave.manifest import Manifest, ManifestError
+from enclave.policy import KMS_PROVIDER_ID, BundleRefused, ImagePolicy
 from enclave.receipt import RECEIPT_FORMAT
 
 UNSEALING = "unsealing"
@@ -54,6 +62,12 @@ ACTIVE_STATES = frozenset({UNSEALING, RUNNING})
 TERMINAL_STATES = frozenset({SUCCEEDED, FAILED, TIMED_OUT, CANCELLED})
 
 _PIPE_CHUNK = 64 * 1024
+_COPY_CHUNK = 1024 * 1024
+MAX_OUTPUT_FILES = 10_000
+# The starter's source goes on the command line (`python3 -I -S -c ...`): the app's user need not
+# be able to read the runtime's files.
+APPEXEC_SOURCE = Path(__file__).with_name("appexec.py").read_text()
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 MAX_DATA_KEYS = 16
 _SOURCE_SCAN_FILE_LIMIT = 4 * 1024 * 1024
 _SOURCE_SCAN_TOTAL_LIMIT = 64 * 1024 * 1024
@@ -79,13 +93,11 @@ class RunRequest:
     entrypoint: str
     args: tuple[str, ...]
     credentials: Credentials | None = field(default=None, repr=False)
-    region: str | None = None
-    expected_app_id: str | None = None
 
 
-# Builds the key provider that unseals with this run's credentials and region, given the KMS key
-# ARNs the bundle's header names (its "aws-kms" encrypted data keys).
-KeyProviderFactory = Callable[[Credentials | None, str | None, list[str]], Any]
+# Builds the key provider that unseals with this run's credentials, for the one pinned KMS key
+# ARN the bundle's header was checked against (the image policy chose it, not the host).
+KeyProviderFactory = Callable[[Credentials | None, str, ImagePolicy], Any]
 Unseal = Callable[..., Manifest]
 
 
@@ -163,23 +175,16 @@ class Job:
 
 
 def attested_kms_key_provider_factory(config: RuntimeConfig, nsm: Any) -> KeyProviderFactory:
-    """Production: KMS Decrypt with an attestation document, through the in-enclave bridge."""
+    """Production: KMS Decrypt with an attestation document, through the in-enclave bridge.
 
-    def build(credentials: Credentials | None, region: str | None, key_arns: list[str]) -> Any:
+    The key ARN and the region are the image policy's; the host only lends its credentials.
+    """
+
+    def build(credentials: Credentials | None, key_arn: str, policy: ImagePolicy) -> Any:
         import boto3
 
         from enclave.keyprovider import AttestedKmsMasterKeyProvider
 
-        if not key_arns:
-            raise _RunFailure("the bundle was not sealed under a KMS key; seal it with "
-                              "envelope_encryptor.py and the third party's enclave key")
-        if region is None:  # the key's own region
-            region = key_arns[0].split(":")[3]
-        in_region = [arn for arn in key_arns if arn.split(":")[3] == region]
-        if not in_region:
-            raise _RunFailure(f"the bundle's KMS key(s) are not in region {region}; "
-                              "run with the key's region")
-        key_arn = in_region[0]
         if credentials is None:
             raise _RunFailure(
                 "the run request carries no AWS credentials; the enclave has no other source. "
@@ -189,15 +194,23 @@ def attested_kms_key_provider_factory(config: RuntimeConfig, nsm: Any) -> KeyPro
             aws_access_key_id=credentials.access_key_id,
             aws_secret_access_key=credentials.secret_access_key,
             aws_session_token=credentials.session_token,
-            region_name=region,
-        ).client("kms", endpoint_url=config.kms_endpoint_for(region))
-        return AttestedKmsMasterKeyProvider(key_arn, kms, nsm)
+            region_name=policy.region,
+        ).client("kms", endpoint_url=config.kms_endpoint_for(policy.region))
+        return AttestedKmsMasterKeyProvider(key_arn, kms, nsm,
+                                            context_guard=policy.check_context)
 
     return build
 
 
-def bundle_kms_key_arns(stream: BinaryIO, name: str) -> list[str]:
-    """The KMS key ARNs a sealed bundle's header names, read without decrypting anything."""
+@dataclass(frozen=True)
+class BundleHeader:
+    """What a sealed bundle's header says, read without decrypting anything."""
+
+    data_keys: tuple[tuple[str, str], ...]  # (provider id, key info) of each encrypted data key
+    encryption_context: dict[str, str]
+
+
+def read_bundle_header(stream: BinaryIO, name: str) -> BundleHeader:
     from aws_encryption_sdk.internal.formatting.deserialize import deserialize_header
 
     try:
@@ -207,12 +220,23 @@ def bundle_kms_key_arns(stream: BinaryIO, name: str) -> list[str]:
             f"unsealing {name!r} failed: it is not a sealed bundle ({exc.__class__.__name__}); "
             "upload the .sealed file the pipeline produced"
         ) from exc
-    arns = []
+    keys = []
     for key in header.encrypted_data_keys:
-        if key.key_provider.provider_id == "aws-kms":
-            info = key.key_provider.key_info
-            arns.append(info.decode("utf-8", "replace") if isinstance(info, bytes) else str(info))
-    return arns
+        info = key.key_provider.key_info
+        keys.append((_text(key.key_provider.provider_id),
+                     _text(info)))
+    return BundleHeader(tuple(keys), {_text(k): _text(v)
+                                      for k, v in header.encryption_context.items()})
+
+
+def bundle_kms_key_arns(stream: BinaryIO, name: str) -> list[str]:
+    """The KMS key ARNs a sealed bundle's header names, read without decrypting anything."""
+    header = read_bundle_header(stream, name)
+    return [info for provider, info in header.data_keys if provider == KMS_PROVIDER_ID]
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
 def _default_unseal(src: BinaryIO, target: Path, **kwargs: Any) -> Manifest:
@@ -257,25 +281,34 @@ class Runner:
         *,
         key_provider_factory: KeyProviderFactory,
         unseal: Unseal = _default_unseal,
-        app_path: str | None = None,
     ) -> None:
         self.config = config
         self.exchange = exchange
         self.events = events
+        self.policy = config.image_policy
         self._key_provider_factory = key_provider_factory
         self._unseal = unseal
-        # The interpreter running the runtime comes first, so `python3` in a manifest means the
-        # image's Python (and, in simulation, the project's virtualenv with its packages).
-        self._app_path = app_path or os.pathsep.join(
-            [os.path.dirname(sys.executable), "/usr/local/bin", "/usr/bin", "/bin"]
-        )
+        self._app_path = config.app_path
         self._jobs: dict[str, Job] = {}
         self._lock = threading.Lock()
         # concurrent_runs as last seen in each bundle's manifest, keyed by inbox path.
         self._known_limits: dict[str, int] = {}
+        self.isolated = isolation_available()
+        self._users = (UserPool(config.app_uid_base, config.max_active_runs)
+                       if self.isolated else None)
         private_root = Path(config.private_root)
         private_root.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.chmod(private_root, 0o700)
+        # Run users may pass through (to their own 0700 directory) but not list it.
+        os.chmod(private_root, 0o711 if self.isolated else 0o700)
+        if self.isolated:
+            os.chmod(exchange.root, 0o700)  # apps get copies of their inputs, never the areas
+        else:
+            events.add("isolation: the runtime is not root, so applications run as its own user "
+                       "(no per-run user, no kill of escaped processes); run as root for both")
+        if self.policy is None:
+            events.add("no image policy: every run is refused")
+        else:
+            events.add(f"image policy: {self.policy.describe()}")
         # Plaintext left by a runtime that died mid-run (on a host, not in RAM) goes first.
         for stale in private_root.glob("run-*"):
             if not _wipe(stale):
@@ -353,18 +386,28 @@ class Runner:
         request = box.pop()
         outcome, error = FAILED, None
         private: Path | None = None
+        user: AppUser | None = None
         try:
+            if self._users is not None:
+                user = self._users.acquire()
+                if user is None:  # more runs than users: submit() keeps this from happening
+                    raise _RunFailure("no free application user; retry when a run has ended")
             private = Path(tempfile.mkdtemp(prefix="run-", dir=self.config.private_root))
             job.private_dir = private
             app_dir = private / "app"
             app_dir.mkdir(mode=0o700)
             manifest = self._unseal_into(job, request, app_dir)
             del request  # the credentials are not needed past this point
-            argv = self._prepare(job, manifest)
+            argv = self._prepare(job, manifest, private)
+            if user is not None:
+                chown_tree(private, user)
             self._claim_slot(job, manifest)
-            before = self.exchange.files(OUTBOX)
-            outcome = self._launch(job, manifest, argv, app_dir, private)
-            job.output_digests = self._output_digests(before)
+            try:
+                outcome = self._launch(job, manifest, argv, app_dir, private, user)
+            finally:
+                if user is not None and not kill_user(user.uid):
+                    self.events.add(f"run {job.id}: processes of its user survived the kill")
+            self._publish_outputs(job, manifest, private / "out", user)
             error = {
                 FAILED: f"the application exited with status {job.exit_code}",
                 TIMED_OUT: f"time limit of {manifest.time_limit_seconds}s reached; "
@@ -383,7 +426,11 @@ class Runner:
                      "see `logs` and retry")
             self.events.add(f"run {job.id}: internal error {exc.__class__.__name__}")
         finally:
+            if user is not None:
+                kill_user(user.uid)  # before the wipe: nothing of the run may write any more
             wiped = _wipe(private) if private is not None else True
+            if user is not None and self._users is not None:
+                self._users.release(user)
             if not wiped:
                 self.events.add(f"run {job.id}: could not remove its private directory")
                 error = (error + "; " if error else "") + "private directory not fully removed"
@@ -397,18 +444,25 @@ class Runner:
                             + (f" (exit {job.exit_code})" if job.exit_code is not None else ""))
 
     def _unseal_into(self, job: Job, request: RunRequest, app_dir: Path) -> Manifest:
+        if self.policy is None:
+            raise _RunFailure("this runtime was started without an image policy and runs "
+                              "nothing; the image build writes /opt/enclave/policy.json")
         with self.exchange.open_read(INBOX, request.bundle) as raw:
-            key_arns = bundle_kms_key_arns(raw, request.bundle)
+            # The image's policy decides from the header alone, before any KMS request. The same
+            # open file is then decrypted (an upload never rewrites a file in place, it replaces
+            # it), and the key provider checks the context again just before KMS.
+            header = read_bundle_header(raw, request.bundle)
+            try:
+                key_arn = self.policy.check_header(header.data_keys, header.encryption_context)
+            except BundleRefused as exc:
+                self.events.add(f"run {job.id}: bundle refused by the image policy")
+                raise _RunFailure(f"bundle {request.bundle!r} refused: {exc}") from exc
             raw.seek(0)
-            key_provider = self._key_provider_factory(
-                request.credentials, request.region or self.config.default_region, key_arns
-            )
+            key_provider = self._key_provider_factory(request.credentials, key_arn, self.policy)
             reader = _BundleReader(raw, job.cancel_requested)
             try:
-                manifest = self._unseal(
-                    reader, app_dir, key_provider=key_provider,
-                    expected_app_id=request.expected_app_id,
-                )
+                manifest = self._unseal(reader, app_dir, key_provider=key_provider,
+                                        expected_app_id=header.encryption_context.get("app_id"))
             except _Cancelled:
                 raise
             except Exception as exc:
@@ -422,21 +476,58 @@ class Runner:
             raise _Cancelled()
         return manifest
 
-    def _prepare(self, job: Job, manifest: Manifest) -> builtins.list[str]:
+    def _prepare(self, job: Job, manifest: Manifest, private: Path) -> builtins.list[str]:
+        """Snapshot the inputs, lay out the outputs; return the argv (inputs and outputs mapped).
+
+        The app reads a private copy of each input made while hashing it, so the receipt names
+        exactly the bytes it read, whatever the host does to the inbox meanwhile; it writes its
+        outputs privately, and only what it wrote is published to the outbox after the run.
+        """
         entry = manifest.entrypoint(job.entrypoint)
-        inbox_root = self.exchange.area_root(INBOX)
-        outbox_root = self.exchange.area_root(OUTBOX)
-        tail = manifest.resolve_arguments(job.entrypoint, list(job.args), inbox_root, outbox_root)
+        inputs, outputs = private / "in", private / "out"
+        inputs.mkdir(mode=0o700)
+        outputs.mkdir(mode=0o700)
+        tail = manifest.resolve_arguments(job.entrypoint, list(job.args), inputs, outputs)
         for spec, value in zip(entry.args, job.args, strict=False):
             if spec.kind == "input":
-                # Opened the confined way: no link on the path, a single-link regular file.
                 try:
-                    job.input_digests[value] = self.exchange.sha256(INBOX, value)
+                    job.input_digests[value] = self._snapshot_input(value, inputs)
                 except ExchangeError as exc:
                     raise _RunFailure(f"input {spec.name!r}: {exc.message}") from exc
             elif spec.kind == "output":
-                self._make_parents(value)
+                (outputs / value).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         return [*entry.command, *tail]
+
+    def _snapshot_input(self, relative: str, inputs: Path) -> str:
+        target = inputs / relative
+        target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        digest = hashlib.sha256()
+        # Opened the confined way: no link on the path, a single-link regular file.
+        with self.exchange.open_read(INBOX, relative) as source, open(target, "xb") as copy:
+            while chunk := source.read(_COPY_CHUNK):
+                digest.update(chunk)
+                copy.write(chunk)
+        os.chmod(target, 0o400)
+        return digest.hexdigest()
+
+    def _publish_outputs(self, job: Job, manifest: Manifest, outputs: Path,
+                         user: AppUser | None) -> None:
+        """Move what the app wrote at its declared outputs into the outbox, hashing each file."""
+        entry = manifest.entrypoint(job.entrypoint)
+        for spec, value in zip(entry.args, job.args, strict=False):
+            if spec.kind != "output":
+                continue
+            for relative, fd in _written_files(outputs, value, user):
+                with os.fdopen(fd, "rb", buffering=0) as f:
+                    try:
+                        self._make_parents(relative)
+                        result = self.exchange.upload(OUTBOX, relative, f,
+                                                      os.fstat(f.fileno()).st_size)
+                    except ExchangeError as exc:
+                        self.events.add(f"run {job.id}: output {relative!r} not published: "
+                                        f"{exc.message}")
+                        continue
+                job.output_digests[result.path] = result.sha256
 
     def _make_parents(self, relative: str) -> None:
         parts = relative.split("/")[:-1]
@@ -462,10 +553,12 @@ class Runner:
             job.state = RUNNING
 
     def _launch(self, job: Job, manifest: Manifest, argv: builtins.list[str], app_dir: Path,
-                private: Path) -> str:
+                private: Path, user: AppUser | None) -> str:
         home, tmp = private / "home", private / "tmp"
-        home.mkdir(mode=0o700)
-        tmp.mkdir(mode=0o700)
+        for directory in (home, tmp):
+            directory.mkdir(mode=0o700)
+            if user is not None:
+                os.chown(directory, user.uid, user.gid)
         env = {
             "PATH": self._app_path,
             "HOME": str(home),
@@ -476,13 +569,28 @@ class Runner:
             "PYTHONNOUSERSITE": "1",
             "PYTHONUNBUFFERED": "1",
         }
+        program = shutil.which(argv[0], path=self._app_path) if "/" not in argv[0] else argv[0]
+        if program is None:
+            raise _RunFailure(
+                f"entrypoint {job.entrypoint!r} could not be started: {argv[0]!r} is not in the "
+                "image; the bundle's manifest names a command the image does not have"
+            )
+        # The starter runs as the app's user, so it is the image's own interpreter, never the
+        # runtime's (which that user need not be able to reach).
+        starter = shutil.which("python3", path=self._app_path)
+        if starter is None:
+            raise _RunFailure(f"no python3 on the application PATH {self._app_path}: the image "
+                              "lacks its interpreter")
         policy = manifest.output
         capture_out = _Capture(policy.max_bytes) if policy.stdout else None
         capture_err = _Capture(policy.max_bytes) if policy.stderr else None
         self.events.add(f"run {job.id}: starting entrypoint {job.entrypoint!r}")
+        identity: dict[str, Any] = {}
+        if user is not None:
+            identity = {"user": user.uid, "group": user.gid, "extra_groups": []}
         try:
             process = subprocess.Popen(
-                argv,
+                [starter, "-I", "-S", "-c", APPEXEC_SOURCE, *argv],
                 cwd=app_dir,
                 env=env,
                 stdin=subprocess.DEVNULL,
@@ -490,11 +598,11 @@ class Runner:
                 stderr=subprocess.PIPE if capture_err else subprocess.DEVNULL,
                 start_new_session=True,  # its own process group, killed as a whole
                 close_fds=True,
+                **identity,
             )
         except OSError as exc:
             raise _RunFailure(
-                f"entrypoint {job.entrypoint!r} could not be started: {exc.strerror or exc}; "
-                "the bundle's manifest names a command the image does not have"
+                f"entrypoint {job.entrypoint!r} could not be started: {exc.strerror or exc}"
             ) from exc
         readers = []
         if capture_out:
@@ -516,6 +624,8 @@ class Runner:
         finally:
             # Always, also after a clean exit: nothing the app started outlives the run.
             _kill_group(process.pid)
+            if user is not None:
+                kill_user(user.uid)
             process.wait()
             for reader in readers:
                 reader.join(timeout=5)
@@ -528,17 +638,6 @@ class Runner:
         if capture_err:
             job.stderr = _withhold_source_lines(capture_err.text(), app_dir)
         return outcome
-
-    def _output_digests(self, before: dict[str, tuple[int, int, int]]) -> dict[str, str]:
-        digests = {}
-        for relative, meta in self.exchange.files(OUTBOX).items():
-            if before.get(relative) == meta:
-                continue
-            try:
-                digests[relative] = self.exchange.sha256(OUTBOX, relative)
-            except ExchangeError:
-                continue  # not a single-link regular file: the host cannot read it either
-        return digests
 
     def _prune(self) -> None:
         excess = len(self._jobs) - self.config.max_kept_runs
@@ -620,6 +719,61 @@ def _file_lines(root: Path) -> set[str]:
                 if len(stripped) >= _SOURCE_LINE_MIN_CHARS:
                     lines.add(stripped)
     return lines
+
+
+def _written_files(outputs: Path, relative: str, user: AppUser | None
+                   ) -> Iterator[tuple[str, int]]:
+    """(outbox path, open descriptor) of each regular file the app left at an output path.
+
+    Walked without following links: a link, a device or a file with several links (which could
+    name a file the app may not read) is skipped, as is a file the run's user does not own.
+    The caller owns each descriptor it receives.
+    """
+    parts = relative.split("/")
+    try:
+        fd = os.open(outputs, _DIR_FLAGS)
+    except OSError:
+        return
+    try:
+        for part in parts[:-1]:
+            child = os.open(part, _DIR_FLAGS, dir_fd=fd)
+            os.close(fd)
+            fd = child
+        yield from _files_at(fd, parts[-1], relative, user, [MAX_OUTPUT_FILES])
+    except OSError:
+        return
+    finally:
+        os.close(fd)
+
+
+def _files_at(dir_fd: int, name: str, relative: str, user: AppUser | None,
+              budget: builtins.list[int]) -> Iterator[tuple[str, int]]:
+    try:
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except OSError:
+        return
+    if user is not None and st.st_uid != user.uid:
+        return
+    if stat.S_ISREG(st.st_mode) and st.st_nlink == 1 and budget[0] > 0:
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+        except OSError:
+            return
+        if (os.fstat(fd).st_ino, os.fstat(fd).st_dev) != (st.st_ino, st.st_dev):
+            os.close(fd)
+            return
+        budget[0] -= 1
+        yield relative, fd
+    elif stat.S_ISDIR(st.st_mode):
+        try:
+            sub = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+        except OSError:
+            return
+        try:
+            for child in sorted(os.listdir(sub)):
+                yield from _files_at(sub, child, f"{relative}/{child}", user, budget)
+        finally:
+            os.close(sub)
 
 
 def _kill_group(pgid: int) -> None:

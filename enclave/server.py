@@ -33,7 +33,8 @@ from urllib.parse import parse_qsl, unquote
 from enclave.config import RuntimeConfig
 from enclave.events import EventLog
 from enclave.exchange import AREAS, INBOX, ExchangeArea, ExchangeError, split_relative
-from enclave.receipt import receipt_user_data
+from enclave.isolation import isolation_mode
+from enclave.receipt import HOST_USER_DATA_MAX_BYTES, host_user_data, receipt_user_data
 from enclave.runner import (
     TERMINAL_STATES,
     Credentials,
@@ -45,14 +46,11 @@ from enclave.runner import (
 )
 
 NONCE_MAX_BYTES = 512
-USER_DATA_MAX_BYTES = 512
 MAX_RUN_ARGS = 32
 MAX_ARG_CHARS = 4096
 DRAIN_LIMIT = 1024 * 1024  # unread bodies up to this size are discarded before an error answer
 _ENTRYPOINT = re.compile(r"[A-Za-z0-9_-]{1,64}")
-_REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-[0-9]{1,2}")
 _RUN_ID = re.compile(r"[0-9a-f]{16}")
-_APP_ID = re.compile(r"[a-z0-9-]{1,63}")
 
 
 class ApiError(Exception):
@@ -503,7 +501,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def _health(self, params: dict, query: dict) -> None:
         self._only_query(query, set())
         self._no_body()
-        self._send_json(200, {"status": "ok", "version": self.server.config.version})
+        runner = self.server.runner
+        policy = runner.policy
+        self._send_json(200, {
+            "status": "ok", "version": self.server.config.version,
+            "isolation": isolation_mode(),
+            "image_policy": policy.to_json() if policy is not None else None,
+        })
 
     def _area(self, params: dict) -> tuple[str, str]:
         area = params["area"]
@@ -599,8 +603,6 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             "entrypoint": (str, True),
             "args": (list, False),
             "credentials": (dict, False),
-            "region": (str, False),
-            "expected_app_id": (str, False),
         })
         split_relative(body["bundle"])
         if not _ENTRYPOINT.fullmatch(body["entrypoint"]):
@@ -611,20 +613,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 isinstance(a, str) and len(a) <= MAX_ARG_CHARS for a in args):
             raise ApiError(400, "bad_field", f"args must be a list of at most {MAX_RUN_ARGS} "
                                              f"strings of at most {MAX_ARG_CHARS} characters")
-        region = body["region"]
-        if region is not None and not _REGION.fullmatch(region):
-            raise ApiError(400, "bad_field", f"region {region!r} is not an AWS region name "
-                                             "like us-east-1")
-        app_id = body["expected_app_id"]
-        if app_id is not None and not _APP_ID.fullmatch(app_id):
-            raise ApiError(400, "bad_field", "expected_app_id must be a lowercase app id")
         request = RunRequest(
             bundle="/".join(split_relative(body["bundle"])),
             entrypoint=body["entrypoint"],
             args=tuple(args),
             credentials=_credentials(body["credentials"]),
-            region=region,
-            expected_app_id=app_id,
         )
         job = self.server.runner.submit(request)
         self._send_json(202, {"id": job.id, "state": job.state})
@@ -673,7 +666,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         nonce = _hex_field(body["nonce"], "nonce", NONCE_MAX_BYTES)
         user_data = None
         if body["user_data"] is not None:
-            user_data = _hex_field(body["user_data"], "user_data", USER_DATA_MAX_BYTES)
+            # Tagged as the host's, so it can never equal a run receipt's binding.
+            user_data = host_user_data(
+                _hex_field(body["user_data"], "user_data", HOST_USER_DATA_MAX_BYTES))
         self._send_json(200, {"document": self._attest(nonce=nonce, user_data=user_data)})
 
     def _attest(self, *, nonce: bytes, user_data: bytes | None) -> str:

@@ -37,3 +37,20 @@ def fixtures_dir() -> Path:
     if not FIXTURES.is_dir():
         pytest.fail(f"reference fixtures missing: expected {FIXTURES}")
     return FIXTURES
+
+
+@pytest.fixture(scope="session")
+def synthesized_cdk_out(tmp_path_factory) -> Path:
+    """Both stacks synthesized once per session (in-process), as `make synth` writes them."""
+    import aws_cdk as cdk
+
+    from app import build_app
+
+    outdir = tmp_path_factory.mktemp("cdk.out")
+    build_app(cdk.App(context=cdk_json_context(), outdir=str(outdir))).synth()
+    return outdir
+
+
+@pytest.fixture(scope="session")
+def third_party_template_path(synthesized_cdk_out: Path) -> Path:
+    return synthesized_cdk_out / "ThirdPartyStack.template.json"

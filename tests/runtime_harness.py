@@ -1,8 +1,10 @@
 """The real enclave runtime server on a real Unix socket, in a thread, with fake NSM and key.
 
-Shared by the runtime's tests. The key provider is a raw AES key (aws_encryption_sdk's
-RawMasterKeyProvider), standing in for attested KMS, so bundles are sealed and unsealed with the
-project's own sealing code and the real ESDK message format.
+Shared by the runtime's tests. The key provider stands in for attested KMS with data keys shaped
+exactly like KMS's (`aws-kms`, the key ARN: tests/fake_kms_key.py), so bundles are sealed and
+unsealed with the project's own sealing code and the real ESDK message format, and the image
+policy (pinning that ARN and the test app ids) is the production one. `StaticKeyProvider` is a
+raw AES key: a key of the host's own, which the image policy must refuse.
 """
 
 from __future__ import annotations
@@ -10,7 +12,9 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import shutil
 import socket
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -20,9 +24,15 @@ from typing import Any
 from aws_encryption_sdk.identifiers import EncryptionKeyType, WrappingAlgorithm
 from aws_encryption_sdk.internal.crypto.wrapping_keys import WrappingKey
 from aws_encryption_sdk.key_providers.raw import RawMasterKeyProvider
+from fake_kms_key import TEST_KEY_ARN, FakeKmsKeyProvider
 
 from enclave.config import RuntimeConfig
+from enclave.policy import ImagePolicy
 from enclave.server import RuntimeServer, make_server
+
+TEST_APP_IDS = ("test-app", "sample-inference")
+TEST_POLICY = ImagePolicy(region="us-east-1", kms_key_arns=(TEST_KEY_ARN,), app_ids=TEST_APP_IDS)
+TEST_POLICY_BYTES = TEST_POLICY.canonical_bytes()
 
 
 class StaticKeyProvider(RawMasterKeyProvider):
@@ -71,7 +81,7 @@ class Runtime:
     server: RuntimeServer
     config: RuntimeConfig
     nsm: FakeNsm
-    key_provider: StaticKeyProvider
+    key_provider: FakeKmsKeyProvider
 
     @property
     def inbox(self) -> Path:
@@ -125,15 +135,31 @@ class Runtime:
         raise AssertionError(f"run {run_id} did not end within {timeout}s")
 
 
+def write_test_policy(path: Path, policy: ImagePolicy = TEST_POLICY) -> Path:
+    path.write_bytes(policy.canonical_bytes())
+    return path
+
+
+def traversable_dir(tmp_path: Path) -> Path:
+    """A directory every user may pass through: run users must reach their own private dirs,
+    which pytest's 0700 tmp_path would hide from them (in the enclave the roots are under /run).
+    """
+    base = Path(tempfile.mkdtemp(prefix="rt-", dir="/dev/shm" if os.path.isdir("/dev/shm")
+                                 else None))
+    os.chmod(base, 0o711)
+    (tmp_path / "rt-base").write_text(str(base))  # where it went, for a human reading tmp_path
+    return base
+
+
 def start_runtime(tmp_path: Path, **overrides: Any) -> Runtime:
-    base = tmp_path / "rt"
-    base.mkdir(exist_ok=True)
+    base = traversable_dir(tmp_path)
     settings: dict[str, Any] = {
         "exchange_root": base / "exchange",
         "private_root": base / "sealed",
         "header_timeout": 2.0,
         "io_timeout": 5.0,
         "max_connections": 8,
+        "image_policy": TEST_POLICY,
     }
     settings.update(overrides)
     config = RuntimeConfig(**settings)
@@ -142,9 +168,9 @@ def start_runtime(tmp_path: Path, **overrides: Any) -> Runtime:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.bind(socket_path)
     nsm = FakeNsm()
-    key_provider = StaticKeyProvider()
+    key_provider = FakeKmsKeyProvider()
     server = make_server(sock, config=config, nsm=nsm,
-                         key_provider_factory=lambda credentials, region, key_arns: key_provider)
+                         key_provider_factory=lambda credentials, key_arn, policy: key_provider)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
                               daemon=True)
     thread.start()
@@ -154,6 +180,7 @@ def start_runtime(tmp_path: Path, **overrides: Any) -> Runtime:
 def stop_runtime(runtime: Runtime) -> None:
     runtime.server.shutdown()
     runtime.server.server_close()
+    shutil.rmtree(runtime.config.exchange_root.parent, ignore_errors=True)
     try:
         os.unlink(runtime.socket_path)
     except FileNotFoundError:

@@ -16,6 +16,7 @@ import pytest
 from aws_cdk.assertions import Template
 from aws_encryption_sdk.key_providers.kms import StrictAwsKmsMasterKeyProvider
 from botocore.exceptions import ClientError
+from runtime_harness import TEST_POLICY_BYTES as POLICY
 
 from client.sim.measure import simulated_pcrs
 from client.sim.template import pseudo_parameters, resolve_intrinsics
@@ -67,7 +68,7 @@ def synthesized_key_policy(measurements: list[str]) -> dict:
 
 @pytest.fixture(scope="module")
 def allowed_pcrs() -> dict[int, bytes]:
-    return simulated_pcrs(PROJECT_ROOT)
+    return simulated_pcrs(PROJECT_ROOT, policy=POLICY)
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +85,7 @@ def other_pcrs(tmp_path_factory) -> dict[int, bytes]:
                     target.write_bytes(path.read_bytes())
     (root / "containers").mkdir(exist_ok=True)
     (root / "containers" / "extra-package.txt").write_text("something the owner did not build\n")
-    return simulated_pcrs(root)
+    return simulated_pcrs(root, policy=POLICY)
 
 
 @pytest.fixture(scope="module")

@@ -122,11 +122,12 @@ def test_run_request_carries_credentials_and_args(client, runtime):
     (runtime.root / "inbox" / "app.sealed").write_bytes(b"sealed")
     creds = {"access_key_id": "AKIA", "secret_access_key": "s", "session_token": "t"}
     started = client.start_run(bundle="app.sealed", entrypoint="predict", args=["a", "b"],
-                               credentials=creds, region="us-east-1")
+                               credentials=creds)
     assert started["state"] == "unsealing"
     sent = runtime.run_requests[-1]
     assert sent["args"] == ["a", "b"] and sent["credentials"] == creds
-    assert sent["region"] == "us-east-1"
+    # The host names no key, region or app id: the image decides what it unseals.
+    assert set(sent) == {"bundle", "entrypoint", "args", "credentials"}
     assert client.get_run(started["id"])["state"] == "succeeded"
 
 
@@ -213,7 +214,7 @@ def test_request_on_fresh_connection_is_never_resent(tmp_path):
     seen = _one_shot_server(path, [None, OK_HEALTH])
     c = RuntimeClient(UnixAddress(path), timeout=2)
     with pytest.raises(EnclaveError):
-        c.start_run(bundle="b", entrypoint="e", args=[], credentials=None, region=None)
+        c.start_run(bundle="b", entrypoint="e", args=[], credentials=None)
     assert len(seen) == 1  # a run request that may have been acted on is not sent twice
 
 

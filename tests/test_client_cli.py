@@ -202,7 +202,7 @@ def test_run_sends_host_credentials_and_exits_with_app_code(runtime, capsys):
     assert request["credentials"] == {"access_key_id": "AKIAHOSTTEST",
                                       "secret_access_key": "host-secret",
                                       "session_token": "host-token"}
-    assert request["region"] == "eu-west-1"
+    assert "region" not in request and "expected_app_id" not in request
     captured = capsys.readouterr()
     assert "prediction: 0.93" in captured.out
     assert "running" in captured.err and "failed" in captured.err

@@ -74,14 +74,14 @@ def test_production_command_parses_as_vsock_serve() -> None:
 def test_simulation_runs_the_same_command_with_local_transport_and_paths() -> None:
     sim = simulation_argv(socket_path="/s/runtime.sock", exchange="/s/exchange",
                           private="/s/private", nsm_device="/s/nsm.sock",
-                          kms_endpoint="http://127.0.0.1:4000", region="eu-west-1",
+                          kms_endpoint="http://127.0.0.1:4000", policy="/s/image/policy.json",
                           python="/venv/bin/python")
     prod = production_argv()
     assert sim[1:4] == prod[1:4]  # -m enclave serve
-    # Same options in the same order; only the transport flag changes, plus a default region.
+    # Same options in the same order; only the transport flag changes.
     prod_options = [a for a in prod[4:] if a.startswith("--")]
     sim_options = [a for a in sim[4:] if a.startswith("--")]
-    assert sim_options == [o.replace("--vsock-port", "--unix") for o in prod_options] + ["--region"]
+    assert sim_options == [o.replace("--vsock-port", "--unix") for o in prod_options]
     args = build_parser().parse_args(sim[3:])
     assert (args.unix, args.vsock_port, args.private) == ("/s/runtime.sock", None, "/s/private")
 
@@ -89,11 +89,21 @@ def test_simulation_runs_the_same_command_with_local_transport_and_paths() -> No
 def test_client_simulation_starts_the_runtime_with_simulation_argv(tmp_path: Path) -> None:
     simulate = pytest.importorskip("client.commands.simulate")
     command = simulate.runtime_command(tmp_path / "rt.sock", tmp_path, tmp_path / "nsm.sock",
-                                       "http://127.0.0.1:4000", "us-east-1")
+                                       "http://127.0.0.1:4000", tmp_path / "policy.json")
     assert [str(a) for a in command] == simulation_argv(
         socket_path=tmp_path / "rt.sock", exchange=tmp_path / "exchange",
         private=tmp_path / "private", nsm_device=tmp_path / "nsm.sock",
-        kms_endpoint="http://127.0.0.1:4000", region="us-east-1", python=command[0])
+        kms_endpoint="http://127.0.0.1:4000", policy=tmp_path / "policy.json",
+        python=command[0])
+
+
+def test_production_command_requires_the_image_policy_the_image_carries() -> None:
+    """The image copies the build's policy file to where its CMD tells the runtime to read it."""
+    args = build_parser().parse_args(production_argv()[3:])
+    assert args.policy == "/opt/enclave/policy.json"
+    copies = [line.split() for line in DOCKERFILE.read_text().splitlines()
+              if line.startswith("COPY ")]
+    assert ["COPY", "containers/enclave-policy.json", "/opt/enclave/policy.json"] in copies
 
 
 def test_every_base_image_is_pinned_by_digest() -> None:

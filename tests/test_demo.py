@@ -4,18 +4,14 @@ import os
 import subprocess
 import sys
 
-import aws_cdk as cdk
 import pytest
 
-from app import build_app
-from tests.conftest import PROJECT_ROOT, cdk_json_context
+from tests.conftest import PROJECT_ROOT
 
 
 @pytest.fixture(scope="module")
-def third_party_template(tmp_path_factory):
-    outdir = tmp_path_factory.mktemp("cdk.out")
-    build_app(cdk.App(context=cdk_json_context(), outdir=str(outdir))).synth()
-    return outdir / "ThirdPartyStack.template.json"
+def third_party_template(third_party_template_path):
+    return third_party_template_path
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import cbor2
 import pytest
+from runtime_harness import TEST_POLICY_BYTES as POLICY
 
 from client.attestation import verify_attestation
 from client.errors import VerificationError
@@ -146,7 +147,7 @@ def start_nsm(tmp_path: Path, *, debug: bool = False) -> Iterator[tuple[NsmClien
     sock.bind(str(path))
     sock.listen(4)
     stop = threading.Event()
-    pcrs = simulated_pcrs(PROJECT_ROOT)
+    pcrs = simulated_pcrs(PROJECT_ROOT, policy=POLICY)
     STARTED_PCRS[str(path)] = pcrs
     thread = threading.Thread(target=serve_nsm, args=(sock,),
                               kwargs={"state_dir": state, "pcrs": pcrs, "debug": debug,
@@ -208,7 +209,7 @@ def test_debug_mode_zeroes_pcrs_and_is_rejected_by_default(sim_debug) -> None:
 
 def test_indefinite_length_payload_verifies(tmp_path: Path) -> None:
     pki = sim_pki.load_or_create(tmp_path)
-    document = build_attestation_document(pki, pcrs=simulated_pcrs(PROJECT_ROOT),
+    document = build_attestation_document(pki, pcrs=simulated_pcrs(PROJECT_ROOT, policy=POLICY),
                                           module_id="i-x-enc1", nonce=b"n", indefinite=True)
     assert cbor2.loads(document)[2][0] == 0xBF
     assert verify_attestation(document, root_pem=pki.root_pem, nonce=b"n").module_id == "i-x-enc1"
@@ -272,17 +273,17 @@ def write_tree(root: Path, files: dict[str, bytes]) -> None:
 
 def test_pcr0_changes_when_one_runtime_byte_changes(tmp_path: Path) -> None:
     write_tree(tmp_path, {"enclave/a.py": b"x = 1\n", "containers/Dockerfile": b"FROM x\n"})
-    before = simulated_pcrs(tmp_path)
+    before = simulated_pcrs(tmp_path, policy=POLICY)
     write_tree(tmp_path, {"enclave/a.py": b"x = 2\n"})
-    after = simulated_pcrs(tmp_path)
+    after = simulated_pcrs(tmp_path, policy=POLICY)
     assert before[0] != after[0] and before[2] != after[2] and before[1] == after[1]
 
 
 def test_pcr0_ignores_bytecode_caches(tmp_path: Path) -> None:
     write_tree(tmp_path, {"enclave/a.py": b"x = 1\n"})
-    before = simulated_pcrs(tmp_path)
+    before = simulated_pcrs(tmp_path, policy=POLICY)
     write_tree(tmp_path, {"enclave/__pycache__/a.cpython-311.pyc": b"junk"})
-    assert simulated_pcrs(tmp_path) == before
+    assert simulated_pcrs(tmp_path, policy=POLICY) == before
 
 
 def test_pcr2_is_the_documented_extend_chain(tmp_path: Path) -> None:
@@ -291,18 +292,43 @@ def test_pcr2_is_the_documented_extend_chain(tmp_path: Path) -> None:
 
     def record(name: str, content: bytes) -> bytes:
         return hashlib.sha384(name.encode() + b"\0" + hashlib.sha384(content).digest()).digest()
-    expected = extend(extend(bytes(48), record("containers/a", b"A")), record("enclave/b.py", b"B"))
-    assert simulated_pcrs(tmp_path)[2] == expected
+    expected = bytes(48)
+    for name, content in (("containers/a", b"A"), ("containers/enclave-policy.json", POLICY),
+                          ("enclave/b.py", b"B")):
+        expected = extend(expected, record(name, content))
+    assert simulated_pcrs(tmp_path, policy=POLICY)[2] == expected
+
+
+def test_pcr0_commits_to_the_image_policy(tmp_path: Path) -> None:
+    """The policy is in the image: pinning another key or app gives another measurement."""
+    from dataclasses import replace
+
+    from runtime_harness import TEST_POLICY
+
+    write_tree(tmp_path, {"enclave/a.py": b"x = 1\n"})
+    base = simulated_pcrs(tmp_path, policy=POLICY)
+    for changed in (replace(TEST_POLICY, app_ids=("test-app",)),
+                    replace(TEST_POLICY, minimum_app_version="2.0"),
+                    replace(TEST_POLICY, kms_key_arns=(
+                        "arn:aws:kms:us-east-1:111111111111:key/another",))):
+        assert simulated_pcrs(tmp_path, policy=changed.canonical_bytes())[0] != base[0]
+
+
+def test_a_policy_file_left_in_the_checkout_is_not_what_is_measured(tmp_path: Path) -> None:
+    write_tree(tmp_path, {"enclave/a.py": b"x = 1\n"})
+    before = simulated_pcrs(tmp_path, policy=POLICY)
+    write_tree(tmp_path, {"containers/enclave-policy.json": b'{"app_ids": ["evil"]}'})
+    assert simulated_pcrs(tmp_path, policy=POLICY) == before
 
 
 def test_image_sha384_is_pcr0_in_lowercase_hex(tmp_path: Path) -> None:
     write_tree(tmp_path, {"enclave/a.py": b"x"})
-    assert image_sha384(tmp_path) == simulated_pcrs(tmp_path)[0].hex()
+    assert image_sha384(tmp_path, policy=POLICY) == simulated_pcrs(tmp_path, policy=POLICY)[0].hex()
 
 
 def test_debug_measurement_is_all_zero(tmp_path: Path) -> None:
     write_tree(tmp_path, {"enclave/a.py": b"x"})
-    assert set(simulated_pcrs(tmp_path, debug=True).values()) == {bytes(48)}
+    assert set(simulated_pcrs(tmp_path, policy=POLICY, debug=True).values()) == {bytes(48)}
 
 
 def test_development_pki_is_created_once_and_reused(tmp_path: Path) -> None:
@@ -326,11 +352,13 @@ def test_module_entry_point_serves_on_its_socket(tmp_path: Path) -> None:
 
     from tests.sim_support import short_socket_dir
 
+    policy_file = tmp_path / "policy.json"
+    policy_file.write_bytes(POLICY)
     with short_socket_dir() as sockets:
         path = sockets / "nsm.sock"
         process = subprocess.Popen(
             [sys.executable, "-m", "client.sim.nsm", "--socket", str(path),
-             "--state", str(tmp_path / "state"), "--debug"],
+             "--state", str(tmp_path / "state"), "--debug", "--policy", str(policy_file)],
             cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL)
         try:
             deadline = time.monotonic() + 20

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from runtime_harness import Runtime, start_runtime, stop_runtime
+from runtime_harness import Runtime, start_runtime, stop_runtime, write_test_policy
 
 from enclave.server import ROUTES, match_route
 
@@ -350,7 +350,9 @@ def test_attestation_passes_the_hosts_nonce_to_the_nsm(rt: Runtime) -> None:
     status, body, _ = rt.request("POST", "/v1/attestation",
                                  {"nonce": "a1b2", "user_data": "0102"})
     assert status == 200
-    assert base64.b64decode(body["document"]) == b"DOC|\xa1\xb2|\x01\x02"
+    # The host's bytes go in behind their domain tag (enclave/receipt.py): never a receipt's.
+    tag = b"sealed-enclave/host-data/v1\x00"
+    assert base64.b64decode(body["document"]) == b"DOC|\xa1\xb2|" + tag + b"\x01\x02"
     assert rt.nsm.calls[-1]["nonce"] == b"\xa1\xb2"
 
 
@@ -405,7 +407,8 @@ def test_enclave_serve_command_serves_and_stops_cleanly(tmp_path: Path) -> None:
     sock = f"/tmp/serve-{os.getpid()}.sock"
     argv = simulation_argv(socket_path=sock, exchange=tmp_path / "exchange",
                            private=tmp_path / "private", nsm_device=tmp_path / "no-nsm.sock",
-                           kms_endpoint="http://127.0.0.1:9", region="us-east-1",
+                           kms_endpoint="http://127.0.0.1:9",
+                           policy=write_test_policy(tmp_path / "policy.json"),
                            python=sys.executable)
     process = subprocess.Popen(argv, cwd=Path(__file__).resolve().parent.parent,
                                stderr=subprocess.PIPE)
@@ -419,7 +422,9 @@ def test_enclave_serve_command_serves_and_stops_cleanly(tmp_path: Path) -> None:
             s.sendall(b"GET /v1/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
             assert s.recv(65536).startswith(b"HTTP/1.1 200")
         assert oct(os.stat(sock).st_mode & 0o777) == "0o600"
-        assert oct(os.stat(tmp_path / "private").st_mode & 0o777) == "0o700"
+        # Run users pass through the private root to their own 0700 directories (root only).
+        expected = "0o711" if os.geteuid() == 0 else "0o700"
+        assert oct(os.stat(tmp_path / "private").st_mode & 0o777) == expected
     finally:
         process.send_signal(signal.SIGTERM)
         code = process.wait(timeout=20)
@@ -433,7 +438,27 @@ def test_enclave_serve_refuses_a_private_root_inside_the_exchange(tmp_path: Path
 
     result = subprocess.run(
         [sys.executable, "-m", "enclave", "serve", "--unix", str(tmp_path / "s.sock"),
-         "--exchange", str(tmp_path / "ex"), "--private", str(tmp_path / "ex" / "inbox" / "p")],
+         "--exchange", str(tmp_path / "ex"), "--private", str(tmp_path / "ex" / "inbox" / "p"),
+         "--policy", str(write_test_policy(tmp_path / "policy.json"))],
         cwd=Path(__file__).resolve().parent.parent, capture_output=True, text=True, timeout=30)
     assert result.returncode == 2
     assert "overlap" in result.stderr
+
+
+@pytest.mark.parametrize("policy", [None, "not json", '{"format": 1}'])
+def test_enclave_serve_refuses_to_start_without_a_valid_image_policy(tmp_path: Path,
+                                                                     policy: str | None) -> None:
+    import subprocess
+    import sys
+
+    path = tmp_path / "policy.json"
+    if policy is not None:
+        path.write_text(policy)
+    result = subprocess.run(
+        [sys.executable, "-m", "enclave", "serve", "--unix", str(tmp_path / "s.sock"),
+         "--exchange", str(tmp_path / "ex"), "--private", str(tmp_path / "p"),
+         "--policy", str(path)],
+        cwd=Path(__file__).resolve().parent.parent, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    assert "image policy" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "s.sock").exists()

@@ -14,6 +14,7 @@ import pytest
 from botocore.exceptions import ClientError
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from runtime_harness import TEST_POLICY_BYTES as POLICY
 
 from client.sim import pki as sim_pki
 from client.sim.kms import envelope_for_recipient
@@ -32,7 +33,7 @@ from tests.sim_support import (
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 IMAGE = "kms:RecipientAttestation:ImageSha384"
 # measured once: the tree may change while the suite runs, and policy and document must agree
-PCRS = simulated_pcrs(PROJECT_ROOT)
+PCRS = simulated_pcrs(PROJECT_ROOT, policy=POLICY)
 
 
 @pytest.fixture

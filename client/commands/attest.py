@@ -4,6 +4,10 @@ A new 32-byte nonce goes with every request, so a recorded document cannot be re
 expected measurement comes from the command line, the measurements JSON that the image build
 wrote next to the EIF, the enclave this client last started, or the simulation state. With no
 expectation at all the command fails: a signature alone says nothing about what runs.
+
+The trusted root is the pinned AWS Nitro root, unless the user names another (`--root PEM`) or
+says the target is the local simulation (`--simulation`, which trusts its development root). It
+never falls back to the development root by itself, e.g. because no enclave was found.
 """
 
 from __future__ import annotations
@@ -16,10 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from client import hoststate
-from client.attestation import verify_attestation
-from client.errors import UsageError, VerificationError
+from client.attestation import SHA384_BYTES, verify_attestation
+from client.errors import NotFoundError, UsageError, VerificationError
 from client.output import emit
 from client.target import resolve_target
+from enclave.receipt import HOST_USER_DATA_MAX_BYTES, host_user_data
 
 NONCE_BYTES = 32
 PCR_KEY = re.compile(r"^PCR(\d{1,2})$")
@@ -40,9 +45,13 @@ def register(subparsers: argparse._SubParsersAction,
     parser.add_argument("--eif", type=Path, metavar="PATH",
                         help="use the measurements JSON next to this EIF")
     parser.add_argument("--root", type=Path, metavar="PEM",
-                        help="trust this root instead of the pinned AWS Nitro root "
-                             "(the simulation's development root is used automatically)")
-    parser.add_argument("--user-data", metavar="HEX", help="user data to bind into the document")
+                        help="trust this root instead of the pinned AWS Nitro root")
+    parser.add_argument("--simulation", action="store_true",
+                        help="the target is the local simulation: trust its development root "
+                             "(a document signed by it proves nothing on a real host)")
+    parser.add_argument("--user-data", metavar="HEX",
+                        help="bytes (hex) to have the enclave bind into the document, behind "
+                             "its host-data tag")
     parser.add_argument("--allow-debug", action="store_true",
                         help="accept a debug-mode enclave (development only: proves nothing)")
     parser.add_argument("--save", type=Path, metavar="FILE",
@@ -50,12 +59,17 @@ def register(subparsers: argparse._SubParsersAction,
     parser.set_defaults(func=attest_command)
 
 
-def parse_hex(value: str, what: str) -> bytes:
+def parse_hex(value: str, what: str, *, pcr: bool = True) -> bytes:
+    text = value.strip().lower().removeprefix("0x")
     try:
-        raw = bytes.fromhex(value.strip().lower().removeprefix("0x"))
+        raw = bytes.fromhex(text)
     except ValueError as exc:
-        raise UsageError(f"{what} {value!r} is not hex; give the value as printed by "
-                         "`nitro-cli describe-eif` or the measurements JSON") from exc
+        hint = ("give the value as printed by `nitro-cli describe-eif` or the measurements JSON"
+                if pcr else "give an even number of hex digits, e.g. 01ab")
+        raise UsageError(f"{what} {value!r} is not hex; {hint}") from exc
+    if pcr and len(raw) != SHA384_BYTES:
+        raise UsageError(f"{what} has {len(text)} hex digits; a PCR (SHA-384) has "
+                         f"{2 * SHA384_BYTES}, as printed by `nitro-cli describe-eif`")
     return raw
 
 
@@ -118,15 +132,23 @@ def _load_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text())
     except FileNotFoundError as exc:
-        raise UsageError(f"measurements file {path} does not exist") from exc
+        raise NotFoundError(f"measurements file {path} does not exist; pass the JSON "
+                            "`nitro-cli build-enclave` wrote (the pipeline uploads it beside "
+                            "the EIF)") from exc
     except ValueError as exc:
         raise UsageError(f"measurements file {path} is not JSON ({exc})") from exc
 
 
 def trusted_root(args: argparse.Namespace, simulation: dict[str, Any] | None) -> bytes | None:
-    """PEM of the root to trust; None means the pinned AWS Nitro root."""
+    """PEM of the root to trust; None means the pinned AWS Nitro root.
+
+    The simulation's development root only when the user asked for it by name (`--simulation`).
+    """
     path = args.root
-    if path is None and simulation is not None:
+    if path is None and args.simulation:
+        if simulation is None:
+            raise UsageError("--simulation given, but the target is not the local simulation; "
+                             "start it with `python -m client simulate up`")
         path = Path(simulation["dev_root"])
     if path is None:
         return None
@@ -140,15 +162,25 @@ def attest_command(args: argparse.Namespace) -> int:
     target = resolve_target(args)
     expected, expectation_source = expected_pcrs(args, target.simulation)
     root_pem = trusted_root(args, target.simulation)
-    user_data = parse_hex(args.user_data, "--user-data") if args.user_data else None
+    user_data = parse_hex(args.user_data, "--user-data", pcr=False) if args.user_data else None
+    if user_data is not None and not 1 <= len(user_data) <= HOST_USER_DATA_MAX_BYTES:
+        raise UsageError(f"--user-data must be 1 to {HOST_USER_DATA_MAX_BYTES} bytes")
     nonce = secrets.token_bytes(NONCE_BYTES)
     with target.client(timeout=args.timeout) as client:
         document = client.attestation(nonce, user_data)
     if args.save:
         args.save.write_bytes(document)
-    result = verify_attestation(document, expected_pcrs=expected, nonce=nonce,
-                                root_pem=root_pem, allow_debug=args.allow_debug)
-    if user_data is not None and result.user_data != user_data:
+    try:
+        result = verify_attestation(document, expected_pcrs=expected, nonce=nonce,
+                                    root_pem=root_pem, allow_debug=args.allow_debug)
+    except VerificationError as exc:
+        if root_pem is None and target.simulation is not None:
+            raise VerificationError(
+                "the document does not chain to the pinned AWS Nitro root: the target is the "
+                "local simulation, whose development root attest trusts only when told; pass "
+                "--simulation (never on a real host)") from exc
+        raise
+    if user_data is not None and result.user_data != host_user_data(user_data):
         raise VerificationError("the document does not carry the user data sent with the request")
     if root_pem is None:
         root_name = "the pinned AWS Nitro root"

@@ -3,7 +3,8 @@
 The runbook's flags are kept: `-f` names the sealed bundle (in the inbox), `-s` the entrypoint
 its manifest declares, `-a` the arguments as one shell-quoted string. Arguments after `--` are
 appended verbatim. The host's AWS credentials travel with the request because the runtime needs
-them for the attested KMS Decrypt; the key policy, not the host, decides whether it succeeds.
+them for the attested KMS Decrypt; the image's own policy (which key, app and versions it
+unseals) and the key policy, not the host, decide whether it succeeds.
 """
 
 from __future__ import annotations
@@ -39,7 +40,6 @@ def register(subparsers: argparse._SubParsersAction,
                         help="arguments as one shell-quoted string, split like a shell would")
     parser.add_argument("extra", nargs="*", metavar="ARGS",
                         help="more arguments after `--`, passed verbatim")
-    parser.add_argument("--expect-app-id", help="refuse to run a bundle sealed for another app id")
     parser.add_argument("--no-wait", action="store_true",
                         help="print the run id and return at once")
     parser.add_argument("--wait-timeout", type=float, metavar="SECONDS",
@@ -56,14 +56,13 @@ def run_arguments(joined: str, extra: list[str]) -> list[str]:
     return split + list(extra)
 
 
-def run_credentials(target: Target, region: str | None) -> tuple[dict[str, Any], str]:
-    """The credentials and region sent with a run: the simulated host role in simulation."""
+def run_credentials(target: Target) -> dict[str, Any]:
+    """The credentials sent with a run: the simulated host role in simulation."""
     if target.simulation is not None:
         host = target.simulation["principals"]["host"]
-        creds = aws.Credentials(host["access_key_id"], host["secret_access_key"],
-                                host.get("session_token"), source="simulation")
-        return creds.as_request(), region or target.simulation["region"]
-    return aws.get_credentials().as_request(), aws.get_region(region)
+        return aws.Credentials(host["access_key_id"], host["secret_access_key"],
+                               host.get("session_token"), source="simulation").as_request()
+    return aws.get_credentials().as_request()
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -74,11 +73,10 @@ def run_command(args: argparse.Namespace) -> int:
     bundle = check_remote_path(bundle)
     host_args = run_arguments(args.args, args.extra)
     target = resolve_target(args)
-    credentials, region = run_credentials(target, args.region)
+    credentials = run_credentials(target)
     with target.client(timeout=args.timeout) as client:
         started = client.start_run(bundle=bundle, entrypoint=args.entrypoint, args=host_args,
-                                   credentials=credentials, region=region,
-                                   expected_app_id=args.expect_app_id)
+                                   credentials=credentials)
         run_id = str(started["id"])
         if args.no_wait:
             emit(args, started, f"run {run_id} started ({started.get('state')}); follow it with "

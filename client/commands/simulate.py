@@ -3,8 +3,11 @@
 `up` starts three background processes, each with its own log in the state directory: the local
 KMS endpoint (`client.sim.kms`), the simulated NSM (`client.sim.nsm`) and the real runtime
 (`python -m enclave serve --unix ...`) using both. It registers two simulated principals (the
-host role and the third party) with the local KMS and records everything in `state.json`, which
-every other command reads when no enclave is given: `push`, `run`, `attest`... work unchanged.
+host role and the third party) with the local KMS, plays the third party's image build
+(`client/sim/image.py`: the enclave key and alias, the measured image policy, the allow list) and
+records everything in `state.json`, which every other command reads when no enclave is given:
+`push`, `run`, `attest`... work unchanged. `env` prints the shell exports that make a simulated
+principal's AWS commands (`envelope_encryptor.py`, the AWS CLI) talk to the local KMS.
 """
 
 from __future__ import annotations
@@ -13,10 +16,12 @@ import argparse
 import json
 import os
 import secrets
+import shlex
 import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -25,8 +30,11 @@ from client import simstate
 from client.api import RuntimeClient, UnixAddress
 from client.errors import ClientError, EnclaveError, ExitStatus
 from client.output import emit
+from client.sim import image
+from enclave.policy import write_policy
 
 PROJECT_ROOT = simstate.PROJECT_ROOT
+DEFAULT_TEMPLATE = PROJECT_ROOT / "cdk.out" / "ThirdPartyStack.template.json"
 START_TIMEOUT_SECONDS = 30.0
 STOP_TIMEOUT_SECONDS = 5.0
 COMPONENTS = ("runtime", "nsm", "kms")  # stop order: the runtime first, its services after
@@ -45,7 +53,25 @@ def register(subparsers: argparse._SubParsersAction,
     up.add_argument("--host-role-arn", help="principal of the simulated host role "
                                             "(default: from cdk.json, as HostStack names it)")
     up.add_argument("--third-party-arn", help="principal of the simulated third party")
+    up.add_argument("--template", type=Path, default=DEFAULT_TEMPLATE, metavar="PATH",
+                    help="synthesized ThirdPartyStack template whose key policy the enclave key "
+                         "gets (default: cdk.out/ThirdPartyStack.template.json; `make synth`)")
+    up.add_argument("--key-arn", metavar="ARN",
+                    help="pin this existing local KMS key instead of the configured alias's")
+    up.add_argument("--app-id", action="append", metavar="ID",
+                    help="an app id the image runs (repeatable; default: cdk.json AppId, else "
+                         "ApplicationDirectory)")
+    up.add_argument("--minimum-app-version", metavar="VERSION",
+                    help="refuse bundles below this version (default: cdk.json "
+                         "MinimumAppVersion, else none)")
     up.set_defaults(func=up_command)
+    env = actions.add_parser(
+        "env", parents=parents, help="print shell exports for a simulated principal",
+        description="Print the exports that point AWS tools at the local KMS as a simulated "
+                    'principal: eval "$(python -m client simulate env)".')
+    env.add_argument("--as", dest="principal", choices=("third-party", "host"),
+                     default="third-party", help="whose credentials (default: third-party)")
+    env.set_defaults(func=env_command)
     down = actions.add_parser("down", parents=parents, help="stop the simulation")
     down.add_argument("--purge", action="store_true",
                       help="also delete the state directory (keys, PKI, exchange area)")
@@ -145,13 +171,23 @@ def runtime_healthy(socket_path: Path) -> bool:
 
 
 def runtime_command(socket_path: Path, state_dir: Path, nsm_socket: Path, kms_endpoint: str,
-                    region: str) -> list[str]:
+                    policy: Path, private: Path | None = None) -> list[str]:
     """The image's own command with the transport, paths and endpoints swapped (one source)."""
     from enclave.__main__ import simulation_argv
 
     return simulation_argv(socket_path=socket_path, exchange=state_dir / "exchange",
-                           private=state_dir / "private", nsm_device=nsm_socket,
-                           kms_endpoint=kms_endpoint, region=region)
+                           private=private or state_dir / "private", nsm_device=nsm_socket,
+                           kms_endpoint=kms_endpoint, policy=policy)
+
+
+def private_root() -> Path:
+    """Where run directories go: RAM, and reachable by the runs' own users (the state directory
+    need not be). In the enclave it is /run/sealed."""
+    shm = "/dev/shm"  # noqa: S108 - mkdtemp makes a fresh, unguessable, 0700 directory there
+    base = Path(tempfile.mkdtemp(prefix="sealed-sim-private-",
+                                 dir=shm if os.path.isdir(shm) else None))
+    os.chmod(base, 0o711)  # noqa: S103 - pass-through only: no listing, each run dir is 0700
+    return base
 
 
 def stop_component(component: dict[str, Any], module: str) -> bool:
@@ -187,7 +223,7 @@ def up_command(args: argparse.Namespace) -> int:
     state_dir = simstate.sim_dir()
     existing = simstate.load_state(state_dir)
     if existing and simstate.runtime_running(existing):
-        emit(args, {"started": False, **existing},
+        emit(args, {"started": False, **public_state(existing)},
              f"simulation already running in {state_dir} (runtime "
              f"{existing['runtime']['socket']}); `simulate down` stops it")
         return 0
@@ -201,6 +237,7 @@ def up_command(args: argparse.Namespace) -> int:
                   "third_party": new_principal(args.third_party_arn or third_arn)}
     nsm_socket = state_dir / "nsm.sock"
     runtime_socket = state_dir / "runtime.sock"
+    policy_file = state_dir / "image" / "enclave-policy.json"
     for stale in (nsm_socket, runtime_socket):
         stale.unlink(missing_ok=True)
     started: dict[str, dict[str, Any]] = {}
@@ -212,16 +249,41 @@ def up_command(args: argparse.Namespace) -> int:
         started["kms"].update(port=port, endpoint=kms_endpoint)
         register_principals(state_dir, principals)
 
+        # The third party's image build: key, measured image policy, allow list.
+        kms = image.kms_client_for(principals["third_party"], region, kms_endpoint)
+        key = image.ensure_enclave_key(
+            kms, key_arn=args.key_arn, alias=context.get("EncryptionKeyAlias", "alias/enclavekey"),
+            template=args.template, account=account_of(principals["third_party"]["arn"]),
+            region=region)
+        policy = image.image_policy(
+            key_arn=key.arn, region=region,
+            app_ids=args.app_id or [context.get("AppId") or
+                                    context.get("ApplicationDirectory", "sample-inference")],
+            minimum_app_version=args.minimum_app_version or context.get("MinimumAppVersion"))
+        policy_file.parent.mkdir(mode=0o700, exist_ok=True)
+        write_policy(policy_file, policy)
+        from client.sim.measure import simulated_pcrs
+
+        pcrs = simulated_pcrs(PROJECT_ROOT, policy=policy.canonical_bytes(),
+                              debug=args.debug_mode)
+        allowed_now = False
+        if key.managed and not args.debug_mode:
+            allowed_now = image.allow_measurement(kms, key.arn, pcrs[0].hex(),
+                                                  int(context.get("MeasurementsToKeep", 3)))
+
         nsm_command = [sys.executable, "-m", "client.sim.nsm", "--socket", str(nsm_socket),
-                       "--state", str(state_dir), "--project-root", str(PROJECT_ROOT)]
+                       "--state", str(state_dir), "--project-root", str(PROJECT_ROOT),
+                       "--policy", str(policy_file)]
         if args.debug_mode:
             nsm_command.append("--debug")
         started["nsm"] = spawn("nsm", nsm_command, state_dir)
         wait_for(started["nsm"], nsm_socket.exists, "the simulated NSM")
         started["nsm"]["socket"] = str(nsm_socket)
 
+        private = private_root()
         started["runtime"] = spawn("runtime", runtime_command(
-            runtime_socket, state_dir, nsm_socket, kms_endpoint, region), state_dir)
+            runtime_socket, state_dir, nsm_socket, kms_endpoint, policy_file, private), state_dir)
+        started["runtime"]["private_root"] = str(private)
         wait_for(started["runtime"], lambda: runtime_healthy(runtime_socket), "the runtime")
         started["runtime"]["socket"] = str(runtime_socket)
     except BaseException:
@@ -229,9 +291,6 @@ def up_command(args: argparse.Namespace) -> int:
             if name in started:
                 stop_component(started[name], MODULES[name])
         raise
-    from client.sim.measure import simulated_pcrs
-
-    pcrs = simulated_pcrs(PROJECT_ROOT, debug=args.debug_mode)
     state = {
         "format": 1,
         "state_dir": str(state_dir),
@@ -241,16 +300,53 @@ def up_command(args: argparse.Namespace) -> int:
         "principals": principals,
         "dev_root": str(state_dir / "pki" / "root.pem"),
         "measurements": {f"PCR{i}": pcrs[i].hex() for i in (0, 1, 2)},
+        "enclave_key": {"arn": key.arn, "alias": key.alias, "created": key.created},
+        "image_policy": {"path": str(policy_file), **policy.to_json()},
         **{name: {k: v for k, v in c.items() if not k.startswith("_")}
            for name, c in started.items()},
     }
     simstate.save_state(state, state_dir)
+    key_line = ("created" if key.created else "reused") + (f" as {key.alias}" if key.alias
+                                                           else " (--key-arn)")
+    allow_line = ("PCR0 added to the key's allow list" if allowed_now else
+                  "PCR0 already on the key's allow list" if key.managed else
+                  "key given by ARN: its allow list is left as it is")
     emit(args, public_state(state),
          f"simulation up in {state_dir}\n  runtime  {runtime_socket} (pid "
          f"{started['runtime']['pid']})\n  NSM      {nsm_socket} (pid {started['nsm']['pid']})\n"
-         f"  KMS      {kms_endpoint} (pid {started['kms']['pid']})\n  PCR0     "
-         f"{state['measurements']['PCR0']}\nEvery command now uses it, e.g. "
-         "`python -m client attest`; stop with `python -m client simulate down`.")
+         f"  KMS      {kms_endpoint} (pid {started['kms']['pid']})\n"
+         f"  key      {key.arn} ({key_line})\n"
+         f"  image    pins {policy.describe()}\n"
+         f"  PCR0     {state['measurements']['PCR0']} ({allow_line})\n"
+         "Every command now uses it, e.g. `python -m client attest`; seal as the third party "
+         'after `eval "$(python -m client simulate env)"`; stop with '
+         "`python -m client simulate down`.")
+    return 0
+
+
+def account_of(arn: str) -> str:
+    return arn.split(":")[4]
+
+
+def env_command(args: argparse.Namespace) -> int:
+    state = simstate.load_state()
+    if state is None or not simstate.runtime_running(state):
+        raise ClientError("no simulation is running; start one with `python -m client "
+                          "simulate up`", status=ExitStatus.NOT_FOUND)
+    principal = state["principals"]["third_party" if args.principal == "third-party" else "host"]
+    exports = {
+        "AWS_ACCESS_KEY_ID": principal["access_key_id"],
+        "AWS_SECRET_ACCESS_KEY": principal["secret_access_key"],
+        "AWS_SESSION_TOKEN": principal["session_token"],
+        "AWS_DEFAULT_REGION": state["region"],
+        "AWS_REGION": state["region"],
+        "AWS_ENDPOINT_URL_KMS": state["kms"]["endpoint"],
+        "ENCLAVE_KEY_ARN": (state.get("enclave_key") or {}).get("arn", ""),
+    }
+    if getattr(args, "json", False):
+        emit(args, exports, "")
+        return 0
+    print("\n".join(f"export {name}={shlex.quote(value)}" for name, value in exports.items()))
     return 0
 
 
@@ -266,6 +362,9 @@ def public_state(state: dict[str, Any]) -> dict[str, Any]:
 def stop_all(state: dict[str, Any]) -> list[str]:
     stopped = [name for name in COMPONENTS
                if name in state and stop_component(state[name], MODULES[name])]
+    private = (state.get("runtime") or {}).get("private_root")
+    if private and Path(private).name.startswith("sealed-sim-private-"):
+        shutil.rmtree(private, ignore_errors=True)  # the runtime wiped its runs; this is the root
     for name in ("runtime", "nsm"):
         socket_path = (state.get(name) or {}).get("socket")
         if socket_path:

@@ -4,8 +4,8 @@ Checks, failing closed (exit 3 on the first that fails): COSE_Sign1 ES384 signat
 payload as received; certificate chain from the document's cabundle to the pinned AWS Nitro
 Enclaves Root-G1 (or `--root`, e.g. the local simulation's development root); every certificate
 valid at `--at` (default now); each `--expect-pcr`; `--nonce`; and no debug-mode document unless
-`--allow-debug`. Without `--expect-pcr` the document may be genuine yet come from any enclave: that
-is said on stderr, every time.
+`--allow-debug`. Without `--expect-pcr` a genuine document may come from any enclave, so the
+command fails (exit 3) unless `--any-image` says that is what the user wants.
 
 FILE holds the document as raw CBOR bytes, or as base64 text (as APIs and logs often carry it).
 """
@@ -17,12 +17,11 @@ import base64
 import binascii
 import datetime as dt
 import re
-import sys
 from pathlib import Path
 from typing import Any
 
 from client.attestation import AWS_NITRO_ROOT_G1_SHA256, verify_attestation
-from client.errors import NotFoundError, UsageError
+from client.errors import NotFoundError, UsageError, VerificationError
 from client.output import emit
 
 SHOWN_PCRS = (0, 1, 2, 8)  # image, kernel+boot, application, signing certificate
@@ -46,6 +45,9 @@ def register(subparsers: argparse._SubParsersAction,
     parser.add_argument("--expect-pcr", action="append", default=[], metavar="N=HEX",
                         type=parse_pcr, help="require PCR N to equal HEX (96 hex digits); "
                                              "repeat for several PCRs")
+    parser.add_argument("--any-image", action="store_true",
+                        help="check the document without any expected PCR: it then proves only "
+                             "that some Nitro enclave made it (instead of --expect-pcr)")
     parser.add_argument("--nonce", type=lambda v: parse_hex(v, "--nonce"), metavar="HEX",
                         help="require the document to carry this nonce")
     parser.add_argument("--root", type=Path, metavar="PEM",
@@ -118,17 +120,26 @@ def presence(value: bytes | None) -> str:
     return f"present, {len(value)} bytes" if value else "absent"
 
 
-def verify_attestation_command(args: argparse.Namespace) -> int:
-    document = read_document(args.file)
+def expected_pcr_map(pairs: list[tuple[int, bytes]], *, any_image: bool) -> dict[int, bytes]:
+    """The expected PCRs; none at all is a failure unless the user said --any-image."""
     expected: dict[int, bytes] = {}
-    for index, value in args.expect_pcr:
+    for index, value in pairs:
         if index in expected and expected[index] != value:
             raise UsageError(f"--expect-pcr gives two different values for PCR{index}")
         expected[index] = value
-    if not expected:
-        print("warning: no --expect-pcr given: the document may be genuine, but nothing checks "
-              "that it comes from the enclave image you trust; pass --expect-pcr 0=<PCR0 of "
-              "your EIF>", file=sys.stderr)
+    if expected and any_image:
+        raise UsageError("--any-image and --expect-pcr contradict each other; give one")
+    if not expected and not any_image:
+        raise VerificationError(
+            "no --expect-pcr given: a genuine document from any enclave would pass, which "
+            "proves nothing about what ran; pass --expect-pcr 0=<PCR0 of your EIF> (or "
+            "--any-image to check only that some Nitro enclave made it)")
+    return expected
+
+
+def verify_attestation_command(args: argparse.Namespace) -> int:
+    document = read_document(args.file)
+    expected = expected_pcr_map(args.expect_pcr, any_image=args.any_image)
     result = verify_attestation(document, at=args.at, expected_pcrs=expected or None,
                                 nonce=args.nonce, root_pem=load_root(args.root),
                                 allow_debug=args.allow_debug)
@@ -152,6 +163,6 @@ def verify_attestation_command(args: argparse.Namespace) -> int:
         mark = "  (expected: match)" if index in expected else ""
         lines.append(f"PCR{index:<2}        {result.pcrs[index].hex()}{mark}")
     if not expected:
-        lines.append("PCRs:        NOT CHECKED (no --expect-pcr)")
+        lines.append("PCRs:        NOT CHECKED (--any-image)")
     emit(args, data, "\n".join(lines))
     return 0

@@ -483,8 +483,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
     def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+        operation, outcome = "?", "ok"
         try:
             target = self.headers.get("X-Amz-Target", "")
+            operation = target.split(".", 1)[-1] or "?"
             if not target.startswith("TrentService."):
                 raise KmsFault("UnknownOperationException",
                                f"X-Amz-Target {target!r} is not TrentService.<Operation>")
@@ -501,12 +503,18 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             response = self.server.kms.call(target.split(".", 1)[1], body, access_key, region)
             self._reply(200, response)
         except KmsFault as fault:
+            outcome = fault.kind
             self._reply(fault.status, {"__type": fault.kind, "message": str(fault)})
         except (ValueError, json.JSONDecodeError) as exc:
             self._reply(400, {"__type": "SerializationException", "message": str(exc)})
         except Exception as exc:  # the server keeps serving; the caller learns it failed
+            outcome = "KMSInternalException"
             self._reply(500, {"__type": "KMSInternalException",
                               "message": f"local KMS failure: {type(exc).__name__}: {exc}"})
+        finally:
+            # One audit line per request (operation and outcome, never keys or data), as
+            # CloudTrail would record it: the simulation's log shows what reached KMS.
+            print(f"request {operation} {outcome}", flush=True)
 
     def _reply(self, status: int, payload: dict[str, Any]) -> None:
         data = json.dumps(payload).encode()

@@ -178,10 +178,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--debug", action="store_true", help="debug mode: every PCR is zero")
     parser.add_argument("--project-root", default=str(PROJECT_ROOT),
                         help="where enclave/ and containers/ are measured from")
+    parser.add_argument("--policy", required=True,
+                        help="the image policy file the simulated image carries (measured)")
     args = parser.parse_args(argv)
     state = Path(args.state)
     sim_pki.load_or_create(state)
-    pcrs = simulated_pcrs(Path(args.project_root), debug=args.debug)
+    pcrs = simulated_pcrs(Path(args.project_root), policy=Path(args.policy).read_bytes(),
+                          debug=args.debug)
     path = Path(args.socket)
     if path.is_socket():
         path.unlink()
