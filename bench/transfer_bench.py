@@ -142,12 +142,18 @@ def raw_copy(source: Path, work: Path, startup: float) -> dict[str, float]:
 
 def start_runtime(work: Path) -> tuple[subprocess.Popen, str, Path]:
     from enclave.__main__ import simulation_argv
+    from enclave.policy import ImagePolicy, write_policy
 
     socket_path = str(work / "runtime.sock")
     exchange = work / "exchange"
+    # Transfers never unseal: any well-formed image policy will do.
+    policy = work / "policy.json"
+    write_policy(policy, ImagePolicy(
+        region="us-east-1", app_ids=("bench",),
+        kms_key_arns=("arn:aws:kms:us-east-1:111111111111:key/bench",)))
     command = simulation_argv(socket_path=socket_path, exchange=exchange,
                               private=work / "private", nsm_device=work / "no-nsm.sock",
-                              kms_endpoint="http://127.0.0.1:9", region="us-east-1")
+                              kms_endpoint="http://127.0.0.1:9", policy=policy)
     log = (work / "runtime.log").open("wb")
     runtime = subprocess.Popen(command, stdout=log, stderr=log, env=child_env())
     deadline = time.monotonic() + 30

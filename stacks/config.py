@@ -40,6 +40,9 @@ GRAVITON_VCPUS = {"medium": 1, "large": 2, "xlarge": 4, "2xlarge": 8, "4xlarge":
                   "8xlarge": 32, "12xlarge": 48, "16xlarge": 64, "24xlarge": 96, "48xlarge": 192}
 
 
+# The image policy's form (enclave/policy.py): numeric parts, compared as numbers.
+NUMERIC_VERSION_RE = re.compile(r"\d{1,9}(\.\d{1,9}){0,7}")
+
 CONTEXT_KEYS = (
     "ThirdPartyAWSAccountNumber", "ThirdPartyName", "HostAWSAccountNumber", "Region",
     "HostBucketName", "HostEncryptionKeyArn", "EnclaveKeyArn", "EncryptedAppPrefix",
@@ -47,7 +50,7 @@ CONTEXT_KEYS = (
     "AllowedSignerPcr8", "ApplicationDirectory", "AppId", "CodeCommitRepositoryName",
     "UseExistingRepository", "HostRoleName", "HostRoleArn", "InstanceType", "EnclaveCpuCount",
     "EnclaveMemoryMiB", "EifSizeMiB", "HostCount", "VpcId", "PrivateSubnetIds",
-    "AvailabilityZones", "VsockProxyPort", "EnclavePort",
+    "AvailabilityZones", "VsockProxyPort", "EnclavePort", "MinimumAppVersion",
 )
 # Our keys are CamelCase; CDK's own flags ("@aws-cdk/...", "aws:cdk:...") are not.
 _OUR_KEY_SHAPE = re.compile(r"^[A-Z][A-Za-z0-9]+$")
@@ -97,6 +100,8 @@ class Config:
     availability_zones: tuple[str, ...] = field(default=())
     vsock_proxy_port: int = 8000
     enclave_port: int = 5005
+    # The image refuses bundles below this app version (anti-rollback); None: any version.
+    minimum_app_version: str | None = None
 
     @property
     def host_role_arn(self) -> str:
@@ -297,6 +302,8 @@ def load_config(context: Mapping[str, Any]) -> Config:
         enclave_memory_mib=memory,
         eif_size_mib=eif_size,
         host_count=r.integer("HostCount", 1, 0, 100),
+        minimum_app_version=r.string("MinimumAppVersion", NUMERIC_VERSION_RE,
+                                     "a dotted numeric version such as 1.2.0", optional=True),
         vpc_id=vpc_id,
         private_subnet_ids=subnets,
         availability_zones=zones,

@@ -115,6 +115,8 @@ BAD_VALUES = [
     ("VsockProxyPort", 70000, "a whole number from 1024 to 65535"),
     ("EnclavePort", 1023, "a whole number from 1024 to 65535"),
     ("EnclavePort", "port", "a whole number from 1024 to 65535"),
+    ("MinimumAppVersion", "v1.2", "a dotted numeric version such as 1.2.0"),
+    ("MinimumAppVersion", "1.2.0-rc1", "a dotted numeric version such as 1.2.0"),
 ]
 
 

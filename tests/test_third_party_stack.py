@@ -518,3 +518,13 @@ def test_build_projects_wait_for_their_runtime_policies(template):
         if resource["Type"] == "AWS::CodeBuild::Project":
             depends = resource.get("DependsOn", [])
             assert any(resources[d]["Type"] == "AWS::IAM::Policy" for d in depends), logical_id
+
+
+def test_image_builder_pins_the_minimum_app_version_in_the_image_policy():
+    from aws_cdk.assertions import Match
+
+    template, _config, _stack = third_party_template(MinimumAppVersion="1.4.0")
+    template.has_resource_properties("AWS::CodeBuild::Project", {
+        "Name": "nitro-image-builder",
+        "Environment": {"EnvironmentVariables": Match.array_with([
+            {"Name": "MINIMUM_APP_VERSION", "Type": "PLAINTEXT", "Value": "1.4.0"}])}})

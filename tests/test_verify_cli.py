@@ -48,10 +48,21 @@ def test_output_lists_pcrs_0_1_2_8_and_the_non_zero_ones(att3: Path, capsys) -> 
     assert shown == ["PCR0", "PCR1", "PCR2", "PCR3", "PCR4", "PCR8"]
 
 
-def test_no_expected_pcrs_warns_on_stderr_but_verifies(att3: Path, capsys) -> None:
-    assert main(["verify-attestation", str(att3), "--at", ATT3_AT]) == 0
-    out, err = capsys.readouterr()
-    assert "no --expect-pcr" in err and "NOT CHECKED" in out
+def test_no_expected_pcrs_fails_closed(att3: Path, capsys) -> None:
+    """A genuine document from any enclave is no evidence of what ran."""
+    assert main(["verify-attestation", str(att3), "--at", ATT3_AT]) == \
+        ExitStatus.VERIFICATION_FAILED
+    assert "no --expect-pcr" in capsys.readouterr().err
+
+
+def test_any_image_verifies_without_expected_pcrs_and_says_so(att3: Path, capsys) -> None:
+    assert main(["verify-attestation", str(att3), "--at", ATT3_AT, "--any-image"]) == 0
+    assert "NOT CHECKED" in capsys.readouterr().out
+
+
+def test_any_image_with_expected_pcrs_is_a_usage_error(att3: Path) -> None:
+    assert main(["verify-attestation", str(att3), "--at", ATT3_AT, "--any-image",
+                 "--expect-pcr", f"0={ATT3_PCR0}"]) == ExitStatus.USAGE
 
 
 def test_json_output_is_one_document(att3: Path, capsys) -> None:
@@ -70,35 +81,39 @@ def test_wrong_pcr_exits_3(att3: Path, capsys) -> None:
 
 
 def test_today_exits_3_because_the_chain_expired(att3: Path, capsys) -> None:
-    assert main(["verify-attestation", str(att3)]) == ExitStatus.VERIFICATION_FAILED
+    assert main(["verify-attestation", str(att3), "--expect-pcr", f"0={ATT3_PCR0}"]) == \
+        ExitStatus.VERIFICATION_FAILED
     assert "--at" in capsys.readouterr().err
 
 
 def test_wrong_nonce_exits_3(att3: Path) -> None:
-    assert main(["verify-attestation", str(att3), "--at", ATT3_AT, "--nonce", "00ff"]) == \
-        ExitStatus.VERIFICATION_FAILED
+    assert main(["verify-attestation", str(att3), "--at", ATT3_AT, "--nonce", "00ff",
+                 "--expect-pcr", f"0={ATT3_PCR0}"]) == ExitStatus.VERIFICATION_FAILED
 
 
 def test_right_nonce_passes(att3: Path, capsys) -> None:
     nonce = cbor2.loads(cbor2.loads(att3.read_bytes())[2])["nonce"]
-    assert main(["verify-attestation", str(att3), "--at", ATT3_AT, "--nonce", nonce.hex()]) == 0
+    assert main(["verify-attestation", str(att3), "--at", ATT3_AT, "--nonce", nonce.hex(),
+                 "--expect-pcr", f"0={ATT3_PCR0}"]) == 0
     assert "nonce:       matches" in capsys.readouterr().out
 
 
 def test_debug_document_needs_allow_debug(fixtures_dir: Path, capsys) -> None:
     document = str(fixtures_dir / "nitro" / "att_1.cbor")
     at = "2021-10-28T17:02:03Z"
-    assert main(["verify-attestation", document, "--at", at]) == \
+    assert main(["verify-attestation", document, "--at", at, "--any-image"]) == \
         ExitStatus.VERIFICATION_FAILED
     assert "debug mode" in capsys.readouterr().err
-    assert main(["verify-attestation", document, "--at", at, "--allow-debug"]) == 0
+    assert main(["verify-attestation", document, "--at", at, "--any-image",
+                 "--allow-debug"]) == 0
     assert "YES" in capsys.readouterr().out
 
 
 def test_base64_file_is_accepted(att3: Path, tmp_path: Path) -> None:
     encoded = tmp_path / "doc.b64"
     encoded.write_text(base64.b64encode(att3.read_bytes()).decode() + "\n")
-    assert main(["verify-attestation", str(encoded), "--at", ATT3_AT]) == 0
+    assert main(["verify-attestation", str(encoded), "--at", ATT3_AT,
+                 "--expect-pcr", f"0={ATT3_PCR0}"]) == 0
 
 
 def test_missing_file_exits_4(tmp_path: Path, capsys) -> None:

@@ -44,6 +44,13 @@ def status_command(args: argparse.Namespace) -> int:
             "runs": runs}
     lines = [f"runtime {target.address} (found by {target.source}): {health.get('status')}"
              f" version {health.get('version')}"]
+    if health.get("isolation"):
+        lines.append(f"app isolation: {health['isolation']}")
+    policy = health.get("image_policy")
+    if isinstance(policy, dict):
+        lines.append(f"image policy: app(s) {', '.join(policy.get('app_ids') or [])}, key(s) "
+                     f"{', '.join(policy.get('kms_key_arns') or [])}, minimum version "
+                     f"{policy.get('minimum_app_version') or 'any'}")
     lines += [describe_run(r) for r in runs] or ["no runs"]
     emit(args, data, "\n".join(lines))
     return 0
