@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -42,9 +43,11 @@ def register(subparsers: argparse._SubParsersAction,
     up = actions.add_parser("up", parents=parents, help="start the simulation")
     up.add_argument("--debug-mode", action="store_true",
                     help="simulate a debug-mode enclave (every PCR zero: KMS must refuse it)")
-    up.add_argument("--host-role-arn", help="principal of the simulated host role "
-                                            "(default: from cdk.json, as HostStack names it)")
-    up.add_argument("--third-party-arn", help="principal of the simulated third party")
+    up.add_argument("--host-role-arn", type=principal_arn,
+                    help="principal of the simulated host role "
+                         "(default: from cdk.json, as HostStack names it)")
+    up.add_argument("--third-party-arn", type=principal_arn,
+                    help="principal of the simulated third party")
     up.set_defaults(func=up_command)
     down = actions.add_parser("down", parents=parents, help="stop the simulation")
     down.add_argument("--purge", action="store_true",
@@ -55,6 +58,20 @@ def register(subparsers: argparse._SubParsersAction,
 
 
 # -- principals ---------------------------------------------------------------------------------
+
+# An IAM role or user, an assumed-role session, or an account root, as a key policy names them.
+PRINCIPAL_ARN = re.compile(r"arn:aws[a-z-]*:(iam::\d{12}:(root|(role|user)/[\w+=,.@/-]{1,512})"
+                           r"|sts::\d{12}:assumed-role/[\w+=,.@-]{1,64}/[\w+=,.@-]{2,64})")
+
+
+def principal_arn(text: str) -> str:
+    if not PRINCIPAL_ARN.fullmatch(text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an IAM principal ARN; expected e.g. "
+            "arn:aws:iam::222222222222:role/NAME or "
+            "arn:aws:sts::222222222222:assumed-role/NAME/SESSION")
+    return text
+
 
 
 def cdk_context() -> dict[str, Any]:

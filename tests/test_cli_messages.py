@@ -1,0 +1,82 @@
+"""What the user reads when a command cannot do what was asked: exit codes and next steps.
+
+Each message is checked at the command line, against the real runtime server where one is
+involved, because that is where a misleading hint sends the user somewhere wrong.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from client.cli import main
+from client.errors import ExitStatus
+from tests.runtime_harness import start_runtime, stop_runtime
+from tests.test_aws_imds import FakeImds
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path, monkeypatch):
+    monkeypatch.setenv("SEALED_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("SEALED_SIM_DIR", str(tmp_path / "sim"))
+    monkeypatch.setenv("PATH", str(tmp_path / "nobin"))  # no nitro-cli, no vsock-proxy
+
+
+@pytest.fixture
+def real_runtime(tmp_path):
+    runtime = start_runtime(tmp_path)
+    yield runtime
+    stop_runtime(runtime)
+
+
+def test_status_of_unknown_run_names_a_command_not_an_api_route(real_runtime, capsys):
+    code = main(["--socket", real_runtime.socket_path, "status", "deadbeef"])
+    err = capsys.readouterr().err
+    assert code == ExitStatus.NOT_FOUND
+    assert "deadbeef" in err and "`python -m client status`" in err
+    assert "/v1/" not in err
+
+
+def test_status_cancel_without_run_id_is_a_usage_error(real_runtime, capsys):
+    code = main(["--socket", real_runtime.socket_path, "status", "--cancel"])
+    err = capsys.readouterr().err
+    assert code == ExitStatus.USAGE
+    assert "--cancel needs the id of the run" in err
+
+
+def test_proxy_off_ec2_says_not_on_an_ec2_instance(tmp_path, monkeypatch, capsys):
+    # Off EC2, whatever answers at the metadata address refuses the token (here with 403).
+    for name in ("AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE", "AWS_ACCESS_KEY_ID",
+                 "AWS_EC2_METADATA_DISABLED"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
+    imds = FakeImds(v1_only=True)
+    monkeypatch.setenv("AWS_EC2_METADATA_SERVICE_ENDPOINT", imds.endpoint)
+    try:
+        code = main(["proxy", "-s", "kms", "--config", str(tmp_path / "vsock-proxy.yaml")])
+    finally:
+        imds.close()
+    err = capsys.readouterr().err
+    assert code == ExitStatus.AWS_ERROR
+    assert err.startswith("error: not on an EC2 instance, or its metadata service is unreachable")
+    assert "--region" in err
+
+
+@pytest.mark.parametrize("option", ["--host-role-arn", "--third-party-arn"])
+def test_simulate_up_refuses_a_principal_that_is_not_an_arn(option, tmp_path, capsys):
+    code = main(["simulate", "up", option, "notanarn"])
+    if code == 0:  # accepted: stop what it started before failing
+        main(["simulate", "down"])
+    assert code == ExitStatus.USAGE
+    assert "'notanarn' is not an IAM principal ARN" in capsys.readouterr().err
+    assert not (tmp_path / "sim").exists()  # refused before anything started
+
+
+@pytest.mark.parametrize("arn", [
+    "arn:aws:iam::222222222222:role/sealed-enclave-host-example",
+    "arn:aws:sts::222222222222:assumed-role/EnclaveHostRole/i-0123456789abcdef0",
+    "arn:aws:iam::111111111111:root",
+])
+def test_principal_arns_a_key_policy_names_are_accepted(arn):
+    from client.commands.simulate import principal_arn
+
+    assert principal_arn(arn) == arn
