@@ -97,6 +97,16 @@ class VsockHTTPConnection(http.client.HTTPConnection):
         self.sock = sock
 
 
+def unreachable_hint(address: Address) -> str:
+    """What to do when nothing listens at `address` (not the command that just failed)."""
+    if isinstance(address, UnixAddress):
+        return ("start the local simulation with `python -m client simulate up` (then leave "
+                "out --socket), or give the socket of a runtime that is running")
+    return (f"check that an enclave with CID {address.cid} is running (`python -m client enclave "
+            f"describe`) and that its runtime listens on port {address.port} (--port, or the "
+            "host settings' enclave_port)")
+
+
 def make_connection(address: Address, timeout: float | None) -> http.client.HTTPConnection:
     if isinstance(address, UnixAddress):
         return UnixHTTPConnection(address.path, timeout=timeout)
@@ -172,9 +182,8 @@ class RuntimeClient:
                 f"the enclave runtime at {self.address} did not answer within {self.timeout:g}s; "
                 "check `python -m client logs` or raise --timeout")
         if isinstance(exc, FileNotFoundError | ConnectionRefusedError):
-            return EnclaveError(
-                f"cannot reach the enclave runtime at {self.address} ({exc.strerror or exc}); "
-                "is it running? check `python -m client status` or `simulate status`")
+            return NotFoundError(f"no enclave runtime answers at {self.address} "
+                                 f"({exc.strerror or exc}); {unreachable_hint(self.address)}")
         return EnclaveError(f"connection to the enclave runtime at {self.address} failed: {exc}; "
                             "retry, and check `python -m client logs` if it persists")
 

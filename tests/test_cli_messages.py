@@ -80,3 +80,22 @@ def test_principal_arns_a_key_policy_names_are_accepted(arn):
     from client.commands.simulate import principal_arn
 
     assert principal_arn(arn) == arn
+
+
+@pytest.mark.parametrize("listening", [False, True], ids=["no-socket-file", "nobody-listening"])
+def test_unreachable_socket_is_not_found_and_hints_another_command(listening, tmp_path, capsys):
+    import socket
+
+    path = tmp_path / "rt.sock"
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    if listening:
+        stale.bind(str(path))  # bound, never listening: connect() is refused
+    try:
+        code = main(["--socket", str(path), "status"])
+    finally:
+        stale.close()
+    err = capsys.readouterr().err
+    assert code == ExitStatus.NOT_FOUND  # the README's "no enclave or simulation"
+    assert f"no enclave runtime answers at unix:{path}" in err
+    assert "`python -m client simulate up`" in err
+    assert "`python -m client status`" not in err  # the command that just failed

@@ -203,7 +203,7 @@ def test_unmount_of_a_plain_directory_is_not_found(tmp_path):
 def test_mount_fails_cleanly_when_runtime_is_down(tmp_path, monkeypatch):
     monkeypatch.setenv("SEALED_STATE_DIR", str(tmp_path / "state"))
     code = main(["--socket", str(tmp_path / "none.sock"), "sync", "-d", str(tmp_path / "m")])
-    assert code == ExitStatus.ENCLAVE_ERROR
+    assert code == ExitStatus.NOT_FOUND
     assert not os.path.ismount(tmp_path / "m")
 
 
