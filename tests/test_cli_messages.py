@@ -99,3 +99,38 @@ def test_unreachable_socket_is_not_found_and_hints_another_command(listening, tm
     assert f"no enclave runtime answers at unix:{path}" in err
     assert "`python -m client simulate up`" in err
     assert "`python -m client status`" not in err  # the command that just failed
+
+
+@pytest.fixture
+def host_credentials(monkeypatch):
+    """`run` sends the host's credentials; explicit ones keep IMDS out of the test."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAHOSTTEST")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "host-secret")
+    monkeypatch.setenv("AWS_REGION", "us-east-1")
+
+
+def _sealed_bundle_in_inbox(runtime) -> None:
+    runtime.inbox.mkdir(parents=True, exist_ok=True)
+    (runtime.inbox / "app.sealed").write_bytes(b"not really sealed: the run fails later")
+
+
+def test_no_wait_quiet_prints_the_run_id_alone(real_runtime, host_credentials, capsys):
+    _sealed_bundle_in_inbox(real_runtime)
+    code = main(["--socket", real_runtime.socket_path, "run", "-f", "app.sealed", "-s", "predict",
+                 "--no-wait", "--quiet"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    run_id = out.strip()
+    assert out == run_id + "\n" and " " not in run_id
+    assert main(["--socket", real_runtime.socket_path, "status", run_id]) == 0
+
+
+def test_no_wait_json_carries_the_run_id(real_runtime, host_credentials, capsys):
+    import json
+
+    _sealed_bundle_in_inbox(real_runtime)
+    code = main(["--socket", real_runtime.socket_path, "--json", "run", "-f", "app.sealed", "-s",
+                 "predict", "--no-wait"])
+    assert code == 0
+    started = json.loads(capsys.readouterr().out)
+    assert set(started) == {"id", "state"} and started["id"]
