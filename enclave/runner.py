@@ -394,7 +394,8 @@ class Runner:
                 job.ended_at = time.time()
             job.done.set()
             self.events.add(f"run {job.id}: {outcome}"
-                            + (f" (exit {job.exit_code})" if job.exit_code is not None else ""))
+                            + (f" (exit {job.exit_code})" if job.exit_code is not None else "")
+                            + (f": {error}" if error and job.exit_code is None else ""))
 
     def _unseal_into(self, job: Job, request: RunRequest, app_dir: Path) -> Manifest:
         with self.exchange.open_read(INBOX, request.bundle) as raw:
