@@ -8,7 +8,8 @@ runtime's own temp-and-rename keeps a half-written file from ever appearing in t
 
 Errors map to the errno a program expects: ENOENT, EROFS (outbox), EACCES (the fixed top level),
 EISDIR, ENOTDIR, ENOTEMPTY, EEXIST, EINVAL (names the runtime refuses), EXDEV (rename: `mv`
-falls back to copy and delete), EPERM (links, devices, modes), EIO (server or transport failure).
+falls back to copy and delete), EPERM (links, devices, a change of mode or owner), EIO (server or
+transport failure).
 """
 
 from __future__ import annotations
@@ -345,13 +346,21 @@ class ExchangeFs(fuse.Operations):
         self._writable_area(path)
         raise fuse.FuseOSError(errno.EPERM)
 
+    # `mv` (a copy after EXDEV) and `cp -p` set the mode and owner the source shows, which is
+    # what every file here shows: that no-op succeeds, any real change is EPERM.
+
     def chmod(self, path: str, mode: int) -> int:
         self._writable_area(path)
-        raise fuse.FuseOSError(errno.EPERM)
+        if stat.S_IMODE(mode) != stat.S_IMODE(self.getattr(path)["st_mode"]):
+            raise fuse.FuseOSError(errno.EPERM)
+        return 0
 
     def chown(self, path: str, uid: int, gid: int) -> int:
         self._writable_area(path)
-        raise fuse.FuseOSError(errno.EPERM)
+        self.getattr(path)  # ENOENT for a missing name
+        if uid not in (-1, self.uid) or gid not in (-1, self.gid):
+            raise fuse.FuseOSError(errno.EPERM)
+        return 0
 
     def readlink(self, path: str) -> str:
         raise fuse.FuseOSError(errno.EINVAL)  # nothing in the area is a link

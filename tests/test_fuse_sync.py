@@ -254,3 +254,24 @@ def test_conflict_errno_comes_from_the_code_not_the_message(code, expected):
     from client.fusefs import errno_for
 
     assert errno_for(ApiError("no hint in this text", code=code, http_status=409)) == expected
+
+
+def test_mv_inside_the_inbox_prints_nothing(mounted):
+    runtime, mnt = mounted
+    (mnt / "inbox" / "a").write_text("a")
+    os.mkdir(mnt / "inbox" / "d")
+    (mnt / "inbox" / "d" / "f").write_text("f")
+    for old, new in (("a", "b"), ("d", "e")):
+        done = subprocess.run(["mv", str(mnt / "inbox" / old), str(mnt / "inbox" / new)],
+                              capture_output=True, text=True, check=False)
+        assert (done.returncode, done.stderr) == (0, "")
+    assert sorted(os.listdir(runtime.root / "inbox")) == ["b", "e"]
+    assert (runtime.root / "inbox" / "e" / "f").read_text() == "f"
+
+
+def test_a_real_change_of_mode_or_owner_is_still_refused(mounted):
+    _, mnt = mounted
+    (mnt / "inbox" / "a").write_text("a")
+    expect_errno(errno.EPERM, os.chmod, mnt / "inbox" / "a", 0o600)
+    expect_errno(errno.EPERM, os.chown, mnt / "inbox" / "a", os.getuid() + 1, -1)
+    os.chmod(mnt / "inbox" / "a", 0o644)  # what it already shows
