@@ -131,14 +131,6 @@ def check_remote_path(path: str, *, allow_empty: bool = False) -> str:
     return "/".join(parts)
 
 
-def split_area(remote: str, *, default: str) -> tuple[str, str]:
-    """`outbox/result.json` -> ("outbox", "result.json"); a path without an area gets `default`."""
-    head, _, rest = remote.lstrip("/").partition("/")
-    if head in AREAS:
-        return head, rest
-    return default, remote
-
-
 def _fs_url(area: str, path: str, flag: str | None = None) -> str:
     if area not in AREAS:
         raise UsageError(f"unknown exchange area {area!r}; expected one of {', '.join(AREAS)}")

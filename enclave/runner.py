@@ -429,6 +429,8 @@ class Runner:
         outbox_root = self.exchange.area_root(OUTBOX)
         tail = manifest.resolve_arguments(job.entrypoint, list(job.args), inbox_root, outbox_root)
         for spec, value in zip(entry.args, job.args, strict=False):
+            if spec.kind in ("input", "output"):
+                value = spec.area_path(value)  # `inbox/x` is `x`, as resolve_arguments read it
             if spec.kind == "input":
                 # Opened the confined way: no link on the path, a single-link regular file.
                 try:

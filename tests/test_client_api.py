@@ -17,7 +17,6 @@ from client.api import (
     UnixAddress,
     check_remote_path,
     error_from_response,
-    split_area,
 )
 from client.errors import EnclaveError, ExitStatus, NotFoundError, TimeoutExpired, UsageError
 from tests.fake_runtime import FakeRuntime
@@ -171,6 +170,8 @@ def test_remote_path_is_normalised():
 
 
 def test_split_area_recognises_prefixes():
+    from enclave.exchange import split_area
+
     assert split_area("outbox/r.json", default="inbox") == ("outbox", "r.json")
     assert split_area("r.json", default="outbox") == ("outbox", "r.json")
 

@@ -15,10 +15,11 @@ import time
 from typing import Any
 
 from client import aws
-from client.api import check_remote_path, split_area
+from client.api import check_remote_path
 from client.errors import EnclaveError, ExitStatus, TimeoutExpired, UsageError
 from client.output import emit, terminal_safe
 from client.target import Target, resolve_target
+from enclave.exchange import split_area
 
 TERMINAL_STATES = ("succeeded", "failed", "timed_out", "cancelled")
 POLL_SECONDS = 0.5
