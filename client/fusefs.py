@@ -382,8 +382,8 @@ def mount(client: RuntimeClient, mountpoint: str, *, foreground: bool = True,
               default_permissions=True, max_idle_threads=MAX_IDLE_THREADS)
 
 
-def mount_until_signal(client: RuntimeClient, mountpoint: str, *, debug: bool = False,
-                       unmount: Any = None) -> int | None:
+def mount_until_signal(client: RuntimeClient, mountpoint: str, *,
+                       debug: bool = False) -> int | None:
     """Serve the mount until it is unmounted, or until SIGINT, SIGTERM or SIGHUP unmounts it.
 
     Returns the signal that ended it, or None when it was unmounted from outside. libfuse's own
@@ -393,7 +393,6 @@ def mount_until_signal(client: RuntimeClient, mountpoint: str, *, debug: bool = 
     """
     received: list[int] = []
     failures: list[BaseException] = []
-    unmount = unmount or _unmount_lazily
 
     def serve() -> None:
         try:
@@ -404,7 +403,7 @@ def mount_until_signal(client: RuntimeClient, mountpoint: str, *, debug: bool = 
     def on_signal(signum: int, _frame: Any) -> None:
         if not received:
             received.append(signum)
-            unmount(mountpoint)
+            _unmount_lazily(mountpoint)
 
     previous = {number: signal.signal(number, on_signal) for number in STOP_SIGNALS}
     try:
