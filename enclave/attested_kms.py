@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from enclave.cms import CmsError, decrypt_enveloped_data
-from enclave.sealing import KEY_SERVICE_ERROR
+from enclave.sealing import KEY_SERVICE_ERROR, service_error_text
 
 RECIPIENT_KEY_BITS = 2048
 RECIPIENT_ALGORITHM = "RSAES_OAEP_SHA_256"
@@ -61,7 +61,7 @@ def attested_decrypt(kms_client: Any, nsm: AttestationSource, *, ciphertext_blob
         # The Encryption SDK replaces a key provider's failure with a generic "Unable to decrypt
         # any data key". KMS's own answer goes out on this record, as the SDK's KMS master key
         # logs its own, and enclave.sealing puts it into the unseal error.
-        log.error("KMS did not release the data key of %s: %s", key_id, service_error(exc),
+        log.error("KMS did not release the data key of %s: %s", key_id, service_error_text(exc),
                   extra={KEY_SERVICE_ERROR: exc})
         raise
     if response.get("Plaintext") is not None:
@@ -80,11 +80,3 @@ def attested_decrypt(kms_client: Any, nsm: AttestationSource, *, ciphertext_blob
     except CmsError as exc:
         raise CmsError(f"KMS CiphertextForRecipient did not unwrap: {exc}") from None
 
-
-def service_error(exc: BaseException) -> str:
-    """`Code: message` of a KMS error answer, else the botocore failure's own text."""
-    if isinstance(exc, ClientError):
-        error = exc.response.get("Error", {})
-        return f"{error.get('Code', 'Error')}: {error.get('Message', '')}".rstrip(": ")
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

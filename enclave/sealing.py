@@ -829,7 +829,7 @@ class _KeyServiceErrorLog(logging.Handler):
         error = getattr(record, KEY_SERVICE_ERROR, None)
         if error is None and record.exc_info:
             error = record.exc_info[1]
-        cause = _service_error(error) if isinstance(error, BaseException) else ""
+        cause = service_error_text(error) if isinstance(error, BaseException) else ""
         if cause and cause not in self.causes:
             self.causes.append(cause)
 
@@ -847,7 +847,7 @@ def _key_service_errors() -> Iterator[list[str]]:
             logger.removeHandler(handler)
 
 
-def _service_error(exc: BaseException) -> str:
+def service_error_text(exc: BaseException) -> str:
     """`Code: message` of the first AWS error in an exception's chain, else ''."""
     seen: BaseException | None = exc
     while seen is not None:
