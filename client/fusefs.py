@@ -401,9 +401,8 @@ def mount_until_signal(client: RuntimeClient, mountpoint: str, *,
             failures.append(exc)
 
     def on_signal(signum: int, _frame: Any) -> None:
-        if not received:
-            received.append(signum)
-            _unmount_lazily(mountpoint)
+        received.append(signum)  # the first one is reported; a repeat retries the unmount
+        _unmount_lazily(mountpoint)
 
     previous = {number: signal.signal(number, on_signal) for number in STOP_SIGNALS}
     try:
