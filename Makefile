@@ -12,29 +12,42 @@ export CDK_DISABLE_CLI_TELEMETRY := true
 
 setup: $(VENV)/.installed node_modules/.installed
 
+# One line per stage, so a first setup (a few minutes of downloads) never looks stuck.
 $(VENV)/.installed: requirements.txt
-	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet --upgrade pip
-	$(VENV)/bin/pip install --quiet -r requirements.txt
+	@echo "setup 1/4: virtualenv $(VENV) ($(PYTHON))"
+	@$(PYTHON) -m venv $(VENV)
+	@echo "setup 2/4: pip itself"
+	@$(VENV)/bin/pip install --quiet --upgrade pip
+	@echo "setup 3/4: pinned Python packages from requirements.txt (the first time: a few minutes)"
+	@$(VENV)/bin/pip install --quiet -r requirements.txt
 	@touch $@
 
 node_modules/.installed: package.json package-lock.json $(VENV)/.installed
-	npm ci --no-audit --no-fund --loglevel=error
+	@echo "setup 4/4: the CDK CLI pinned in package-lock.json (npm ci)"
+	@npm ci --no-audit --no-fund --loglevel=error
 	@touch $@
 
 synth: setup
-	cdk synth --quiet
+	@echo "synth: HostStack and ThirdPartyStack (cdk synth, cdk-nag checks)"
+	@cdk synth --quiet
 	@ls cdk.out/*.template.json
 
 test: setup
 	python -m pytest
 
+# Lint is its own step (CI runs it before the tests): a cold mypy needs far more memory than
+# the tests do.
 lint: setup
-	ruff check .
-	mypy
+	@echo "lint: ruff"
+	@ruff check .
+	@echo "lint: mypy"
+	@mypy
 
 demo: synth
-	python demo.py
+	@echo "demo: the runbook in local simulation (demo.py)"
+	@python demo.py
 
+# A running simulation keeps its processes' state under .sim: stop them before deleting it.
 clean:
+	@if [ -f .sim/state.json ]; then SEALED_SIM_DIR="$(ROOT)/.sim" python -m client simulate down; fi
 	rm -rf cdk.out .pytest_cache .sim

@@ -97,6 +97,16 @@ class VsockHTTPConnection(http.client.HTTPConnection):
         self.sock = sock
 
 
+def unreachable_hint(address: Address) -> str:
+    """What to do when nothing listens at `address` (not the command that just failed)."""
+    if isinstance(address, UnixAddress):
+        return ("start the local simulation with `python -m client simulate up` (then leave "
+                "out --socket), or give the socket of a runtime that is running")
+    return (f"check that an enclave with CID {address.cid} is running (`python -m client enclave "
+            f"describe`) and that its runtime listens on port {address.port} (--port, or the "
+            "host settings' enclave_port)")
+
+
 def make_connection(address: Address, timeout: float | None) -> http.client.HTTPConnection:
     if isinstance(address, UnixAddress):
         return UnixHTTPConnection(address.path, timeout=timeout)
@@ -119,14 +129,6 @@ def check_remote_path(path: str, *, allow_empty: bool = False) -> str:
     if not parts and not allow_empty:
         raise UsageError("remote path is empty; name a file, e.g. data.csv")
     return "/".join(parts)
-
-
-def split_area(remote: str, *, default: str) -> tuple[str, str]:
-    """`outbox/result.json` -> ("outbox", "result.json"); a path without an area gets `default`."""
-    head, _, rest = remote.lstrip("/").partition("/")
-    if head in AREAS:
-        return head, rest
-    return default, remote
 
 
 def _fs_url(area: str, path: str, flag: str | None = None) -> str:
@@ -172,9 +174,8 @@ class RuntimeClient:
                 f"the enclave runtime at {self.address} did not answer within {self.timeout:g}s; "
                 "check `python -m client logs` or raise --timeout")
         if isinstance(exc, FileNotFoundError | ConnectionRefusedError):
-            return EnclaveError(
-                f"cannot reach the enclave runtime at {self.address} ({exc.strerror or exc}); "
-                "is it running? check `python -m client status` or `simulate status`")
+            return NotFoundError(f"no enclave runtime answers at {self.address} "
+                                 f"({exc.strerror or exc}); {unreachable_hint(self.address)}")
         return EnclaveError(f"connection to the enclave runtime at {self.address} failed: {exc}; "
                             "retry, and check `python -m client logs` if it persists")
 

@@ -82,8 +82,11 @@ class Imds:
             ttl = {"X-aws-ec2-metadata-token-ttl-seconds": str(TOKEN_TTL_SECONDS)}
             status, body = self._call("PUT", "/latest/api/token", ttl)
             if status != 200 or not body:
-                raise AwsError(f"IMDSv2 refused a session token (HTTP {status}); check the "
-                               "instance's metadata options (http-tokens required, hop limit >= 1)")
+                raise AwsError(f"not on an EC2 instance, or its metadata service is unreachable "
+                               f"from here: IMDSv2 refused a session token (HTTP {status}). Off "
+                               "EC2, pass --region (or set AWS_REGION) and AWS credentials; on "
+                               "EC2, check the instance's metadata options (http-tokens "
+                               "required, hop limit >= 1)")
             self._token = body.decode().strip()
         return self._token
 

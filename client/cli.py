@@ -35,11 +35,14 @@ def global_options() -> argparse.ArgumentParser:
     parent.add_argument("--cid", type=int, default=argparse.SUPPRESS,
                         help="enclave CID (default: the one running enclave)")
     parent.add_argument("--port", type=int, default=argparse.SUPPRESS,
-                        help="enclave runtime vsock port (default 5005)")
+                        help="enclave runtime vsock port (default: the host settings' "
+                             "enclave_port, else 5005)")
     parent.add_argument("--socket", default=argparse.SUPPRESS,
                         help="talk to a runtime on this Unix socket (local simulation)")
     parent.add_argument("--region", default=argparse.SUPPRESS,
-                        help="AWS region (default: from the environment or IMDSv2)")
+                        help="AWS region (default: AWS_REGION or AWS_DEFAULT_REGION, then "
+                             "the host settings file (/etc/sealed-enclave/host.json or "
+                             "$SEALED_HOST_CONFIG), then IMDSv2)")
     parent.add_argument("--timeout", type=positive_seconds, default=argparse.SUPPRESS,
                         help="seconds to wait for the runtime to answer one request (default 30)")
     return parent

@@ -20,7 +20,8 @@ class ExitStatus(enum.IntEnum):
     ENCLAVE_ERROR = 5  # the enclave runtime refused the request or failed
     AWS_ERROR = 6  # an AWS/KMS/S3 call failed or was denied
     TIMEOUT = 7  # a wait or a run exceeded its time limit
-    INTERRUPTED = 130
+    INTERRUPTED = 130  # SIGINT (Ctrl-C), 128 + 2 as a shell reports it
+    TERMINATED = 143  # SIGTERM (e.g. `sync --foreground` stopped by kill), 128 + 15
 
 
 class ClientError(Exception):

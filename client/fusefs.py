@@ -8,7 +8,8 @@ runtime's own temp-and-rename keeps a half-written file from ever appearing in t
 
 Errors map to the errno a program expects: ENOENT, EROFS (outbox), EACCES (the fixed top level),
 EISDIR, ENOTDIR, ENOTEMPTY, EEXIST, EINVAL (names the runtime refuses), EXDEV (rename: `mv`
-falls back to copy and delete), EPERM (links, devices, modes), EIO (server or transport failure).
+falls back to copy and delete), EPERM (links, devices, a change of mode or owner), EIO (server or
+transport failure).
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import signal
 import stat
+import subprocess
 import tempfile
 import threading
 import time
@@ -345,16 +348,30 @@ class ExchangeFs(fuse.Operations):
         self._writable_area(path)
         raise fuse.FuseOSError(errno.EPERM)
 
+    # `mv` (a copy after EXDEV) and `cp -p` set the mode and owner the source shows, which is
+    # what every file here shows: that no-op succeeds, any real change is EPERM.
+
     def chmod(self, path: str, mode: int) -> int:
         self._writable_area(path)
-        raise fuse.FuseOSError(errno.EPERM)
+        if stat.S_IMODE(mode) != stat.S_IMODE(self.getattr(path)["st_mode"]):
+            raise fuse.FuseOSError(errno.EPERM)
+        return 0
 
     def chown(self, path: str, uid: int, gid: int) -> int:
         self._writable_area(path)
-        raise fuse.FuseOSError(errno.EPERM)
+        self.getattr(path)  # ENOENT for a missing name
+        if uid not in (-1, self.uid) or gid not in (-1, self.gid):
+            raise fuse.FuseOSError(errno.EPERM)
+        return 0
 
     def readlink(self, path: str) -> str:
         raise fuse.FuseOSError(errno.EINVAL)  # nothing in the area is a link
+
+
+# libfuse 3.14 takes its default idle-thread limit (4294967295) for a mistake and says so on
+# stderr at every mount; naming a limit keeps it quiet.
+MAX_IDLE_THREADS = 10  # libfuse's own default before 3.12
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def mount(client: RuntimeClient, mountpoint: str, *, foreground: bool = True,
@@ -362,4 +379,47 @@ def mount(client: RuntimeClient, mountpoint: str, *, foreground: bool = True,
     """Mount and serve until unmounted (blocks). `foreground=False` lets libfuse daemonize."""
     fuse.FUSE(ExchangeFs(client), mountpoint, foreground=foreground, debug=debug,
               nothreads=False, fsname="sealed-exchange", subtype="sealed",
-              default_permissions=True)
+              default_permissions=True, max_idle_threads=MAX_IDLE_THREADS)
+
+
+def mount_until_signal(client: RuntimeClient, mountpoint: str, *,
+                       debug: bool = False) -> int | None:
+    """Serve the mount until it is unmounted, or until SIGINT, SIGTERM or SIGHUP unmounts it.
+
+    Returns the signal that ended it, or None when it was unmounted from outside. libfuse's own
+    signal handling ends the same way but reports only "8", so the signals are this function's:
+    libfuse serves in a worker thread and installs no handler where one is already set, and the
+    main thread, which Python runs its handlers in, unmounts (lazily, as libfuse would).
+    """
+    received: list[int] = []
+    failures: list[BaseException] = []
+
+    def serve() -> None:
+        try:
+            mount(client, mountpoint, debug=debug)
+        except BaseException as exc:  # handed to the main thread
+            failures.append(exc)
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        received.append(signum)  # the first one is reported; a repeat retries the unmount
+        _unmount_lazily(mountpoint)
+
+    previous = {number: signal.signal(number, on_signal) for number in STOP_SIGNALS}
+    try:
+        worker = threading.Thread(target=serve, name="fuse", daemon=True)
+        worker.start()
+        while worker.is_alive():
+            worker.join(0.2)  # wakes up for the signal handler, whichever thread got the signal
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+    if failures and not received:
+        raise failures[0]
+    return received[0] if received else None
+
+
+def _unmount_lazily(mountpoint: str) -> None:
+    done = subprocess.run(["fusermount3", "-u", "-z", mountpoint], capture_output=True, text=True,
+                          check=False, timeout=30)
+    if done.returncode != 0:
+        log.warning("fusermount3 -u -z %s failed: %s", mountpoint, done.stderr.strip())

@@ -11,16 +11,20 @@ carries the traffic, sees only ciphertext.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any, Protocol
 
+from botocore.exceptions import BotoCoreError, ClientError
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from enclave.cms import CmsError, decrypt_enveloped_data
+from enclave.sealing import KEY_SERVICE_ERROR, service_error_text
 
 RECIPIENT_KEY_BITS = 2048
 RECIPIENT_ALGORITHM = "RSAES_OAEP_SHA_256"
+log = logging.getLogger(__name__)
 
 
 class AttestedDecryptError(Exception):
@@ -45,12 +49,21 @@ def attested_decrypt(kms_client: Any, nsm: AttestationSource, *, ciphertext_blob
     spki = private_key.public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     document = nsm.attestation(public_key=spki)
-    response = kms_client.decrypt(
-        CiphertextBlob=ciphertext_blob,
-        KeyId=key_id,
-        EncryptionContext=dict(encryption_context),
-        Recipient={"KeyEncryptionAlgorithm": RECIPIENT_ALGORITHM, "AttestationDocument": document},
-    )
+    try:
+        response = kms_client.decrypt(
+            CiphertextBlob=ciphertext_blob,
+            KeyId=key_id,
+            EncryptionContext=dict(encryption_context),
+            Recipient={"KeyEncryptionAlgorithm": RECIPIENT_ALGORITHM,
+                       "AttestationDocument": document},
+        )
+    except (ClientError, BotoCoreError) as exc:
+        # The Encryption SDK replaces a key provider's failure with a generic "Unable to decrypt
+        # any data key". KMS's own answer goes out on this record, as the SDK's KMS master key
+        # logs its own, and enclave.sealing puts it into the unseal error.
+        log.error("KMS did not release the data key of %s: %s", key_id, service_error_text(exc),
+                  extra={KEY_SERVICE_ERROR: exc})
+        raise
     if response.get("Plaintext") is not None:
         raise AttestedDecryptError(
             "KMS returned Plaintext to an attested Decrypt: the plaintext crossed the parent "
@@ -66,3 +79,4 @@ def attested_decrypt(kms_client: Any, nsm: AttestationSource, *, ciphertext_blob
         return decrypt_enveloped_data(wrapped, private_key)
     except CmsError as exc:
         raise CmsError(f"KMS CiphertextForRecipient did not unwrap: {exc}") from None
+

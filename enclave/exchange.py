@@ -113,6 +113,19 @@ class UploadIncomplete(ExchangeError):
     status = 400
 
 
+def split_area(path: str, *, default: str) -> tuple[str, str]:
+    """The host's one path rule, the same for push, pull, rm, `run -f` and run arguments.
+
+    A path may start with the name of an area: `outbox/scores.csv` -> ("outbox", "scores.csv");
+    a path without one is in `default` (the area the command reads or writes): `scores.csv`
+    -> (default, "scores.csv"). Pure; the rest is checked by `split_relative` where it is used.
+    """
+    head, slash, rest = path.partition("/")
+    if slash and head in AREAS:
+        return head, rest
+    return default, path
+
+
 def split_relative(relative: str) -> tuple[str, ...]:
     """Validate a host-supplied relative path and return its components; `""` is the area root.
 

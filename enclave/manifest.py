@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from enclave.exchange import INBOX, OUTBOX, split_area
+
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1
 
@@ -71,6 +73,20 @@ class ArgSpec:
     @property
     def effective_pattern(self) -> str:
         return self.pattern if self.pattern is not None else DEFAULT_VALUE_PATTERN
+
+    def area_path(self, value: str) -> str:
+        """An input's or output's path inside its area, read as push, pull and `run -f` read
+        paths: `inbox/x` and `x` are the same input, `outbox/x` and `x` the same output; an
+        input in the outbox or an output in the inbox is refused. Lexical only."""
+        area = INBOX if self.kind == "input" else OUTBOX
+        named, relative = split_area(value, default=area)
+        if named != area:
+            raise ManifestError(
+                f"argument {self.name!r}: {value!r} is in the {named}, but {self.kind} arguments "
+                f"are paths in the {area}" + ("; pull the file and push it into the inbox first"
+                                              if area == INBOX else "")
+            )
+        return relative
 
 
 @dataclass(frozen=True)
@@ -157,8 +173,10 @@ class Manifest:
         resolved = []
         for arg_spec, value in zip(spec.args, host_args, strict=False):
             if arg_spec.kind == "input":
+                value = arg_spec.area_path(value)
                 resolved.append(_join_confined(inbox_root, value, arg_spec.name))
             elif arg_spec.kind == "output":
+                value = arg_spec.area_path(value)
                 resolved.append(_join_confined(outbox_root, value, arg_spec.name))
             else:
                 resolved.append(_check_value(arg_spec, value))

@@ -441,7 +441,8 @@ class Runner:
                 job.ended_at = time.time()
             job.done.set()
             self.events.add(f"run {job.id}: {outcome}"
-                            + (f" (exit {job.exit_code})" if job.exit_code is not None else ""))
+                            + (f" (exit {job.exit_code})" if job.exit_code is not None else "")
+                            + (f": {error}" if error and job.exit_code is None else ""))
 
     def _unseal_into(self, job: Job, request: RunRequest, app_dir: Path) -> Manifest:
         if self.policy is None:
@@ -489,6 +490,8 @@ class Runner:
         outputs.mkdir(mode=0o700)
         tail = manifest.resolve_arguments(job.entrypoint, list(job.args), inputs, outputs)
         for spec, value in zip(entry.args, job.args, strict=False):
+            if spec.kind in ("input", "output"):
+                value = spec.area_path(value)  # `inbox/x` is `x`, as resolve_arguments read it
             if spec.kind == "input":
                 try:
                     job.input_digests[value] = self._snapshot_input(value, inputs)

@@ -57,7 +57,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import aws_encryption_sdk
-from aws_encryption_sdk.exceptions import AWSEncryptionSDKClientError
+from aws_encryption_sdk.exceptions import AWSEncryptionSDKClientError, DecryptKeyError
 from aws_encryption_sdk.identifiers import Algorithm, CommitmentPolicy, ContentType
 from aws_encryption_sdk.key_providers.base import MasterKeyProvider
 from aws_encryption_sdk.key_providers.kms import StrictAwsKmsMasterKeyProvider
@@ -89,6 +89,10 @@ MAX_MEMBERS = 100_000
 MAX_MEMBER_NAME_CHARS = 4096
 
 _BLOCK = tarfile.BLOCKSIZE
+# Loggers whose ERROR records may carry a key service failure (see _KeyServiceErrorLog), and the
+# record attribute under which the enclave's attested key provider puts the exception.
+KEY_SERVICE_LOGGERS = ("aws_encryption_sdk", "enclave")
+KEY_SERVICE_ERROR = "key_service_error"
 
 ProgressCallback = Callable[[int, int], None]
 
@@ -446,6 +450,13 @@ def unseal_bundle(
         with _key_service_errors() as causes:
             try:
                 header = decryptor.header
+            except DecryptKeyError as exc:
+                if not causes:
+                    raise UnsealError(f"cannot open the bundle: {_describe(exc)}") from exc
+                # The SDK's own text ("Unable to decrypt any data key") hides the reason: the
+                # key service's answer is the reason.
+                raise UnsealError(f"cannot open the bundle: the key service did not release its "
+                                  f"data key: {'; '.join(causes)}") from exc
             except (AWSEncryptionSDKClientError, BotoCoreError, ClientError, InvalidTag) as exc:
                 raise UnsealError(
                     f"cannot open the bundle: {_describe(exc)}{_because(causes)}"
@@ -798,12 +809,13 @@ def _finish_message(decryptor: Any, src: _PrefetchingReader) -> None:
 
 
 class _KeyServiceErrorLog(logging.Handler):
-    """Keeps the key service errors the SDK logs on this thread.
+    """Keeps the key service errors logged on this thread.
 
     The SDK's key providers log a KMS failure (AccessDenied, a disabled key, throttling) and then
-    raise a generic "unable to decrypt" error; the logged cause is what the user can act on.
-    Being a handler on the SDK's logger also keeps Python's last-resort handler from printing
-    the SDK's tracebacks to stderr.
+    raise a generic "unable to decrypt" error; the logged cause is what the user can act on. The
+    SDK's own providers log it as the record's exception; the enclave's attested key provider
+    (enclave.attested_kms) as its `KEY_SERVICE_ERROR` attribute. Being a handler on the SDK's
+    logger also keeps Python's last-resort handler from printing the SDK's tracebacks to stderr.
     """
 
     def __init__(self) -> None:
@@ -812,25 +824,30 @@ class _KeyServiceErrorLog(logging.Handler):
         self.causes: list[str] = []
 
     def emit(self, record: logging.LogRecord) -> None:
-        if record.thread != self.thread or not record.exc_info or record.exc_info[1] is None:
+        if record.thread != self.thread:
             return
-        cause = _service_error(record.exc_info[1])
+        error = getattr(record, KEY_SERVICE_ERROR, None)
+        if error is None and record.exc_info:
+            error = record.exc_info[1]
+        cause = service_error_text(error) if isinstance(error, BaseException) else ""
         if cause and cause not in self.causes:
             self.causes.append(cause)
 
 
 @contextlib.contextmanager
 def _key_service_errors() -> Iterator[list[str]]:
-    logger = logging.getLogger("aws_encryption_sdk")
     handler = _KeyServiceErrorLog()
-    logger.addHandler(handler)
+    loggers = [logging.getLogger(name) for name in KEY_SERVICE_LOGGERS]
+    for logger in loggers:
+        logger.addHandler(handler)
     try:
         yield handler.causes
     finally:
-        logger.removeHandler(handler)
+        for logger in loggers:
+            logger.removeHandler(handler)
 
 
-def _service_error(exc: BaseException) -> str:
+def service_error_text(exc: BaseException) -> str:
     """`Code: message` of the first AWS error in an exception's chain, else ''."""
     seen: BaseException | None = exc
     while seen is not None:

@@ -98,7 +98,7 @@ def test_exceptions_map_to_documented_exit_codes(monkeypatch, capsys, error, sta
 def test_error_message_is_one_prefixed_line(capsys):
     cli.main(["--socket", "/nonexistent/rt.sock", "status"])
     err = capsys.readouterr().err
-    assert err.startswith("error: cannot reach the enclave runtime at unix:/nonexistent/rt.sock")
+    assert err.startswith("error: no enclave runtime answers at unix:/nonexistent/rt.sock")
     assert err.count("\n") == 1
 
 

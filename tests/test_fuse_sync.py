@@ -203,7 +203,7 @@ def test_unmount_of_a_plain_directory_is_not_found(tmp_path):
 def test_mount_fails_cleanly_when_runtime_is_down(tmp_path, monkeypatch):
     monkeypatch.setenv("SEALED_STATE_DIR", str(tmp_path / "state"))
     code = main(["--socket", str(tmp_path / "none.sock"), "sync", "-d", str(tmp_path / "m")])
-    assert code == ExitStatus.ENCLAVE_ERROR
+    assert code == ExitStatus.NOT_FOUND
     assert not os.path.ismount(tmp_path / "m")
 
 
@@ -254,3 +254,59 @@ def test_conflict_errno_comes_from_the_code_not_the_message(code, expected):
     from client.fusefs import errno_for
 
     assert errno_for(ApiError("no hint in this text", code=code, http_status=409)) == expected
+
+
+def test_mv_inside_the_inbox_prints_nothing(mounted):
+    runtime, mnt = mounted
+    (mnt / "inbox" / "a").write_text("a")
+    os.mkdir(mnt / "inbox" / "d")
+    (mnt / "inbox" / "d" / "f").write_text("f")
+    for old, new in (("a", "b"), ("d", "e")):
+        done = subprocess.run(["mv", str(mnt / "inbox" / old), str(mnt / "inbox" / new)],
+                              capture_output=True, text=True, check=False)
+        assert (done.returncode, done.stderr) == (0, "")
+    assert sorted(os.listdir(runtime.root / "inbox")) == ["b", "e"]
+    assert (runtime.root / "inbox" / "e" / "f").read_text() == "f"
+
+
+def test_a_real_change_of_mode_or_owner_is_still_refused(mounted):
+    _, mnt = mounted
+    (mnt / "inbox" / "a").write_text("a")
+    expect_errno(errno.EPERM, os.chmod, mnt / "inbox" / "a", 0o600)
+    expect_errno(errno.EPERM, os.chown, mnt / "inbox" / "a", os.getuid() + 1, -1)
+    os.chmod(mnt / "inbox" / "a", 0o644)  # what it already shows
+
+
+@pytest.mark.parametrize(("signum", "status"), [
+    (2, ExitStatus.INTERRUPTED),  # SIGINT: Ctrl-C
+    (15, ExitStatus.TERMINATED),  # SIGTERM: kill
+])
+def test_foreground_mount_stopped_by_a_signal_unmounts_and_exits_quietly(tmp_path, signum,
+                                                                         status):
+    import time
+
+    mnt = tmp_path / "mnt"
+    with FakeRuntime(tmp_path / "area", tmp_path / "rt.sock") as runtime:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "client", "--socket", str(runtime.socket_path), "sync", "-d",
+             str(mnt), "--foreground"], cwd=PROJECT_ROOT, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True, env={**os.environ,
+                                                     "SEALED_STATE_DIR": str(tmp_path / "st")})
+        try:
+            deadline = time.monotonic() + 15
+            while not os.path.ismount(mnt) and process.poll() is None:
+                assert time.monotonic() < deadline, "the mount did not appear"
+                time.sleep(0.05)
+            (mnt / "inbox" / "kept.txt").write_text("kept")
+            process.send_signal(signum)
+            _out, err = process.communicate(timeout=15)
+        finally:
+            if process.poll() is None:
+                process.kill()
+            if os.path.ismount(mnt):
+                subprocess.run(["fusermount3", "-u", "-z", str(mnt)], check=False)
+        assert process.returncode == status, err
+        assert not os.path.ismount(mnt)
+        assert "Traceback" not in err and "Ignoring invalid" not in err
+        assert err.splitlines()[-1] == f"unmounted {mnt}"
+        assert (runtime.root / "inbox" / "kept.txt").read_text() == "kept"

@@ -323,3 +323,67 @@ def test_requests_leave_nothing_of_the_credentials_on_stderr_or_disk(owner, stat
     for path in state.rglob("*"):
         if path.is_file():
             assert b"not-checked" not in path.read_bytes()
+
+
+# ---- key ARNs: region and account, as KMS checks them --------------------------------------
+
+
+def test_key_arn_of_another_region_is_an_invalid_arn(owner) -> None:
+    key = owner.create_key()["KeyMetadata"]
+    elsewhere = key["Arn"].replace(":us-east-1:", ":eu-west-1:")
+    with pytest.raises(ClientError) as caught:
+        owner.encrypt(KeyId=elsewhere, Plaintext=b"x")
+    assert code(caught) == "NotFoundException"
+    assert caught.value.response["Error"]["Message"] == "Invalid arn eu-west-1"
+
+
+def test_key_arn_of_another_account_does_not_exist(owner) -> None:
+    key = owner.create_key()["KeyMetadata"]
+    foreign = key["Arn"].replace(":111111111111:", ":999999999999:")
+    with pytest.raises(ClientError) as caught:
+        owner.encrypt(KeyId=foreign, Plaintext=b"x")
+    assert code(caught) == "NotFoundException"
+    assert caught.value.response["Error"]["Message"] == f"Key '{foreign}' does not exist"
+
+
+def test_key_is_not_found_from_another_regions_endpoint(owner, url: str) -> None:
+    import boto3
+
+    key = owner.create_key()["KeyMetadata"]
+    west = boto3.client("kms", endpoint_url=url, region_name="eu-west-1",
+                        aws_access_key_id=OWNER_KEY, aws_secret_access_key="not-checked")
+    with pytest.raises(ClientError) as caught:
+        west.describe_key(KeyId=key["KeyId"])
+    assert code(caught) == "NotFoundException"
+
+
+@pytest.mark.parametrize(("replace", "expected"), [
+    ((":us-east-1:", ":eu-west-1:"), "does not exist"),  # the SDK asks eu-west-1's endpoint
+    ((":111111111111:", ":999999999999:"), "does not exist"),
+])
+def test_sealing_under_a_key_arn_kms_would_refuse_fails(owner, url: str, tmp_path: Path,
+                                                        monkeypatch, capsys, replace,
+                                                        expected) -> None:
+    """The Third Party's own command: `envelope_encryptor.py encrypt -k ARN` against this KMS."""
+    import envelope_encryptor
+
+    key = owner.create_key()["KeyMetadata"]
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "manifest.json").write_text(json.dumps({
+        "format": 1, "app_id": "demo-app", "app_version": "1.0.0",
+        "entrypoints": {"run": {"command": ["python3", "main.py"]}}}))
+    (app / "main.py").write_text("print('hi')\n")
+    for name, value in {"AWS_ENDPOINT_URL": url, "AWS_ACCESS_KEY_ID": OWNER_KEY,
+                        "AWS_SECRET_ACCESS_KEY": "not-checked", "AWS_REGION": "us-east-1",
+                        "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
+    wrong = key["Arn"].replace(*replace)
+    code_ = envelope_encryptor.main(["encrypt", "-d", str(app), "-k", wrong,
+                                     "-o", str(tmp_path / "app.sealed")])
+    err = capsys.readouterr().err
+    assert code_ == envelope_encryptor.ExitStatus.AWS_ERROR, err
+    assert "NotFoundException" in err and expected in err
+    assert not (tmp_path / "app.sealed").exists()

@@ -16,10 +16,11 @@ import time
 from typing import Any
 
 from client import aws
-from client.api import check_remote_path, split_area
+from client.api import check_remote_path
 from client.errors import EnclaveError, ExitStatus, TimeoutExpired, UsageError
 from client.output import emit, terminal_safe
 from client.target import Target, resolve_target
+from enclave.exchange import split_area
 
 TERMINAL_STATES = ("succeeded", "failed", "timed_out", "cancelled")
 POLL_SECONDS = 0.5
@@ -41,7 +42,11 @@ def register(subparsers: argparse._SubParsersAction,
     parser.add_argument("extra", nargs="*", metavar="ARGS",
                         help="more arguments after `--`, passed verbatim")
     parser.add_argument("--no-wait", action="store_true",
-                        help="print the run id and return at once")
+                        help="return once the run started, printing `run ID started (STATE); "
+                             "follow it with ...` (with --quiet: the run id alone; with "
+                             "--json: {\"id\", \"state\"})")
+    parser.add_argument("-q", "--quiet", action="store_true",
+                        help="no state changes on stderr; with --no-wait print only the run id")
     parser.add_argument("--wait-timeout", type=float, metavar="SECONDS",
                         help="stop waiting after this long (the run goes on; exit 7)")
     parser.set_defaults(func=run_command)
@@ -79,8 +84,10 @@ def run_command(args: argparse.Namespace) -> int:
                                    credentials=credentials)
         run_id = str(started["id"])
         if args.no_wait:
-            emit(args, started, f"run {run_id} started ({started.get('state')}); follow it with "
-                                f"`python -m client status {run_id}`")
+            text = run_id if args.quiet else (
+                f"run {run_id} started ({started.get('state')}); follow it with "
+                f"`python -m client status {run_id}`")
+            emit(args, {"id": run_id, "state": started.get("state")}, text)
             return 0
         record = wait_for_run(client, run_id, args)
     return report_run(args, record)
@@ -93,7 +100,7 @@ def wait_for_run(client: Any, run_id: str, args: argparse.Namespace,
     while True:
         record = client.get_run(run_id)
         state = record.get("state")
-        if state != shown and not args.json:
+        if state != shown and not args.json and not args.quiet:
             print(f"run {run_id}: {state}", file=sys.stderr, flush=True)
             shown = state
         if state in TERMINAL_STATES:

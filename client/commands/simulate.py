@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import secrets
 import shlex
 import shutil
@@ -34,7 +35,8 @@ from client.sim import image
 from enclave.policy import write_policy
 
 PROJECT_ROOT = simstate.PROJECT_ROOT
-DEFAULT_TEMPLATE = PROJECT_ROOT / "cdk.out" / "ThirdPartyStack.template.json"
+# Where `make synth` writes it, in the directory the commands are run from (the project root).
+DEFAULT_TEMPLATE = Path("cdk.out") / "ThirdPartyStack.template.json"
 START_TIMEOUT_SECONDS = 30.0
 STOP_TIMEOUT_SECONDS = 5.0
 COMPONENTS = ("runtime", "nsm", "kms")  # stop order: the runtime first, its services after
@@ -50,12 +52,14 @@ def register(subparsers: argparse._SubParsersAction,
     up = actions.add_parser("up", parents=parents, help="start the simulation")
     up.add_argument("--debug-mode", action="store_true",
                     help="simulate a debug-mode enclave (every PCR zero: KMS must refuse it)")
-    up.add_argument("--host-role-arn", help="principal of the simulated host role "
-                                            "(default: from cdk.json, as HostStack names it)")
-    up.add_argument("--third-party-arn", help="principal of the simulated third party")
+    up.add_argument("--host-role-arn", type=principal_arn,
+                    help="principal of the simulated host role "
+                         "(default: from cdk.json, as HostStack names it)")
+    up.add_argument("--third-party-arn", type=principal_arn,
+                    help="principal of the simulated third party")
     up.add_argument("--template", type=Path, default=DEFAULT_TEMPLATE, metavar="PATH",
                     help="synthesized ThirdPartyStack template whose key policy the enclave key "
-                         "gets (default: cdk.out/ThirdPartyStack.template.json; `make synth`)")
+                         "gets (default: cdk.out/ThirdPartyStack.template.json here; `make synth`)")
     up.add_argument("--key-arn", metavar="ARN",
                     help="pin this existing local KMS key instead of the configured alias's")
     up.add_argument("--app-id", action="append", metavar="ID",
@@ -81,6 +85,20 @@ def register(subparsers: argparse._SubParsersAction,
 
 
 # -- principals ---------------------------------------------------------------------------------
+
+# An IAM role or user, an assumed-role session, or an account root, as a key policy names them.
+PRINCIPAL_ARN = re.compile(r"arn:aws[a-z-]*:(iam::\d{12}:(root|(role|user)/[\w+=,.@/-]{1,512})"
+                           r"|sts::\d{12}:assumed-role/[\w+=,.@-]{1,64}/[\w+=,.@-]{2,64})")
+
+
+def principal_arn(text: str) -> str:
+    if not PRINCIPAL_ARN.fullmatch(text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an IAM principal ARN; expected e.g. "
+            "arn:aws:iam::222222222222:role/NAME or "
+            "arn:aws:sts::222222222222:assumed-role/NAME/SESSION")
+    return text
+
 
 
 def cdk_context() -> dict[str, Any]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from client.api import ApiNotFound
+from client.errors import NotFoundError, UsageError
 from client.output import emit
 from client.target import resolve_target
 
@@ -16,7 +18,7 @@ def register(subparsers: argparse._SubParsersAction,
         description="Without RUN_ID: where the runtime is, its health and its runs. With RUN_ID: "
                     "that run's state, exit code and allowed output.")
     parser.add_argument("run_id", nargs="?", metavar="RUN_ID")
-    parser.add_argument("--cancel", action="store_true", help="cancel RUN_ID")
+    parser.add_argument("--cancel", action="store_true", help="cancel RUN_ID (required with it)")
     parser.set_defaults(func=status_command)
 
 
@@ -29,10 +31,20 @@ def describe_run(run: dict[str, Any]) -> str:
 
 
 def status_command(args: argparse.Namespace) -> int:
+    if args.cancel and not args.run_id:
+        raise UsageError("--cancel needs the id of the run to cancel, e.g. "
+                         "`python -m client status RUN_ID --cancel`; `python -m client status` "
+                         "lists the runs")
     target = resolve_target(args)
     with target.client(timeout=args.timeout) as client:
         if args.run_id:
-            run = client.cancel_run(args.run_id) if args.cancel else client.get_run(args.run_id)
+            try:
+                run = client.cancel_run(args.run_id) if args.cancel else \
+                    client.get_run(args.run_id)
+            except ApiNotFound as exc:
+                raise NotFoundError(f"the runtime at {target.address} has no run "
+                                    f"{args.run_id!r}; list its runs with "
+                                    "`python -m client status`") from exc
             text = describe_run(run)
             if run.get("stdout"):
                 text += "\n--- stdout ---\n" + run["stdout"].rstrip("\n")

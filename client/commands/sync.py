@@ -12,6 +12,7 @@ import hashlib
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -19,7 +20,7 @@ from pathlib import Path
 
 from client import hoststate
 from client.api import UnixAddress
-from client.errors import ClientError, NotFoundError, UsageError
+from client.errors import ClientError, ExitStatus, NotFoundError, UsageError
 from client.output import emit
 from client.target import Target, resolve_target
 
@@ -103,13 +104,20 @@ def sync_command(args: argparse.Namespace) -> int:
     with target.client(timeout=args.timeout) as client:
         client.health()  # fail here, with the runtime's message, rather than inside the mount
     if args.foreground:
-        from client.fusefs import mount
+        from client.fusefs import mount_until_signal
 
         emit(args, {"mounted": str(directory), "target": str(target.address)},
              f"mounted {target.address} on {directory} (inbox/, outbox/); Ctrl-C to unmount",
              stream=sys.stderr if not args.json else None)
-        mount(target.client(timeout=args.timeout), str(directory), debug=args.debug)
-        return 0
+        stopped_by = mount_until_signal(target.client(timeout=args.timeout), str(directory),
+                                        debug=args.debug)
+        print(f"unmounted {directory}", file=sys.stderr)
+        if stopped_by is None:  # `sync --unmount` from elsewhere
+            return 0
+        # Ended by a signal: exit as a shell reports it (130 for Ctrl-C, 143 for TERM).
+        by_signal: dict[int, int] = {signal.SIGINT: ExitStatus.INTERRUPTED,
+                                     signal.SIGTERM: ExitStatus.TERMINATED}
+        return by_signal.get(stopped_by, 128 + stopped_by)
     return mount_in_background(args, directory, target)
 
 

@@ -13,7 +13,10 @@ and, for a `Recipient`, `kms:RecipientAttestation:ImageSha384` (PCR0, lowercase 
 `kms:RecipientAttestation:PCR<n>`. The attestation document is verified against the development
 root (debug documents included, so the policy is what refuses their zero PCRs), and the answer to a
 `Recipient` is real CMS EnvelopedData to the document's public key (`CiphertextForRecipient`, no
-`Plaintext`), so the enclave's production code path runs unchanged.
+`Plaintext`), so the enclave's production code path runs unchanged. Keys are regional and
+belong to the local KMS's one account, as in KMS: a key ARN naming another region than the
+endpoint's is `NotFoundException: Invalid arn <region>`, and one naming another account (or a key
+created in another region) `NotFoundException: Key '<arn>' does not exist`.
 
 What it does not do: SigV4 signatures are not verified (there are no secrets to check them
 against). Callers are identified by the access key id in the Authorization header, mapped to
@@ -249,20 +252,39 @@ class LocalKms:
 
     # -- helpers
 
-    def _resolve(self, data: dict[str, Any], key_ref: Any) -> dict[str, Any]:
+    def _resolve(self, data: dict[str, Any], key_ref: Any, region: str) -> dict[str, Any]:
+        """The key `key_ref` names in `region`, refusing what KMS refuses.
+
+        KMS keys are regional and belong to one account: an ARN naming another region than the
+        endpoint's is `NotFoundException: Invalid arn <region>`; a key or alias of another
+        account, or a key created in another region, does not exist here.
+        """
         if not isinstance(key_ref, str) or not key_ref:
             raise KmsFault("ValidationException", "KeyId is required")
+        account = data.get("account", DEFAULT_ACCOUNT)
         key_id = key_ref
-        if key_ref.startswith("alias/") or ":alias/" in key_ref:
-            name = key_ref[key_ref.index("alias/"):]
-            if name not in data["aliases"]:
-                raise KmsFault("NotFoundException", f"alias {name} does not exist")
-            key_id = data["aliases"][name]
-        elif key_ref.startswith("arn:"):
-            key_id = key_ref.rsplit("/", 1)[-1]
-        if key_id not in data["keys"]:
-            raise KmsFault("NotFoundException", f"key {key_ref} does not exist")
-        return data["keys"][key_id]
+        if key_ref.startswith("arn:"):
+            parts = key_ref.split(":", 5)
+            if len(parts) != 6 or parts[2] != "kms" or not parts[5].startswith(("key/",
+                                                                                "alias/")):
+                raise KmsFault("NotFoundException", f"Invalid arn {key_ref}")
+            if parts[3] != region:
+                raise KmsFault("NotFoundException", f"Invalid arn {parts[3]}")
+            if parts[4] != account:
+                what = "Alias" if parts[5].startswith("alias/") else "Key"
+                raise KmsFault("NotFoundException", f"{what} '{key_ref}' does not exist")
+            key_id = parts[5].split("/", 1)[1] if parts[5].startswith("key/") else parts[5]
+        if key_id.startswith("alias/"):
+            alias = data["aliases"].get(key_id)
+            if alias is None or data["keys"][alias]["arn"].split(":")[3] != region:
+                raise KmsFault("NotFoundException",
+                               f"Alias arn:aws:kms:{region}:{account}:{key_id} is not found.")
+            key_id = alias
+        key = data["keys"].get(key_id)
+        if key is None or key["arn"].split(":")[3] != region:
+            raise KmsFault("NotFoundException",
+                           f"Key 'arn:aws:kms:{region}:{account}:key/{key_id}' does not exist")
+        return key
 
     def _authorize(self, key: dict[str, Any], caller: str, action: str,
                    context: dict[str, Any] | None = None) -> None:
@@ -353,7 +375,7 @@ class LocalKms:
             raise KmsFault("NotAuthorizedException", "alias/aws/ is reserved for AWS")
         if name in data["aliases"]:
             raise KmsFault("AlreadyExistsException", f"alias {name} already exists")
-        key = self._resolve(data, body.get("TargetKeyId"))
+        key = self._resolve(data, body.get("TargetKeyId"), region)
         self._authorize(key, caller, "kms:CreateAlias")
         data["aliases"][name] = key["id"]
         return {}
@@ -363,22 +385,22 @@ class LocalKms:
         aliases = [{"AliasName": name, "AliasArn": f"arn:aws:kms:{region}:{account}:{name}",
                     "TargetKeyId": key_id} for name, key_id in sorted(data["aliases"].items())]
         if body.get("KeyId"):
-            wanted = self._resolve(data, body["KeyId"])["id"]
+            wanted = self._resolve(data, body["KeyId"], region)["id"]
             aliases = [a for a in aliases if a["TargetKeyId"] == wanted]
         return {"Aliases": aliases, "Truncated": False}
 
     def _describe_key(self, data, body, caller, region):
-        key = self._resolve(data, body.get("KeyId"))
+        key = self._resolve(data, body.get("KeyId"), region)
         self._authorize(key, caller, "kms:DescribeKey")
         return {"KeyMetadata": self._metadata(key)}
 
     def _get_key_policy(self, data, body, caller, region):
-        key = self._resolve(data, body.get("KeyId"))
+        key = self._resolve(data, body.get("KeyId"), region)
         self._authorize(key, caller, "kms:GetKeyPolicy")
         return {"Policy": key["policy"], "PolicyName": "default"}
 
     def _put_key_policy(self, data, body, caller, region):
-        key = self._resolve(data, body.get("KeyId"))
+        key = self._resolve(data, body.get("KeyId"), region)
         if body.get("PolicyName", "default") != "default":
             raise KmsFault("ValidationException", "PolicyName must be default")
         self._authorize(key, caller, "kms:PutKeyPolicy")
@@ -388,7 +410,7 @@ class LocalKms:
         return {}
 
     def _generate_data_key(self, data, body, caller, region):
-        key = self._resolve(data, body.get("KeyId"))
+        key = self._resolve(data, body.get("KeyId"), region)
         context = self._context(body)
         size = {"AES_256": 32, "AES_128": 16}.get(body.get("KeySpec") or "", None)
         size = size or body.get("NumberOfBytes")
@@ -411,7 +433,7 @@ class LocalKms:
         return response
 
     def _encrypt(self, data, body, caller, region):
-        key = self._resolve(data, body.get("KeyId"))
+        key = self._resolve(data, body.get("KeyId"), region)
         context = self._context(body)
         plaintext = _b64(body.get("Plaintext"), "Plaintext")
         if not 1 <= len(plaintext) <= MAX_PLAINTEXT_BYTES:
@@ -424,8 +446,8 @@ class LocalKms:
 
     def _decrypt(self, data, body, caller, region):
         blob = _b64(body.get("CiphertextBlob"), "CiphertextBlob")
-        key = self._resolve(data, blob_key_id(blob))
-        if body.get("KeyId") and self._resolve(data, body["KeyId"])["id"] != key["id"]:
+        key = self._resolve(data, blob_key_id(blob), region)
+        if body.get("KeyId") and self._resolve(data, body["KeyId"], region)["id"] != key["id"]:
             raise KmsFault("IncorrectKeyException",
                            "the ciphertext was encrypted under another key than KeyId")
         context = self._context(body)
