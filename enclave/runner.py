@@ -520,7 +520,7 @@ class Runner:
         for spec, value in zip(entry.args, job.args, strict=False):
             if spec.kind != "output":
                 continue
-            for relative, fd in _written_files(outputs, value, user):
+            for relative, fd in _written_files(outputs, spec.area_path(value), user):
                 with os.fdopen(fd, "rb", buffering=0) as f:
                     try:
                         self._make_parents(relative)

@@ -30,13 +30,14 @@ def test_region_help_names_the_host_settings_file():
 
 # README's wording of a demo step -> the words of demo.py's own step title.
 DEMO_STEPS = (
-    ("starts the local simulation", "start the local simulation"),
-    ("creates the enclave key", "create the enclave key"),
-    ("allow list", "allow the enclave image"),
+    ("Starts the simulation", "Start the local simulation"),
+    ("allow-list tool", "allow the enclave image"),
     ("seals", "seal src/"),
     ("verifies the enclave's attestation", "verify the enclave's attestation"),
-    ("pushes", "push the sealed application"),
+    ("pushes the", "push the sealed application"),
     ("runs the `predict` entrypoint", "`predict` entrypoint"),
+    ("signed receipt", "the run's receipt"),
+    ("Hostile host", "Hostile host"),
     ("cannot decrypt the bundle", "decrypting the bundle directly is denied"),
     ("stops the simulation", "stop the simulation"),
 )

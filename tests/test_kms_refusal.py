@@ -18,8 +18,10 @@ import envelope_encryptor
 from client.cli import main
 from client.errors import ExitStatus
 from enclave.config import RuntimeConfig
+from enclave.policy import ImagePolicy
 from enclave.runner import attested_kms_key_provider_factory
 from enclave.server import make_server
+from tests.runtime_harness import traversable_dir
 from tests.sim_support import (
     HOST_KEY,
     HOST_SESSION_ARN,
@@ -52,8 +54,12 @@ def refusing_setup(tmp_path, monkeypatch):
             "KeyMetadata"]["Arn"]
         bundle = seal_sample(tmp_path, url, key_arn, monkeypatch)
 
-        config = RuntimeConfig(exchange_root=tmp_path / "exchange", private_root=tmp_path / "priv",
-                               kms_endpoint=url, default_region="us-east-1")
+        # The image pins this key and app: KMS, not the image policy, is what refuses here.
+        image_policy = ImagePolicy(region="us-east-1", kms_key_arns=(key_arn,),
+                                   app_ids=("demo-app",))
+        base = traversable_dir(tmp_path)
+        config = RuntimeConfig(exchange_root=base / "exchange", private_root=base / "priv",
+                               kms_endpoint=url, image_policy=image_policy)
         runtime_socket = sockets / "rt.sock"
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.bind(str(runtime_socket))
