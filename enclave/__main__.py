@@ -96,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="vsock port of the parent's KMS vsock-proxy (with --vsock-port)")
     serve.add_argument("--no-kms-bridge", action="store_true",
                        help="do not start the in-enclave KMS bridge (with --vsock-port)")
+    serve.add_argument("--emulate-vsock-dir", metavar="DIR",
+                       help="emulated enclave only (enclave/emulation.py): every vsock address "
+                            "is a Unix socket in DIR")
     return parser
 
 
@@ -131,11 +134,30 @@ def bind_unix(path: str) -> socket.socket:
     return sock
 
 
-def bind_vsock(port: int) -> socket.socket:
+def bind_vsock(port: int, emulate_dir: str | None = None) -> socket.socket:
+    """Listen on AF_VSOCK `port`, or on its Unix socket stand-in in the emulated enclave."""
+    if emulate_dir is not None:
+        from enclave.emulation import EMULATED_ENCLAVE_CID, vsock_socket_path
+
+        return bind_unix(vsock_socket_path(emulate_dir, EMULATED_ENCLAVE_CID, port))
     sock = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
     sock.bind((socket.VMADDR_CID_ANY, port))
     sock.listen(64)
     return sock
+
+
+def unix_upstream(path: str) -> Any:
+    """The bridge's connection to the parent's vsock-proxy, in the emulated enclave."""
+    def connect() -> socket.socket:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(10.0)
+        try:
+            sock.connect(path)
+        except OSError:
+            sock.close()
+            raise
+        return sock
+    return connect
 
 
 def bring_up_loopback() -> None:
@@ -148,15 +170,21 @@ def bring_up_loopback() -> None:
             fcntl.ioctl(s.fileno(), siocsifflags, struct.pack("16sH14x", b"lo", flags | iff_up))
 
 
-def start_kms_bridge(proxy_port: int) -> Any:
+def start_kms_bridge(proxy_port: int, emulate_dir: str | None = None) -> Any:
     """Start enclave.bridge's forwarder (127.0.0.1:443 -> parent vsock-proxy) if it exists."""
     try:
         from enclave import bridge
     except ImportError:
         logging.getLogger("enclave").warning("enclave.bridge is missing: KMS is unreachable")
         return None
+    upstream = None
+    if emulate_dir is not None:
+        from enclave.emulation import vsock_socket_path
+
+        upstream = unix_upstream(vsock_socket_path(emulate_dir, PARENT_CID, proxy_port))
     try:
-        return bridge.start(local_port=443, parent_cid=PARENT_CID, parent_port=proxy_port)
+        return bridge.start(local_port=443, parent_cid=PARENT_CID, parent_port=proxy_port,
+                            connect_upstream=upstream)
     except OSError as exc:  # keep serving: attestation and files still work, runs will say why
         logging.getLogger("enclave").warning("KMS bridge did not start: %s", exc)
         return None
@@ -173,8 +201,8 @@ def serve(args: argparse.Namespace) -> int:
         except OSError as exc:
             logging.getLogger("enclave").warning("could not bring up lo: %s", exc)
         if not args.no_kms_bridge:
-            start_kms_bridge(args.kms_proxy_port)
-        sock = bind_vsock(args.vsock_port)
+            start_kms_bridge(args.kms_proxy_port, args.emulate_vsock_dir)
+        sock = bind_vsock(args.vsock_port, args.emulate_vsock_dir)
         where = f"vsock port {args.vsock_port}"
     else:
         sock = bind_unix(args.unix)

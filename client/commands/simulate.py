@@ -29,7 +29,8 @@ from client.output import emit
 PROJECT_ROOT = simstate.PROJECT_ROOT
 START_TIMEOUT_SECONDS = 30.0
 STOP_TIMEOUT_SECONDS = 5.0
-COMPONENTS = ("runtime", "nsm", "kms")  # stop order: the runtime first, its services after
+# stop order: the runtime first, its services after (vsock_proxy and kms_tls: --jail only)
+COMPONENTS = ("runtime", "vsock_proxy", "nsm", "kms_tls", "kms")
 
 
 def register(subparsers: argparse._SubParsersAction,
@@ -45,6 +46,9 @@ def register(subparsers: argparse._SubParsersAction,
     up.add_argument("--host-role-arn", help="principal of the simulated host role "
                                             "(default: from cdk.json, as HostStack names it)")
     up.add_argument("--third-party-arn", help="principal of the simulated third party")
+    up.add_argument("--jail", action="store_true",
+                    help="run the image's own command in an emulated enclave (Linux namespaces; "
+                         "needs root): docs/emulation.md")
     up.set_defaults(func=up_command)
     down = actions.add_parser("down", parents=parents, help="stop the simulation")
     down.add_argument("--purge", action="store_true",
@@ -156,6 +160,7 @@ def runtime_command(socket_path: Path, state_dir: Path, nsm_socket: Path, kms_en
 
 def stop_component(component: dict[str, Any], module: str) -> bool:
     """SIGTERM (then SIGKILL) a recorded process, if it still is the one we started."""
+    module = component.get("module", module)
     pid = component.get("pid")
     if not isinstance(pid, int) or not simstate.pid_alive(pid) or not _runs_module(pid, module):
         return False
@@ -177,7 +182,8 @@ def _runs_module(pid: int, module: str) -> bool:
     return module.encode() in argv
 
 
-MODULES = {"runtime": "enclave", "nsm": "client.sim.nsm", "kms": "client.sim.kms"}
+MODULES = {"runtime": "enclave", "nsm": "client.sim.nsm", "kms": "client.sim.kms",
+           "kms_tls": "client.sim.kms", "vsock_proxy": "client.sim.vsock_proxy"}
 
 
 # -- commands -------------------------------------------------------------------------------------
@@ -220,9 +226,12 @@ def up_command(args: argparse.Namespace) -> int:
         wait_for(started["nsm"], nsm_socket.exists, "the simulated NSM")
         started["nsm"]["socket"] = str(nsm_socket)
 
-        started["runtime"] = spawn("runtime", runtime_command(
-            runtime_socket, state_dir, nsm_socket, kms_endpoint, region), state_dir)
-        wait_for(started["runtime"], lambda: runtime_healthy(runtime_socket), "the runtime")
+        if args.jail:
+            runtime_socket = start_jail(started, state_dir, region, nsm_socket)
+        else:
+            started["runtime"] = spawn("runtime", runtime_command(
+                runtime_socket, state_dir, nsm_socket, kms_endpoint, region), state_dir)
+            wait_for(started["runtime"], lambda: runtime_healthy(runtime_socket), "the runtime")
         started["runtime"]["socket"] = str(runtime_socket)
     except BaseException:
         for name in COMPONENTS:
@@ -237,6 +246,7 @@ def up_command(args: argparse.Namespace) -> int:
         "state_dir": str(state_dir),
         "region": region,
         "debug_mode": args.debug_mode,
+        "mode": "jail" if args.jail else "plain",
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "principals": principals,
         "dev_root": str(state_dir / "pki" / "root.pem"),
@@ -254,6 +264,19 @@ def up_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def start_jail(started: dict[str, dict[str, Any]], state_dir: Path, region: str,
+                nsm_socket: Path) -> Path:
+    """The emulated enclave (client/sim/jail.py) in place of the plain runtime process."""
+    from client.sim import jail
+
+    context = cdk_context()
+    return jail.start(
+        started, state_dir=state_dir, region=region, nsm_socket=nsm_socket, spawn=spawn,
+        wait_for=wait_for, kms_port=kms_port, runtime_healthy=runtime_healthy,
+        enclave_port=int(context.get("EnclavePort", jail.DEFAULT_ENCLAVE_PORT)),
+        vsock_proxy_port=int(context.get("VsockProxyPort", jail.DEFAULT_VSOCK_PROXY_PORT)))
+
+
 def public_state(state: dict[str, Any]) -> dict[str, Any]:
     """The state without secret keys, for printing."""
     shown = json.loads(json.dumps(state))
@@ -266,7 +289,7 @@ def public_state(state: dict[str, Any]) -> dict[str, Any]:
 def stop_all(state: dict[str, Any]) -> list[str]:
     stopped = [name for name in COMPONENTS
                if name in state and stop_component(state[name], MODULES[name])]
-    for name in ("runtime", "nsm"):
+    for name in ("runtime", "nsm", "vsock_proxy"):
         socket_path = (state.get(name) or {}).get("socket")
         if socket_path:
             Path(socket_path).unlink(missing_ok=True)
@@ -295,13 +318,13 @@ def status_command(args: argparse.Namespace) -> int:
              f"no simulation in {state_dir}; start one with `python -m client simulate up`")
         return int(ExitStatus.NOT_FOUND)
     components = {name: simstate.pid_alive((state.get(name) or {}).get("pid"))
-                  for name in COMPONENTS}
+                  for name in COMPONENTS if name in state}
     healthy = runtime_healthy(Path(state["runtime"]["socket"]))
     running = all(components.values()) and healthy
     data = {"running": running, "healthy": healthy, "components": components,
             **public_state(state)}
     lines = [f"simulation in {state_dir}: {'running' if running else 'DEGRADED'}"]
-    for name in COMPONENTS:
+    for name in components:
         c = state.get(name) or {}
         where = c.get("socket") or c.get("endpoint") or ""
         lines.append(f"  {name:8} {'up  ' if components[name] else 'DOWN'} pid {c.get('pid')} "

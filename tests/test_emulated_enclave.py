@@ -1,0 +1,90 @@
+"""The whole attested flow inside the emulated enclave (`simulate up --jail`, docs/emulation.md).
+
+The runtime is started by the image's own CMD (containers/Dockerfile) under an init stand-in in
+mount, network and PID namespaces: tmpfs noexec /run and /tmp, linuxkit's /etc/hosts and an empty
+resolv.conf, `lo` down, the image's environment only, the image's packages installed with pip
+from containers/requirements-*.txt (not the virtualenv), vsock replaced by Unix sockets, and KMS
+reached through the in-enclave bridge and a vsock-proxy stand-in over TLS. Needs root; skipped
+with the reason elsewhere, and a failure when CI=true.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from client import simstate
+from client.cli import main
+from client.sim import jail
+from tests.test_containers import image_command
+from tests.test_simulate import PATIENTS, create_enclave_key, seal
+
+
+def require_jail() -> None:
+    reason = jail.unavailable_reason()
+    if reason is None:
+        return
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"CI must run the emulated enclave, but: {reason}")
+    pytest.skip(f"emulated enclave unavailable: {reason}")
+
+
+@pytest.fixture(scope="module")
+def enclave(tmp_path_factory):
+    require_jail()
+    state_dir = tmp_path_factory.mktemp("jail")
+    old = {k: os.environ.get(k) for k in ("SEALED_SIM_DIR", "SEALED_STATE_DIR", "PATH")}
+    os.environ["SEALED_SIM_DIR"] = str(state_dir)
+    os.environ["SEALED_STATE_DIR"] = str(state_dir / "host")
+    os.environ["PATH"] = "/usr/sbin:/usr/bin:/sbin:/bin"  # unshare, but no nitro-cli
+    try:
+        code = main(["simulate", "up", "--jail"])
+        if code != 0:
+            log = state_dir / "logs" / "runtime.log"
+            pytest.fail(f"simulate up --jail failed ({code}):\n"
+                        f"{log.read_text() if log.exists() else ''}")
+        yield simstate.load_state(state_dir)
+    finally:
+        main(["simulate", "down"])
+        for key, value in old.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+# Until the image's defects are fixed the emulated enclave must catch them: the runtime never
+# comes up (see the commit history). Removed as soon as the image boots.
+KNOWN_DEFECTS = pytest.mark.xfail(strict=True, reason="the image as built today does not boot")
+
+
+@KNOWN_DEFECTS
+def test_the_runtime_is_started_by_the_images_cmd(enclave):
+    assert enclave["mode"] == "jail"
+    assert enclave["runtime"]["image_command"] == image_command()
+    plan = json.loads((Path(enclave["state_dir"]) / "jail" / "plan.json").read_text())
+    assert plan["argv"] == jail.jail_argv(image_command())
+
+
+@KNOWN_DEFECTS
+def test_attested_run_imports_numpy_from_the_image_and_reaches_kms_over_tls(
+        enclave, tmp_path, capsys):
+    assert main(["attest"]) == 0  # the attestation document verifies against the expected PCRs
+    key_arn = create_enclave_key(enclave, enclave["measurements"]["PCR0"])
+    bundle = tmp_path / "app.sealed"
+    seal(enclave, key_arn, bundle)
+    assert main(["push", str(bundle)]) == 0
+    assert main(["push", str(PATIENTS), "patients.csv"]) == 0
+    capsys.readouterr()
+    code = main(["run", "-f", "app.sealed", "-s", "predict", "-a", "patients.csv scores.csv 0.3"])
+    captured = capsys.readouterr()
+    logs = Path(enclave["state_dir"]) / "logs"
+    assert code == 0, captured.err + (logs / "runtime.log").read_text()
+    assert captured.out.startswith("scored 500 patients")
+    assert main(["pull", "scores.csv", str(tmp_path / "scores.csv")]) == 0
+    assert len((tmp_path / "scores.csv").read_text().splitlines()) == 501
+    # The data key came through the bridge, the vsock-proxy stand-in and TLS to the local KMS.
+    assert "forwarding a connection to kms." in (logs / "vsock-proxy.log").read_text()
