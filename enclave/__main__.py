@@ -26,6 +26,9 @@ from typing import Any
 
 from enclave.config import ConfigError, GiB, KiB, RuntimeConfig
 
+# The image's interpreter, by absolute path: the enclave init looks a bare `python3` up on
+# /sbin:/usr/sbin:/bin:/usr/bin, where Amazon Linux 2023 has Python 3.9.
+IMAGE_PYTHON = "/usr/bin/python3.11"
 VSOCK_PORT = 5005
 PARENT_CID = 3  # the parent instance, where vsock-proxy listens
 KMS_PROXY_PORT = 8000  # vsock-proxy's port for KMS (runbook: `vsock-proxy 8000 kms...`)
@@ -42,7 +45,7 @@ _PRODUCTION_OPTIONS: tuple[tuple[str, str], ...] = (
 
 def production_argv() -> list[str]:
     """The exact command the enclave image runs (its Dockerfile CMD)."""
-    argv = ["python3", "-m", "enclave", "serve"]
+    argv = [IMAGE_PYTHON, "-m", "enclave", "serve"]
     for option, value in _PRODUCTION_OPTIONS:
         argv += [option, value]
     return argv

@@ -73,6 +73,14 @@ def test_image_runs_the_production_command() -> None:
     assert image_command() == production_argv()
 
 
+def test_image_names_its_interpreter_by_absolute_path() -> None:
+    """The init looks a bare name up on /sbin:/usr/sbin:/bin:/usr/bin (python3 = 3.9 on AL2023)."""
+    assert image_command()[0] == "/usr/bin/python3.11"
+    runs = [rest for keyword, rest in dockerfile_instructions() if keyword == "RUN"]
+    assert not any(re.search(r"(^|[\s;&|])python3?\s", run) for run in runs), runs
+    assert "dnf install -y python3.11 " in " ".join(runs)
+
+
 def test_production_command_parses_as_vsock_serve() -> None:
     args = build_parser().parse_args(production_argv()[3:])
     assert (args.command, args.vsock_port, args.unix) == ("serve", 5005, None)

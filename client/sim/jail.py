@@ -56,6 +56,10 @@ IMAGE_SITE = "/opt/enclave/site"
 IMAGE_APP = "/opt/enclave/app"
 # The Amazon Linux base image's configuration sets only PATH (docker's default for it).
 BASE_IMAGE_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
+PYTHON3_STANDIN = (
+    "#!/bin/sh\necho \"emulated enclave: the image's /usr/bin/python3 is Amazon Linux 2023's "
+    f"Python {IMAGE_SYSTEM_PYTHON3_VERSION}, which cannot run this code; name the image's "
+    "/usr/bin/python3.11\" >&2\nexit 1\n")
 HOST_DEVICES = ("null", "zero", "full", "random", "urandom")
 DEFAULT_ENCLAVE_PORT = 5005
 DEFAULT_VSOCK_PROXY_PORT = 8000
@@ -148,7 +152,7 @@ class JailPaths:
     ca_bundle: Path  # botocore's bundle plus the test CA
     hosts: Path
     resolv_conf: Path
-    python3_standin: Path
+    usr_layer: Path  # mount point of the RAM layer over /usr (outside the jail's root)
     vsock_dir: Path
     nsm_socket: Path
     enclave_code: Path = PROJECT_ROOT / "enclave"
@@ -159,18 +163,17 @@ def jail_plan(paths: JailPaths, spec: ImageSpec) -> dict[str, Any]:
     noexec = ["nosuid", "nodev", "noexec"]
     steps: list[dict[str, Any]] = [
         {"op": "tmpfs", "target": "/", "data": "mode=0755"},
-        {"op": "bind", "source": "/usr", "target": "/usr", "flags": ["ro", "nosuid", "nodev"]},
+        # this machine's /usr under a RAM layer where the image's differences are made
+        {"op": "overlay", "source": "/usr", "target": "/usr", "scratch": str(paths.usr_layer)},
+        {"op": "file", "target": IMAGE_SYSTEM_PYTHON3, "content": PYTHON3_STANDIN, "mode": 0o755},
     ]
     steps += [{"op": "symlink", "target": f"/{name}", "to": f"usr/{name}"}
               for name in ("bin", "sbin", "lib", "lib64") if os.path.islink(f"/{name}")]
-    if os.path.isdir("/usr/lib/python3/dist-packages"):
-        # Debian's own Python packages are not in the image.
-        steps.append({"op": "tmpfs", "target": "/usr/lib/python3/dist-packages",
-                      "flags": ["ro", "nosuid", "nodev"]})
+    # Debian's own Python packages are not in the image.
+    steps += [{"op": "remove", "target": "/usr/lib/python3/dist-packages"},
+              {"op": "remount", "target": "/usr", "flags": ["ro", "nosuid", "nodev"]},
+              {"op": "dir", "target": "/etc"}]
     steps += [
-        {"op": "bind", "source": str(paths.python3_standin), "target": IMAGE_SYSTEM_PYTHON3,
-         "flags": ["ro", "nosuid", "nodev"]},
-        {"op": "dir", "target": "/etc"},
         {"op": "bind", "source": str(paths.hosts), "target": "/etc/hosts"},
         {"op": "bind", "source": str(paths.resolv_conf), "target": "/etc/resolv.conf"},
         {"op": "bind", "source": "/etc/ld.so.cache", "target": "/etc/ld.so.cache",
@@ -265,19 +268,15 @@ def prepare_files(jail_dir: Path, site: Path, ca: Path, nsm_socket: Path) -> Jai
     jail_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     paths = JailPaths(root=jail_dir / "root", site=site, ca_bundle=jail_dir / "cacert.pem",
                       hosts=jail_dir / "hosts", resolv_conf=jail_dir / "resolv.conf",
-                      python3_standin=jail_dir / "python3-standin",
+                      usr_layer=jail_dir / "usr-layer",
                       vsock_dir=jail_dir / "vsock", nsm_socket=nsm_socket)
     paths.root.mkdir(exist_ok=True)
+    paths.usr_layer.mkdir(exist_ok=True)
     paths.vsock_dir.mkdir(exist_ok=True, mode=0o700)
     paths.ca_bundle.write_bytes((site / BOTOCORE_CA_BUNDLE).read_bytes() + b"\n" +
                                 ca.read_bytes())
     paths.hosts.write_text(LINUXKIT_HOSTS)
     paths.resolv_conf.write_text(LINUXKIT_RESOLV_CONF)
-    paths.python3_standin.write_text(
-        "#!/bin/sh\necho \"emulated enclave: the image's /usr/bin/python3 is Amazon Linux "
-        f"2023's Python {IMAGE_SYSTEM_PYTHON3_VERSION}, which cannot run this code; name the "
-        "image's /usr/bin/python3.11\" >&2\nexit 1\n")
-    paths.python3_standin.chmod(0o755)
     return paths
 
 

@@ -11,7 +11,8 @@ on the init's PATH, in a new session, from `/`. The network namespace it was sta
 command's status. Only the standard library is imported: after the pivot nothing else is visible.
 
 The plan is data (client/sim/jail.py builds it with a pure function); each mount is one of
-{"op": "tmpfs"|"bind"|"proc"|"dir"|"symlink", "target": path inside the new root, ...}.
+{"op": "tmpfs"|"bind"|"overlay"|"remount"|"file"|"remove"|"proc"|"dir"|"symlink",
+ "target": path inside the new root, ...}.
 """
 
 from __future__ import annotations
@@ -68,6 +69,29 @@ def apply(root: str, step: dict[str, Any]) -> None:
         mount("tmpfs", target, "tmpfs", flags & ~MS_RDONLY, step.get("data"))
         if flags & MS_RDONLY:
             mount(None, target, None, MS_REMOUNT | flags)
+    elif op == "overlay":
+        # a writable layer over a read-only directory, kept in its own tmpfs outside the root
+        scratch = step["scratch"]
+        os.makedirs(scratch, exist_ok=True)
+        mount("tmpfs", scratch, "tmpfs", 0, "mode=0700")
+        for name in ("upper", "work"):
+            os.makedirs(os.path.join(scratch, name))
+        os.makedirs(target, exist_ok=True)
+        mount("overlay", target, "overlay", 0,
+              f"lowerdir={step['source']},upperdir={scratch}/upper,workdir={scratch}/work")
+    elif op == "remount":
+        mount(None, target, None, MS_REMOUNT | flags)
+    elif op == "file":
+        if os.path.lexists(target) and not os.path.isdir(target):
+            os.unlink(target)
+        with open(target, "w") as handle:
+            handle.write(step["content"])
+        os.chmod(target, step.get("mode", 0o644))
+    elif op == "remove":
+        if os.path.isdir(target) and not os.path.islink(target):
+            shutil.rmtree(target)
+        elif os.path.lexists(target):
+            os.unlink(target)
     elif op == "proc":
         os.makedirs(target, exist_ok=True)
         mount("proc", target, "proc", flags)
