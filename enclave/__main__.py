@@ -29,6 +29,7 @@ from enclave.config import ConfigError, GiB, KiB, RuntimeConfig
 # The image's interpreter, by absolute path: the enclave init looks a bare `python3` up on
 # /sbin:/usr/sbin:/bin:/usr/bin, where Amazon Linux 2023 has Python 3.9.
 IMAGE_PYTHON = "/usr/bin/python3.11"
+IMAGE_REGION_ENV = "ENCLAVE_REGION"
 VSOCK_PORT = 5005
 PARENT_CID = 3  # the parent instance, where vsock-proxy listens
 KMS_PROXY_PORT = 8000  # vsock-proxy's port for KMS (runbook: `vsock-proxy 8000 kms...`)
@@ -85,8 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="NSM device, or the simulated NSM's Unix socket (default /dev/nsm)")
     serve.add_argument("--kms-endpoint", default="https://kms.{region}.amazonaws.com",
                        metavar="URL", help="KMS endpoint; {region} is replaced per run")
-    serve.add_argument("--region", default=None,
-                       help="region for runs that name none (default: the key ARN's region)")
+    serve.add_argument("--region", default=os.environ.get(IMAGE_REGION_ENV) or None,
+                       help="region for runs that name none, and whose KMS host name is mapped "
+                            f"to the bridge (default: ${IMAGE_REGION_ENV}, which the image sets "
+                            "from its AWS_REGION build argument)")
     serve.add_argument("--max-connections", type=int, default=32)
     serve.add_argument("--max-upload-bytes", type=int, default=64 * GiB)
     serve.add_argument("--max-json-bytes", type=int, default=64 * KiB)
@@ -173,6 +176,25 @@ def bring_up_loopback() -> None:
             fcntl.ioctl(s.fileno(), siocsifflags, struct.pack("16sH14x", b"lo", flags | iff_up))
 
 
+def resolve_kms_to_bridge(kms_endpoint: str, region: str | None,
+                          hosts_file: Path | None = None) -> None:
+    """linuxkit leaves a localhost-only /etc/hosts: map the KMS host name to the bridge."""
+    log = logging.getLogger("enclave")
+    if not region:
+        log.warning("no region (--region or $%s): the KMS host name is not mapped to the "
+                    "bridge and KMS is unreachable", IMAGE_REGION_ENV)
+        return
+    from enclave.resolution import HOSTS_FILE, endpoint_hostname, map_names_to_bridge
+
+    name = endpoint_hostname(kms_endpoint, region)
+    try:
+        map_names_to_bridge([name], hosts_file or HOSTS_FILE)
+    except OSError as exc:
+        log.warning("could not map %s to the KMS bridge in /etc/hosts: %s", name, exc)
+        return
+    log.info("KMS: %s resolves to the bridge on 127.0.0.1", name)
+
+
 def start_kms_bridge(proxy_port: int, emulate_dir: str | None = None) -> Any:
     """Start enclave.bridge's forwarder (127.0.0.1:443 -> parent vsock-proxy) if it exists."""
     try:
@@ -204,6 +226,7 @@ def serve(args: argparse.Namespace) -> int:
         except OSError as exc:
             logging.getLogger("enclave").warning("could not bring up lo: %s", exc)
         if not args.no_kms_bridge:
+            resolve_kms_to_bridge(args.kms_endpoint, args.region)
             start_kms_bridge(args.kms_proxy_port, args.emulate_vsock_dir)
         sock = bind_vsock(args.vsock_port, args.emulate_vsock_dir)
         where = f"vsock port {args.vsock_port}"

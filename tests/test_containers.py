@@ -182,10 +182,14 @@ def test_pip_installs_require_hashes_and_wheels_only() -> None:
                 assert "--require-hashes" in words and "--only-binary=:all:" in words, part
 
 
-def test_image_resolves_the_kms_host_name_to_the_bridge() -> None:
-    text = DOCKERFILE.read_text()
-    assert re.search(r"127\.0\.0\.1 kms\.%s\.amazonaws\.com", text)
-    assert "COPY --from=hosts /hosts /etc/hosts" in text
+def test_image_tells_the_runtime_its_region_and_writes_no_etc_hosts() -> None:
+    """linuxkit replaces /etc/hosts: the runtime maps the KMS name for the image's region."""
+    from client.sim.jail import image_spec
+
+    spec = image_spec(DOCKERFILE.read_text(), {"AWS_REGION": "eu-west-3"})
+    assert spec.env["ENCLAVE_REGION"] == "eu-west-3"
+    assert "/etc/hosts" not in " ".join(rest for keyword, rest in dockerfile_instructions()
+                                        if keyword in ("COPY", "RUN", "ADD"))
 
 
 def test_image_contains_the_runtime_code() -> None:

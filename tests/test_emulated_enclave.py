@@ -58,7 +58,7 @@ def enclave(tmp_path_factory):
 
 # Until the image's defects are fixed the emulated enclave must catch them (see the commit
 # history). Removed as soon as the run passes.
-KNOWN_DEFECTS = pytest.mark.xfail(strict=True, reason="the image as built today cannot reach KMS")
+KNOWN_DEFECTS = pytest.mark.xfail(strict=True, reason="the image cannot start the app")
 
 
 def test_the_runtime_is_started_by_the_images_cmd(enclave):
