@@ -41,6 +41,7 @@ from enclave.exchange import (
     ExchangeError,
     IsADirectory,
 )
+from enclave.image import app_argv
 from enclave.manifest import Manifest, ManifestError
 from enclave.receipt import RECEIPT_FORMAT
 
@@ -436,7 +437,10 @@ class Runner:
                     raise _RunFailure(f"input {spec.name!r}: {exc.message}") from exc
             elif spec.kind == "output":
                 self._make_parents(value)
-        return [*entry.command, *tail]
+        try:
+            return [*app_argv(entry.command, sys.executable), *tail]
+        except ValueError as exc:  # noexec /run: only the image's interpreters can start an app
+            raise _RunFailure(f"entrypoint {job.entrypoint!r}: {exc}") from None
 
     def _make_parents(self, relative: str) -> None:
         parts = relative.split("/")[:-1]
