@@ -41,7 +41,7 @@ from enclave.exchange import (
     ExchangeError,
     IsADirectory,
 )
-from enclave.image import app_argv
+from enclave.image import APP_SITE, app_argv
 from enclave.manifest import Manifest, ManifestError
 from enclave.receipt import RECEIPT_FORMAT
 
@@ -479,6 +479,7 @@ class Runner:
             "PYTHONDONTWRITEBYTECODE": "1",
             "PYTHONNOUSERSITE": "1",
             "PYTHONUNBUFFERED": "1",
+            "PYTHONPATH": APP_SITE,  # the image's packages (containers/requirements-app.txt)
         }
         policy = manifest.output
         capture_out = _Capture(policy.max_bytes) if policy.stdout else None

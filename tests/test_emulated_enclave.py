@@ -56,11 +56,6 @@ def enclave(tmp_path_factory):
                 os.environ[key] = value
 
 
-# Until the image's defects are fixed the emulated enclave must catch them (see the commit
-# history). Removed as soon as the run passes.
-KNOWN_DEFECTS = pytest.mark.xfail(strict=True, reason="the image cannot start the app")
-
-
 def test_the_runtime_is_started_by_the_images_cmd(enclave):
     assert enclave["mode"] == "jail"
     assert enclave["runtime"]["image_command"] == image_command()
@@ -68,7 +63,6 @@ def test_the_runtime_is_started_by_the_images_cmd(enclave):
     assert plan["argv"] == jail.jail_argv(image_command())
 
 
-@KNOWN_DEFECTS
 def test_attested_run_imports_numpy_from_the_image_and_reaches_kms_over_tls(
         enclave, tmp_path, capsys):
     assert main(["attest"]) == 0  # the attestation document verifies against the expected PCRs
@@ -87,3 +81,6 @@ def test_attested_run_imports_numpy_from_the_image_and_reaches_kms_over_tls(
     assert len((tmp_path / "scores.csv").read_text().splitlines()) == 501
     # The data key came through the bridge, the vsock-proxy stand-in and TLS to the local KMS.
     assert "forwarding a connection to kms." in (logs / "vsock-proxy.log").read_text()
+    # ... after the runtime mapped the name in linuxkit's /etc/hosts, which it started without.
+    hosts = (Path(enclave["state_dir"]) / "jail" / "hosts").read_text()
+    assert f"127.0.0.1\tkms.{enclave['region']}.amazonaws.com" in hosts
