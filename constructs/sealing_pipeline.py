@@ -56,7 +56,8 @@ class SealingPipeline(Construct):
                  repository: codecommit.IRepository, enclave_key: kms.IKey, app_directory: str,
                  app_id: str, host_account: str, host_bucket_name: str, host_bucket_key_arn: str,
                  encrypted_app_prefix: str, enclave_image_prefix: str, measurements_to_keep: int,
-                 measurement_record_parameter: str, branch: str = "main") -> None:
+                 measurement_record_parameter: str, branch: str = "main",
+                 enclave_port: int = 5005, vsock_proxy_port: int = 8000) -> None:
         super().__init__(scope, construct_id)
         stack = cdk.Stack.of(self)
         for name, prefix in (("encrypted_app_prefix", encrypted_app_prefix),
@@ -146,7 +147,10 @@ class SealingPipeline(Construct):
                          # The region whose KMS endpoint the image resolves to the bridge.
                          "ENCLAVE_REGION": stack.region,
                          "MEASUREMENTS_TO_KEEP": str(measurements_to_keep),
-                         "MEASUREMENT_RECORD_PARAMETER": measurement_record_parameter})
+                         "MEASUREMENT_RECORD_PARAMETER": measurement_record_parameter,
+                         # Baked into the image; the host's settings carry the same two values.
+                         "ENCLAVE_PORT": str(enclave_port),
+                         "VSOCK_PROXY_PORT": str(vsock_proxy_port)})
 
         source = codepipeline.Artifact("Source")
         self.pipeline = codepipeline.Pipeline(

@@ -20,7 +20,7 @@ import stat
 import struct
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,14 +29,18 @@ from enclave.config import ConfigError, GiB, KiB, RuntimeConfig
 # The image's interpreter, by absolute path: the enclave init looks a bare `python3` up on
 # /sbin:/usr/sbin:/bin:/usr/bin, where Amazon Linux 2023 has Python 3.9.
 IMAGE_PYTHON = "/usr/bin/python3.11"
+# What the image bakes in from its build arguments (containers/Dockerfile ENV), which the
+# pipeline takes from the same context keys as the host: Region, EnclavePort, VsockProxyPort.
 IMAGE_REGION_ENV = "ENCLAVE_REGION"
+IMAGE_PORT_ENV = "ENCLAVE_PORT"
+IMAGE_PROXY_PORT_ENV = "ENCLAVE_KMS_PROXY_PORT"
 VSOCK_PORT = 5005
 PARENT_CID = 3  # the parent instance, where vsock-proxy listens
 KMS_PROXY_PORT = 8000  # vsock-proxy's port for KMS (runbook: `vsock-proxy 8000 kms...`)
 
-# The production command line, one option per pair, in this order.
-_PRODUCTION_OPTIONS: tuple[tuple[str, str], ...] = (
-    ("--vsock-port", str(VSOCK_PORT)),
+# The production command line, in this order: (option, value or None for a flag).
+_PRODUCTION_OPTIONS: tuple[tuple[str, str | None], ...] = (
+    ("--vsock", None),
     ("--exchange", "/run/exchange"),
     ("--private", "/run/sealed"),
     ("--nsm-device", "/dev/nsm"),
@@ -48,7 +52,7 @@ def production_argv() -> list[str]:
     """The exact command the enclave image runs (its Dockerfile CMD)."""
     argv = [IMAGE_PYTHON, "-m", "enclave", "serve"]
     for option, value in _PRODUCTION_OPTIONS:
-        argv += [option, value]
+        argv += [option] if value is None else [option, value]
     return argv
 
 
@@ -57,7 +61,7 @@ def simulation_argv(*, socket_path: str | os.PathLike[str], exchange: str | os.P
                     kms_endpoint: str, region: str, python: str = sys.executable) -> list[str]:
     """`production_argv()` with only the transport, paths and endpoints replaced, plus a region."""
     replacements = {
-        "--vsock-port": ("--unix", str(socket_path)),
+        "--vsock": ("--unix", str(socket_path)),
         "--exchange": ("--exchange", str(exchange)),
         "--private": ("--private", str(private)),
         "--nsm-device": ("--nsm-device", str(nsm_device)),
@@ -76,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="serve the runtime API",
                                 description="Serve the runtime HTTP API (enclave/openapi.yaml).")
     where = serve.add_mutually_exclusive_group(required=True)
+    where.add_argument("--vsock", action="store_true",
+                       help=f"listen on AF_VSOCK, port ${IMAGE_PORT_ENV} (the image's; default "
+                            f"{VSOCK_PORT}) (enclave)")
     where.add_argument("--vsock-port", type=int, help="listen on this AF_VSOCK port (enclave)")
     where.add_argument("--unix", metavar="PATH", help="listen on this Unix socket (simulation)")
     serve.add_argument("--exchange", required=True, metavar="DIR",
@@ -98,14 +105,27 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--io-timeout", type=float, default=60.0,
                        help="seconds any single read or write may take")
     serve.add_argument("--max-active-runs", type=int, default=4)
-    serve.add_argument("--kms-proxy-port", type=int, default=KMS_PROXY_PORT,
-                       help="vsock port of the parent's KMS vsock-proxy (with --vsock-port)")
+    serve.add_argument("--kms-proxy-port", type=int, default=None,
+                       help="vsock port of the parent's KMS vsock-proxy (with --vsock; default "
+                            f"${IMAGE_PROXY_PORT_ENV}, the image's, else {KMS_PROXY_PORT})")
     serve.add_argument("--no-kms-bridge", action="store_true",
                        help="do not start the in-enclave KMS bridge (with --vsock-port)")
     serve.add_argument("--emulate-vsock-dir", metavar="DIR",
                        help="emulated enclave only (enclave/emulation.py): every vsock address "
                             "is a Unix socket in DIR")
     return parser
+
+
+def image_ports(environ: Mapping[str, str]) -> tuple[int, int]:
+    """(runtime port, vsock-proxy port) the image was built with, or the defaults."""
+    ports = []
+    for name, default in ((IMAGE_PORT_ENV, VSOCK_PORT), (IMAGE_PROXY_PORT_ENV, KMS_PROXY_PORT)):
+        text = environ.get(name) or str(default)
+        if not text.isdigit() or not 1024 <= int(text) <= 65535:
+            raise ConfigError(f"${name}={text!r} is not a port: the image must be built with "
+                              "a port 1024..65535 (EnclavePort / VsockProxyPort)")
+        ports.append(int(text))
+    return ports[0], ports[1]
 
 
 def config_from_args(args: argparse.Namespace) -> RuntimeConfig:
@@ -220,7 +240,10 @@ def serve(args: argparse.Namespace) -> int:
 
     config = config_from_args(args)
     nsm = _nsm_client(config.nsm_device)
-    if args.vsock_port is not None:
+    if args.vsock or args.vsock_port is not None:
+        ports = image_ports(os.environ)
+        args.vsock_port = args.vsock_port or ports[0]
+        args.kms_proxy_port = args.kms_proxy_port or ports[1]
         try:
             bring_up_loopback()
         except OSError as exc:

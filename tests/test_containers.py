@@ -83,7 +83,7 @@ def test_image_names_its_interpreter_by_absolute_path() -> None:
 
 def test_production_command_parses_as_vsock_serve() -> None:
     args = build_parser().parse_args(production_argv()[3:])
-    assert (args.command, args.vsock_port, args.unix) == ("serve", 5005, None)
+    assert (args.command, args.vsock, args.vsock_port, args.unix) == ("serve", True, None, None)
     assert args.nsm_device == "/dev/nsm"
 
 
@@ -97,7 +97,7 @@ def test_simulation_runs_the_same_command_with_local_transport_and_paths() -> No
     # Same options in the same order; only the transport flag changes, plus a default region.
     prod_options = [a for a in prod[4:] if a.startswith("--")]
     sim_options = [a for a in sim[4:] if a.startswith("--")]
-    assert sim_options == [o.replace("--vsock-port", "--unix") for o in prod_options] + ["--region"]
+    assert sim_options == [o.replace("--vsock", "--unix") for o in prod_options] + ["--region"]
     args = build_parser().parse_args(sim[3:])
     assert (args.unix, args.vsock_port, args.private) == ("/s/runtime.sock", None, "/s/private")
 

@@ -84,3 +84,26 @@ def test_attested_run_imports_numpy_from_the_image_and_reaches_kms_over_tls(
     # ... after the runtime mapped the name in linuxkit's /etc/hosts, which it started without.
     hosts = (Path(enclave["state_dir"]) / "jail" / "hosts").read_text()
     assert f"127.0.0.1\tkms.{enclave['region']}.amazonaws.com" in hosts
+
+
+def test_the_image_listens_and_connects_on_the_ports_the_host_settings_name(tmp_path,
+                                                                           monkeypatch):
+    """EnclavePort and VsockProxyPort reach both sides: the host's settings and the image built
+    from the same context keys (tests/test_ports.py checks the stacks pass them along)."""
+    require_jail()
+    from client.commands import simulate
+
+    context = {**simulate.cdk_context(), "EnclavePort": 5123, "VsockProxyPort": 8123}
+    monkeypatch.setattr(simulate, "cdk_context", lambda: context)
+    monkeypatch.setenv("SEALED_SIM_DIR", str(tmp_path / "sim"))
+    monkeypatch.setenv("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+    try:
+        assert main(["simulate", "up", "--jail"]) == 0
+        state = simstate.load_state()
+        assert state["runtime"]["socket"].endswith("cid16-port5123.sock")
+        assert state["vsock_proxy"]["socket"].endswith("cid3-port8123.sock")
+        assert main(["attest"]) == 0
+    finally:
+        main(["simulate", "down"])
+    runtime_log = (tmp_path / "sim" / "logs" / "runtime.log").read_text()
+    assert "vsock 3:8123" in runtime_log  # the bridge's upstream: the host's vsock-proxy port

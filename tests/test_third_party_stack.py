@@ -278,6 +278,8 @@ def test_image_builder_installs_nitro_cli_and_builds_the_eif():
     steps = commands("nitro-image-builder")
     assert "dnf install -y aws-nitro-enclaves-cli aws-nitro-enclaves-cli-devel" in steps
     assert ('docker build --platform linux/arm64 --build-arg AWS_REGION="${ENCLAVE_REGION}" '
+            '--build-arg ENCLAVE_PORT="${ENCLAVE_PORT}" '
+            '--build-arg VSOCK_PROXY_PORT="${VSOCK_PROXY_PORT}" '
             '--file build/image/containers/Dockerfile --tag "${IMAGE_URI}" build/image') in steps
     assert ('nitro-cli build-enclave --docker-uri "${IMAGE_URI}" --output-file enclave.eif '
             '> measurements.json') in steps

@@ -324,7 +324,9 @@ def start(started: dict[str, dict[str, Any]], *, state_dir: Path, region: str,
     wait_for(started["vsock_proxy"], proxy_socket.exists, "the vsock-proxy stand-in")
     started["vsock_proxy"].update(socket=str(proxy_socket), module="client.sim.vsock_proxy")
 
-    args = {"AWS_REGION": region, **(build_args or {})}
+    # The image is built from the same settings as the host side, as the pipeline does.
+    args = {"AWS_REGION": region, "ENCLAVE_PORT": str(enclave_port),
+            "VSOCK_PROXY_PORT": str(vsock_proxy_port), **(build_args or {})}
     spec = image_spec(DOCKERFILE.read_text(), args)
     plan = jail_plan(paths, spec)
     plan_path = jail_dir / "plan.json"
