@@ -57,7 +57,8 @@ class SealingPipeline(Construct):
                  app_id: str, host_account: str, host_bucket_name: str, host_bucket_key_arn: str,
                  encrypted_app_prefix: str, enclave_image_prefix: str, measurements_to_keep: int,
                  measurement_record_parameter: str, branch: str = "main",
-                 enclave_port: int = 5005, vsock_proxy_port: int = 8000) -> None:
+                 enclave_port: int = 5005, vsock_proxy_port: int = 8000,
+                 minimum_app_version: str | None = None) -> None:
         super().__init__(scope, construct_id)
         stack = cdk.Stack.of(self)
         for name, prefix in (("encrypted_app_prefix", encrypted_app_prefix),
@@ -150,7 +151,9 @@ class SealingPipeline(Construct):
                          "MEASUREMENT_RECORD_PARAMETER": measurement_record_parameter,
                          # Baked into the image; the host's settings carry the same two values.
                          "ENCLAVE_PORT": str(enclave_port),
-                         "VSOCK_PROXY_PORT": str(vsock_proxy_port)})
+                         "VSOCK_PROXY_PORT": str(vsock_proxy_port),
+                         # The image's measured policy refuses bundles older than this ("": any).
+                         "MINIMUM_APP_VERSION": minimum_app_version or ""})
 
         source = codepipeline.Artifact("Source")
         self.pipeline = codepipeline.Pipeline(

@@ -45,6 +45,7 @@ _PRODUCTION_OPTIONS: tuple[tuple[str, str | None], ...] = (
     ("--private", "/run/sealed"),
     ("--nsm-device", "/dev/nsm"),
     ("--kms-endpoint", "https://kms.{region}.amazonaws.com"),
+    ("--policy", "/opt/enclave/policy.json"),
 )
 
 
@@ -58,7 +59,8 @@ def production_argv() -> list[str]:
 
 def simulation_argv(*, socket_path: str | os.PathLike[str], exchange: str | os.PathLike[str],
                     private: str | os.PathLike[str], nsm_device: str | os.PathLike[str],
-                    kms_endpoint: str, region: str, python: str = sys.executable) -> list[str]:
+                    kms_endpoint: str, region: str, policy: str | os.PathLike[str],
+                    python: str = sys.executable) -> list[str]:
     """`production_argv()` with only the transport, paths and endpoints replaced, plus a region."""
     replacements = {
         "--vsock": ("--unix", str(socket_path)),
@@ -66,6 +68,7 @@ def simulation_argv(*, socket_path: str | os.PathLike[str], exchange: str | os.P
         "--private": ("--private", str(private)),
         "--nsm-device": ("--nsm-device", str(nsm_device)),
         "--kms-endpoint": ("--kms-endpoint", kms_endpoint),
+        "--policy": ("--policy", str(policy)),
     }
     argv = [python, *production_argv()[1:4]]
     for option, _value in _PRODUCTION_OPTIONS:
@@ -93,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="NSM device, or the simulated NSM's Unix socket (default /dev/nsm)")
     serve.add_argument("--kms-endpoint", default="https://kms.{region}.amazonaws.com",
                        metavar="URL", help="KMS endpoint; {region} is replaced per run")
+    serve.add_argument("--policy", metavar="FILE",
+                       help="the image's measured policy file (containers/enclave-policy.json, "
+                            "written by `python -m enclave.policy write`)")
     serve.add_argument("--region", default=os.environ.get(IMAGE_REGION_ENV) or None,
                        help="region for runs that name none, and whose KMS host name is mapped "
                             f"to the bridge (default: ${IMAGE_REGION_ENV}, which the image sets "

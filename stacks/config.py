@@ -47,8 +47,10 @@ CONTEXT_KEYS = (
     "AllowedSignerPcr8", "ApplicationDirectory", "AppId", "CodeCommitRepositoryName",
     "UseExistingRepository", "HostRoleName", "HostRoleArn", "InstanceType", "EnclaveCpuCount",
     "EnclaveMemoryMiB", "EifSizeMiB", "HostCount", "VpcId", "PrivateSubnetIds",
-    "AvailabilityZones", "VsockProxyPort", "EnclavePort",
+    "AvailabilityZones", "VsockProxyPort", "EnclavePort", "MinimumAppVersion",
 )
+# A dotted numeric version (1, 1.2, 1.2.0): the enclave's measured policy refuses older bundles.
+MINIMUM_APP_VERSION_RE = re.compile(r"(0|[1-9][0-9]{0,8})(\.(0|[1-9][0-9]{0,8})){0,3}")
 # Our keys are CamelCase; CDK's own flags ("@aws-cdk/...", "aws:cdk:...") are not.
 _OUR_KEY_SHAPE = re.compile(r"^[A-Z][A-Za-z0-9]+$")
 
@@ -97,6 +99,7 @@ class Config:
     availability_zones: tuple[str, ...] = field(default=())
     vsock_proxy_port: int = 8000
     enclave_port: int = 5005
+    minimum_app_version: str | None = None
 
     @property
     def host_role_arn(self) -> str:
@@ -302,4 +305,8 @@ def load_config(context: Mapping[str, Any]) -> Config:
         availability_zones=zones,
         vsock_proxy_port=r.integer("VsockProxyPort", 8000, 1024, 65535),
         enclave_port=r.integer("EnclavePort", 5005, 1024, 65535),
+        minimum_app_version=r.string(
+            "MinimumAppVersion", MINIMUM_APP_VERSION_RE,
+            "a dotted numeric version such as 1.2.0 (up to 4 parts, no leading zeros)",
+            optional=True),
     )

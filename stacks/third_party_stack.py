@@ -48,6 +48,7 @@ class ThirdPartyStack(cdk.Stack):
             measurement_record_parameter=self.enclave_key.record_parameter_name,
             enclave_port=config.enclave_port,
             vsock_proxy_port=config.vsock_proxy_port,
+            minimum_app_version=config.minimum_app_version,
         )
         # Runs after every deploy that rewrote the key policy; see docs/deploy-third-party.md.
         self.measurement_keeper = MeasurementKeeper(

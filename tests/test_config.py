@@ -115,6 +115,10 @@ BAD_VALUES = [
     ("VsockProxyPort", 70000, "a whole number from 1024 to 65535"),
     ("EnclavePort", 1023, "a whole number from 1024 to 65535"),
     ("EnclavePort", "port", "a whole number from 1024 to 65535"),
+    ("MinimumAppVersion", "1.2.0-beta", "a dotted numeric version such as 1.2.0"),
+    ("MinimumAppVersion", "01.2", "a dotted numeric version such as 1.2.0"),
+    ("MinimumAppVersion", "1..2", "a dotted numeric version such as 1.2.0"),
+    ("MinimumAppVersion", "v1", "a dotted numeric version such as 1.2.0"),
 ]
 
 
@@ -301,3 +305,13 @@ def test_wildcard_in_an_upload_prefix_is_rejected(context):
 def test_all_zero_measurement_is_refused_as_debug_mode(context):
     with pytest.raises(ConfigError, match="debug-mode"):
         load(context, AllowedImageMeasurements=["0" * 96])
+
+
+@pytest.mark.parametrize("value", ["1", "1.2", "1.2.0", "10.0.3.7", "0.9"])
+def test_minimum_app_version_accepts_dotted_numbers(context, value):
+    assert load_config({**context, "MinimumAppVersion": value}).minimum_app_version == value
+
+
+def test_minimum_app_version_is_optional(context):
+    context.pop("MinimumAppVersion", None)
+    assert load_config(context).minimum_app_version is None

@@ -91,7 +91,7 @@ def test_simulation_runs_the_same_command_with_local_transport_and_paths() -> No
     sim = simulation_argv(socket_path="/s/runtime.sock", exchange="/s/exchange",
                           private="/s/private", nsm_device="/s/nsm.sock",
                           kms_endpoint="http://127.0.0.1:4000", region="eu-west-1",
-                          python="/venv/bin/python")
+                          policy="/s/policy.json", python="/venv/bin/python")
     prod = production_argv()
     assert sim[1:4] == prod[1:4]  # -m enclave serve
     # Same options in the same order; only the transport flag changes, plus a default region.
@@ -109,7 +109,8 @@ def test_client_simulation_starts_the_runtime_with_simulation_argv(tmp_path: Pat
     assert [str(a) for a in command] == simulation_argv(
         socket_path=tmp_path / "rt.sock", exchange=tmp_path / "exchange",
         private=tmp_path / "private", nsm_device=tmp_path / "nsm.sock",
-        kms_endpoint="http://127.0.0.1:4000", region="us-east-1", python=command[0])
+        kms_endpoint="http://127.0.0.1:4000", region="us-east-1",
+        policy=tmp_path / "policy.json", python=command[0])
 
 
 def test_every_base_image_is_pinned_by_digest() -> None:

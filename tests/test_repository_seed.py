@@ -59,8 +59,8 @@ def test_seed_has_the_runbook_layout(project, tmp_path):
     assert names(out) == sorted([
         "containers/Dockerfile", "enclave/__init__.py", "enclave/sealing.py",
         "envelope_encryptor.py", "pipeline/__init__.py", "pipeline/allowlist.py",
-        "pipeline/requirements.txt", "pipeline/upload.py", "src/sample-inference/manifest.json",
-        "src/sample-inference/model/weights.json"])
+        "pipeline/build_inputs.py", "pipeline/requirements.txt", "pipeline/upload.py",
+        "src/sample-inference/manifest.json", "src/sample-inference/model/weights.json"])
 
 
 def test_seed_excludes_caches_virtualenvs_and_compiled_files(project, tmp_path):
@@ -147,9 +147,15 @@ def test_seeded_dockerfile_finds_what_it_copies_in_the_image_context():
                if line.startswith("COPY ") and "--from=" not in line
                for word in line.split()[1:-1] if not word.startswith("--")]
     assert sources
+    # Written into the context by the build itself (the measured policy), not seeded.
+    generated = {"containers/enclave-policy.json"}
+    builder = str(load_buildspec("nitro-image-builder"))
     for source in sources:
         assert source.split("/")[0] in ("containers", "enclave"), source
-        assert (PROJECT_ROOT / source).exists(), source
+        if source in generated:
+            assert f"--output build/image/{source}" in builder, source
+        else:
+            assert (PROJECT_ROOT / source).exists(), source
 
 
 def test_build_specs_only_use_files_the_seed_provides():

@@ -30,6 +30,7 @@ PROJECT_ROOT = simstate.PROJECT_ROOT
 START_TIMEOUT_SECONDS = 30.0
 STOP_TIMEOUT_SECONDS = 5.0
 # stop order: the runtime first, its services after (vsock_proxy and kms_tls: --jail only)
+POLICY_FILE = "policy.json"  # the image's measured policy, as the simulation's runtime reads it
 COMPONENTS = ("runtime", "vsock_proxy", "nsm", "kms_tls", "kms")
 
 
@@ -155,7 +156,8 @@ def runtime_command(socket_path: Path, state_dir: Path, nsm_socket: Path, kms_en
 
     return simulation_argv(socket_path=socket_path, exchange=state_dir / "exchange",
                            private=state_dir / "private", nsm_device=nsm_socket,
-                           kms_endpoint=kms_endpoint, region=region)
+                           kms_endpoint=kms_endpoint, region=region,
+                           policy=state_dir / POLICY_FILE)
 
 
 def stop_component(component: dict[str, Any], module: str) -> bool:

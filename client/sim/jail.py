@@ -54,6 +54,7 @@ DOCKERFILE = PROJECT_ROOT / "containers" / "Dockerfile"
 REQUIREMENT_FILES = ("containers/requirements-enclave.txt", "containers/requirements-app.txt")
 IMAGE_SITE = "/opt/enclave/site"
 IMAGE_APP = "/opt/enclave/app"
+IMAGE_POLICY = "/opt/enclave/policy.json"
 # The Amazon Linux base image's configuration sets only PATH (docker's default for it).
 BASE_IMAGE_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
 PYTHON3_STANDIN = (
@@ -156,6 +157,7 @@ class JailPaths:
     vsock_dir: Path
     nsm_socket: Path
     enclave_code: Path = PROJECT_ROOT / "enclave"
+    policy: Path | None = None  # the image's measured policy file, when the simulation has one
 
 
 def jail_plan(paths: JailPaths, spec: ImageSpec) -> dict[str, Any]:
@@ -185,6 +187,9 @@ def jail_plan(paths: JailPaths, spec: ImageSpec) -> dict[str, Any]:
         {"op": "bind", "source": str(paths.enclave_code), "target": f"{IMAGE_APP}/enclave",
          "flags": ["ro", "nosuid", "nodev"]},
     ]
+    if paths.policy is not None:
+        steps.append({"op": "bind", "source": str(paths.policy), "target": IMAGE_POLICY,
+                      "flags": ["ro"]})
     steps += [{"op": "tmpfs", "target": target, "flags": noexec, "data": data}
               for target, data in NOEXEC_TMPFS.items() if not target.startswith("/dev/")]
     steps.append({"op": "tmpfs", "target": "/dev", "flags": ["nosuid", "noexec"],
@@ -264,12 +269,14 @@ def ensure_site(cache_root: Path, project_root: Path = PROJECT_ROOT) -> Path:
     return site
 
 
-def prepare_files(jail_dir: Path, site: Path, ca: Path, nsm_socket: Path) -> JailPaths:
+def prepare_files(jail_dir: Path, site: Path, ca: Path, nsm_socket: Path,
+                  policy: Path | None = None) -> JailPaths:
     jail_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     paths = JailPaths(root=jail_dir / "root", site=site, ca_bundle=jail_dir / "cacert.pem",
                       hosts=jail_dir / "hosts", resolv_conf=jail_dir / "resolv.conf",
                       usr_layer=jail_dir / "usr-layer",
-                      vsock_dir=jail_dir / "vsock", nsm_socket=nsm_socket)
+                      vsock_dir=jail_dir / "vsock", nsm_socket=nsm_socket,
+                      policy=policy if policy is not None and policy.is_file() else None)
     paths.root.mkdir(exist_ok=True)
     paths.usr_layer.mkdir(exist_ok=True)
     paths.vsock_dir.mkdir(exist_ok=True, mode=0o700)
@@ -305,7 +312,7 @@ def start(started: dict[str, dict[str, Any]], *, state_dir: Path, region: str,
     site = ensure_site(PROJECT_ROOT / ".sim" / "image-site")
     hostname = kms_hostname(region)
     tls = ensure_kms_certificate(state_dir, hostname)
-    paths = prepare_files(jail_dir, site, tls.ca, nsm_socket)
+    paths = prepare_files(jail_dir, site, tls.ca, nsm_socket, state_dir / "policy.json")
 
     started["kms_tls"] = spawn("kms-tls", [
         sys.executable, "-m", "client.sim.kms", "--port", "0", "--state", str(state_dir),
