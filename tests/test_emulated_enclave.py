@@ -107,3 +107,39 @@ def test_the_image_listens_and_connects_on_the_ports_the_host_settings_name(tmp_
         main(["simulate", "down"])
     runtime_log = (tmp_path / "sim" / "logs" / "runtime.log").read_text()
     assert "vsock 3:8123" in runtime_log  # the bridge's upstream: the host's vsock-proxy port
+
+
+def runtime_pid(enclave) -> int:
+    """The image's command: the only child of the init stand-in, itself unshare's child."""
+    def children(pid: int) -> list[int]:
+        found = []
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            found += [int(c) for c in (task / "children").read_text().split()]
+        return found
+
+    (init,) = children(enclave["runtime"]["pid"])
+    (command,) = children(init)
+    return command
+
+
+def test_the_runtime_sees_the_enclaves_file_system_network_and_environment(enclave):
+    pid = runtime_pid(enclave)
+    mounts = {}
+    for line in Path(f"/proc/{pid}/mountinfo").read_text().splitlines():
+        fields = line.split()
+        mounts[fields[4]] = set(fields[5].split(","))
+    for point in ("/run", "/tmp", "/dev/shm"):
+        assert "noexec" in mounts[point], point
+    assert {"/etc/hosts", "/etc/resolv.conf", "/dev/nsm", "/opt/enclave/site"} <= set(mounts)
+    assert not [m for m in mounts if m.startswith(("/work", "/root", "/home"))]  # no virtualenv
+    interfaces = [line.split(":")[0].strip()
+                  for line in Path(f"/proc/{pid}/net/dev").read_text().splitlines()[2:]]
+    assert interfaces == ["lo"]
+    environ = dict(item.split("=", 1) for item in
+                   Path(f"/proc/{pid}/environ").read_bytes().decode().split("\0") if item)
+    plan = json.loads((Path(enclave["state_dir"]) / "jail" / "plan.json").read_text())
+    assert environ == plan["env"]
+    assert environ["PYTHONPATH"] == "/opt/enclave/site:/opt/enclave/app"
+    assert os.readlink(f"/proc/{pid}/cwd") == "/"  # the init's, not the image's WORKDIR
+    resolv = (Path(enclave["state_dir"]) / "jail" / "resolv.conf").read_text()
+    assert resolv == ""  # linuxkit's: no DNS at all
