@@ -36,10 +36,22 @@ class DemoFailed(Exception):
     pass
 
 
+def choose_mode(requested: str, jail_unavailable: str | None) -> tuple[str, str]:
+    """(mode, why): the emulated enclave ("jail") where this machine can run it, else "plain"."""
+    if requested == "plain":
+        return "plain", "plain mode was asked for"
+    if jail_unavailable is None:
+        return "jail", "the image's own command in an emulated enclave (docs/emulation.md)"
+    if requested == "jail":
+        raise DemoFailed(f"jail mode was asked for, but {jail_unavailable}")
+    return "plain", f"the runtime as a plain process: {jail_unavailable}"
+
+
 class Demo:
-    def __init__(self, work: Path, template: Path = TEMPLATE) -> None:
+    def __init__(self, work: Path, template: Path = TEMPLATE, mode: str = "plain") -> None:
         self.work = work
         self.template = template
+        self.mode = mode
         self.step_number = 0
         self.context = json.loads((PROJECT_ROOT / "cdk.json").read_text())["context"]
 
@@ -97,9 +109,10 @@ class Demo:
                              "first)")
         print(f"  {self.template}")
 
-        self.step("Enclave User: start the local simulation (KMS endpoint, NSM, enclave runtime)")
+        self.step(f"Enclave User: start the local simulation (KMS endpoint, NSM, enclave runtime) "
+                  f"in {self.mode} mode")
         self.run([*client, "simulate", "down"])
-        self.run([*client, "simulate", "up"])
+        self.run([*client, "simulate", "up", *(["--jail"] if self.mode == "jail" else [])])
         state = simstate.load_state()
         if state is None:
             raise DemoFailed("simulate up recorded no state")
@@ -174,12 +187,23 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="where the demo writes the sealed bundle and results")
     parser.add_argument("--template", type=Path, default=TEMPLATE,
                         help="the synthesized ThirdPartyStack template (default: cdk.out's)")
+    parser.add_argument("--mode", choices=("auto", "jail", "plain"), default="auto",
+                        help="jail: the emulated enclave (root and unshare); plain: the runtime "
+                             "as a process; auto (default): jail where the machine allows it")
     args = parser.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
+    from client.sim.jail import unavailable_reason
+
+    try:
+        mode, why = choose_mode(args.mode, unavailable_reason() if args.mode != "plain" else None)
+    except DemoFailed as exc:
+        print(f"demo FAILED: {exc}", file=sys.stderr)
+        return 1
+    print(f"mode: {mode} ({why})", flush=True)
     for leftover in ("measurements.json", "sample-inference.sealed", "predictions.csv"):
         (args.work / leftover).unlink(missing_ok=True)
     started = time.monotonic()
-    demo = Demo(args.work, args.template)
+    demo = Demo(args.work, args.template, mode)
     try:
         demo.play()
     except (DemoFailed, Exception) as exc:  # every failure ends the demo with one clear line
@@ -187,8 +211,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         subprocess.run([sys.executable, "-m", "client", "simulate", "down"], cwd=PROJECT_ROOT,
                        env=Demo.env(), capture_output=True, check=False)
         return 1
-    print(f"\ndemo completed in {time.monotonic() - started:.1f}s: the sealed application ran "
-          "on the host's data inside the (simulated) attested enclave; the host alone could "
+    where = ("the emulated enclave (the image's own command in Linux namespaces)"
+             if mode == "jail" else "the simulated enclave (plain mode)")
+    print(f"\ndemo completed in {time.monotonic() - started:.1f}s in {mode} mode: the sealed "
+          f"application ran on the host's data inside {where}, attested; the host alone could "
           "not decrypt it.")
     return 0
 
