@@ -263,7 +263,11 @@ def ensure_site(cache_root: Path, project_root: Path = PROJECT_ROOT) -> Path:
             if done.returncode != 0:
                 raise ClientError("installing the image's packages failed: "
                                   f"{' '.join(command[3:])}: {done.stderr.strip()[-500:]}")
-        staging.rename(site)
+        try:
+            staging.rename(site)
+        except OSError:
+            if not site.is_dir():  # another process installed the same site first: use it
+                raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return site
