@@ -406,7 +406,7 @@ def test_enclave_serve_command_serves_and_stops_cleanly(tmp_path: Path) -> None:
     argv = simulation_argv(socket_path=sock, exchange=tmp_path / "exchange",
                            private=tmp_path / "private", nsm_device=tmp_path / "no-nsm.sock",
                            kms_endpoint="http://127.0.0.1:9", region="us-east-1",
-                           python=sys.executable)
+                           policy=tmp_path / "policy.json", python=sys.executable)
     process = subprocess.Popen(argv, cwd=Path(__file__).resolve().parent.parent,
                                stderr=subprocess.PIPE)
     try:
