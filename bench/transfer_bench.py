@@ -147,7 +147,8 @@ def start_runtime(work: Path) -> tuple[subprocess.Popen, str, Path]:
     exchange = work / "exchange"
     command = simulation_argv(socket_path=socket_path, exchange=exchange,
                               private=work / "private", nsm_device=work / "no-nsm.sock",
-                              kms_endpoint="http://127.0.0.1:9", region="us-east-1")
+                              kms_endpoint="http://127.0.0.1:9", region="us-east-1",
+                              policy=work / "policy.json")
     log = (work / "runtime.log").open("wb")
     runtime = subprocess.Popen(command, stdout=log, stderr=log, env=child_env())
     deadline = time.monotonic() + 30
