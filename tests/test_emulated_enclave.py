@@ -56,8 +56,12 @@ def enclave(tmp_path_factory):
                 os.environ[key] = value
 
 
-def test_the_runtime_is_started_by_the_images_cmd(enclave):
+def test_the_runtime_is_started_by_the_images_cmd(enclave, capsys):
     assert enclave["mode"] == "jail"
+    assert main(["--json", "simulate", "status"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["components"] == {"runtime": True, "vsock_proxy": True, "nsm": True,
+                                    "kms_tls": True, "kms": True}
     assert enclave["runtime"]["image_command"] == image_command()
     plan = json.loads((Path(enclave["state_dir"]) / "jail" / "plan.json").read_text())
     assert plan["argv"] == jail.jail_argv(image_command())
@@ -143,3 +147,18 @@ def test_the_runtime_sees_the_enclaves_file_system_network_and_environment(encla
     assert os.readlink(f"/proc/{pid}/cwd") == "/"  # the init's, not the image's WORKDIR
     resolv = (Path(enclave["state_dir"]) / "jail" / "resolv.conf").read_text()
     assert resolv == ""  # linuxkit's: no DNS at all
+
+
+def test_nothing_under_run_or_tmp_can_be_executed(enclave):
+    """Where bundles are unsealed (/run) and apps write (/tmp): exec fails, as in the enclave."""
+    import subprocess
+
+    pid = runtime_pid(enclave)
+    for directory in ("/run", "/tmp"):
+        done = subprocess.run(
+            ["nsenter", "-t", str(pid), "-m", "-p", "--", "/bin/sh", "-c",
+             f"cp /bin/true {directory}/probe && chmod 755 {directory}/probe && "
+             f"{directory}/probe; echo status=$?; rm -f {directory}/probe"],
+            capture_output=True, text=True, timeout=30, check=False)
+        assert "status=126" in done.stdout, (directory, done.stdout, done.stderr)
+        assert "Permission denied" in done.stderr

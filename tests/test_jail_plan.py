@@ -93,6 +93,15 @@ def test_vsock_socket_names_are_one_per_address():
 ALLOWLIST = {"allowlist": [{"address": "kms.us-east-1.amazonaws.com", "port": 443}]}
 
 
+def test_the_stand_in_reads_the_allow_list_the_enclave_host_writes(tmp_path):
+    import yaml
+
+    config = jail.allowlist_config(tmp_path / "vsock-proxy.yaml", "us-east-1")
+    assert yaml.safe_load(config.read_text()) == ALLOWLIST
+    with pytest.raises(Exception, match="no vsock-proxy allow list"):
+        jail.host_allowlist("#!/bin/bash\n", "us-east-1")
+
+
 def test_vsock_proxy_stand_in_starts_only_for_an_allowed_remote():
     allowed = allowed_remotes(ALLOWLIST)
     check_remote(("KMS.us-east-1.amazonaws.com", 443), allowed)

@@ -291,9 +291,20 @@ def prepare_files(jail_dir: Path, site: Path, ca: Path, nsm_socket: Path,
     return paths
 
 
+HOST_USER_DATA = PROJECT_ROOT / "constructs" / "templates" / "enclave_host_user_data.sh"
+
+
+def host_allowlist(user_data: str, region: str) -> str:
+    """The vsock-proxy allow list the enclave host's user data writes, for `region`."""
+    match = re.search(r"<<'ALLOWLIST'\n(.*?\n)ALLOWLIST\n", user_data, re.S)
+    if match is None:
+        raise ClientError("the enclave host's user data writes no vsock-proxy allow list")
+    return match.group(1).replace("{{kms_endpoint}}", kms_hostname(region))
+
+
 def allowlist_config(path: Path, region: str) -> Path:
-    """The vsock-proxy allow list the enclave host writes (constructs/templates/...)."""
-    path.write_text(f"allowlist:\n- {{address: {kms_hostname(region)}, port: 443}}\n")
+    """The host's own allow list (constructs/templates/enclave_host_user_data.sh), written."""
+    path.write_text(host_allowlist(HOST_USER_DATA.read_text(), region))
     return path
 
 
