@@ -63,6 +63,11 @@ def test_the_runtime_is_started_by_the_images_cmd(enclave, capsys):
     assert status["components"] == {"runtime": True, "vsock_proxy": True, "nsm": True,
                                     "kms_tls": True, "kms": True}
     assert enclave["runtime"]["image_command"] == image_command()
+    # Real root in new mount, network and PID namespaces: no user namespace, which would map a
+    # single uid and leave the runtime unable to run apps under uids of their own.
+    command = enclave["runtime"]["command"]
+    assert command[:5] == ["unshare", "--mount", "--net", "--pid", "--fork"]
+    assert not [a for a in command if a in ("-r", "-U", "--user", "--map-root-user")]
     plan = json.loads((Path(enclave["state_dir"]) / "jail" / "plan.json").read_text())
     assert plan["argv"] == jail.jail_argv(image_command())
 
