@@ -140,6 +140,8 @@ def test_the_runtime_sees_the_enclaves_file_system_network_and_environment(encla
     for point in ("/run", "/tmp", "/dev/shm"):
         assert "noexec" in mounts[point], point
     assert {"/etc/hosts", "/etc/resolv.conf", "/dev/nsm", "/opt/enclave/site"} <= set(mounts)
+    for point in ("/usr", "/opt/enclave/site", "/opt/enclave/app/enclave"):
+        assert "ro" in mounts[point], point  # the image, not something a run can change
     assert not [m for m in mounts if m.startswith(("/work", "/root", "/home"))]  # no virtualenv
     interfaces = [line.split(":")[0].strip()
                   for line in Path(f"/proc/{pid}/net/dev").read_text().splitlines()[2:]]
