@@ -38,6 +38,16 @@ def vsock_socket_path(directory: str, cid: int, port: int) -> str:
 IMAGE_INTERPRETERS = {"/usr/bin/python3.11": "/usr/bin/python3.11"}
 IMAGE_SYSTEM_PYTHON3 = "/usr/bin/python3"
 IMAGE_SYSTEM_PYTHON3_VERSION = "3.9"
+PYTHON3_STANDIN = (
+    "#!/bin/sh\necho \"emulated enclave: the image's /usr/bin/python3 is Amazon Linux 2023's "
+    f"Python {IMAGE_SYSTEM_PYTHON3_VERSION}, which cannot run this code; name the image's "
+    "/usr/bin/python3.11\" >&2\nexit 1\n")
+
+# -- operating system files: this machine's /usr stands for the image's, minus what the image lacks
+HOST_USR = "/usr"
+HIDDEN_HOST_PATHS = ("/usr/lib/python3/dist-packages",)  # Debian's own Python packages
+HOST_ETC_FILES = ("/etc/ld.so.cache",)  # the dynamic linker's view of this machine's libraries
+HOST_DEVICES = ("null", "zero", "full", "random", "urandom")
 
 # -- what the init gives the image's command (aws-nitro-enclaves-sdk-bootstrap init/init.c) -------
 INIT_PATH = "/sbin:/usr/sbin:/bin:/usr/bin"  # execvpe looks the command up here

@@ -35,9 +35,12 @@ from client.sim.tls import ensure_kms_certificate, kms_hostname
 from enclave.emulation import (
     BOTOCORE_CA_BUNDLE,
     EMULATED_ENCLAVE_CID,
+    HIDDEN_HOST_PATHS,
+    HOST_DEVICES,
+    HOST_ETC_FILES,
+    HOST_USR,
     IMAGE_INTERPRETERS,
     IMAGE_SYSTEM_PYTHON3,
-    IMAGE_SYSTEM_PYTHON3_VERSION,
     INIT_PATH,
     INIT_WORKING_DIRECTORY,
     LINUXKIT_HOSTS,
@@ -45,23 +48,20 @@ from enclave.emulation import (
     NOEXEC_TMPFS,
     NSM_DEVICE,
     PARENT_CID,
+    PYTHON3_STANDIN,
     VSOCK_DIR_IN_JAIL,
     vsock_socket_path,
 )
+from enclave.image import APP_SITE
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = PROJECT_ROOT / "containers" / "Dockerfile"
 REQUIREMENT_FILES = ("containers/requirements-enclave.txt", "containers/requirements-app.txt")
-IMAGE_SITE = "/opt/enclave/site"
+IMAGE_SITE = APP_SITE  # the image's packages (the Dockerfile's pip --target)
 IMAGE_APP = "/opt/enclave/app"
 IMAGE_POLICY = "/opt/enclave/policy.json"
 # The Amazon Linux base image's configuration sets only PATH (docker's default for it).
 BASE_IMAGE_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
-PYTHON3_STANDIN = (
-    "#!/bin/sh\necho \"emulated enclave: the image's /usr/bin/python3 is Amazon Linux 2023's "
-    f"Python {IMAGE_SYSTEM_PYTHON3_VERSION}, which cannot run this code; name the image's "
-    "/usr/bin/python3.11\" >&2\nexit 1\n")
-HOST_DEVICES = ("null", "zero", "full", "random", "urandom")
 DEFAULT_ENCLAVE_PORT = 5005
 DEFAULT_VSOCK_PROXY_PORT = 8000
 
@@ -166,20 +166,19 @@ def jail_plan(paths: JailPaths, spec: ImageSpec) -> dict[str, Any]:
     steps: list[dict[str, Any]] = [
         {"op": "tmpfs", "target": "/", "data": "mode=0755"},
         # this machine's /usr under a RAM layer where the image's differences are made
-        {"op": "overlay", "source": "/usr", "target": "/usr", "scratch": str(paths.usr_layer)},
+        {"op": "overlay", "source": HOST_USR, "target": "/usr", "scratch": str(paths.usr_layer)},
         {"op": "file", "target": IMAGE_SYSTEM_PYTHON3, "content": PYTHON3_STANDIN, "mode": 0o755},
     ]
     steps += [{"op": "symlink", "target": f"/{name}", "to": f"usr/{name}"}
               for name in ("bin", "sbin", "lib", "lib64") if os.path.islink(f"/{name}")]
-    # Debian's own Python packages are not in the image.
-    steps += [{"op": "remove", "target": "/usr/lib/python3/dist-packages"},
-              {"op": "remount", "target": "/usr", "flags": ["ro", "nosuid", "nodev"]},
+    steps += [{"op": "remove", "target": hidden} for hidden in HIDDEN_HOST_PATHS]
+    steps += [{"op": "remount", "target": "/usr", "flags": ["ro", "nosuid", "nodev"]},
               {"op": "dir", "target": "/etc"}]
+    steps += [{"op": "bind", "source": name, "target": name, "flags": ["ro"]}
+              for name in HOST_ETC_FILES]
     steps += [
         {"op": "bind", "source": str(paths.hosts), "target": "/etc/hosts"},
         {"op": "bind", "source": str(paths.resolv_conf), "target": "/etc/resolv.conf"},
-        {"op": "bind", "source": "/etc/ld.so.cache", "target": "/etc/ld.so.cache",
-         "flags": ["ro"]},
         {"op": "bind", "source": str(paths.site), "target": IMAGE_SITE,
          "flags": ["ro", "nosuid", "nodev"]},
         {"op": "bind", "source": str(paths.ca_bundle),
