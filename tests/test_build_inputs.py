@@ -114,3 +114,10 @@ def test_cli_writes_the_record(tmp_path):
     written = json.loads((tmp_path / "out.json").read_text())
     assert written["build_args"] == {"AWS_REGION": "eu-west-1"}
     assert written["measurements"]["PCR0"] == "bb" * 48
+
+
+@pytest.mark.cdk
+def test_minimum_app_version_reaches_the_image_builder():
+    from tests.test_ports import image_builder_env_of
+
+    assert image_builder_env_of(MinimumAppVersion="1.2.0")["MINIMUM_APP_VERSION"] == "1.2.0"

@@ -33,13 +33,19 @@ def host_settings():
     return json.loads(heredoc(script, "/etc/sealed-enclave/host.json"))
 
 
-@pytest.fixture(scope="module")
-def image_builder_env():
-    template, _, _ = third_party_template(**PORTS)
+def image_builder_env_of(**context: object) -> dict[str, str]:
+    """The nitro-image-builder project's environment in a ThirdPartyStack synthesized with
+    `context` over cdk.json's."""
+    template, _, _ = third_party_template(**context)
     (project,) = [p for p in template.find_resources("AWS::CodeBuild::Project").values()
                   if "nitro-image-builder" in json.dumps(p)]
     return {v["Name"]: v["Value"] for v in project["Properties"]["Environment"]
             ["EnvironmentVariables"]}
+
+
+@pytest.fixture(scope="module")
+def image_builder_env():
+    return image_builder_env_of(**PORTS)
 
 
 def docker_build_args() -> dict[str, str]:
@@ -58,6 +64,7 @@ def test_both_sides_get_the_same_ports(host_settings, image_builder_env):
     listens_on, proxy_port = image_ports(env)
     assert (host_settings["enclave_port"], host_settings["vsock_proxy_port"]) == (5123, 8123)
     assert (listens_on, proxy_port) == (5123, 8123)
+    assert image_builder_env["MINIMUM_APP_VERSION"] == ""  # not set: any version
 
 
 def test_without_build_arguments_the_image_uses_the_defaults():
