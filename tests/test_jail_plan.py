@@ -170,3 +170,26 @@ def test_every_difference_is_in_the_docs_table():
     table = text.split("| topic | real enclave | emulated enclave |\n|---|---|---|\n")[1]
     rows = table.split("\n\n")[0].splitlines()
     assert rows == [f"| {d.topic} | {d.real} | {d.emulated} |" for d in emulation.DIFFERENCES]
+
+
+def test_without_root_the_emulated_enclave_says_it_needs_root(monkeypatch):
+    monkeypatch.setattr(jail.os, "geteuid", lambda: 1000)
+    assert "needs root" in jail.unavailable_reason()
+
+
+def test_without_unshare_the_emulated_enclave_says_so(monkeypatch):
+    monkeypatch.setattr(jail.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(jail.shutil, "which", lambda name: None)
+    assert "unshare" in jail.unavailable_reason()
+
+
+def test_in_ci_a_missing_prerequisite_fails_instead_of_skipping(monkeypatch):
+    from tests import test_emulated_enclave
+
+    monkeypatch.setattr(jail, "unavailable_reason", lambda: "needs root")
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI must run the emulated enclave"):
+        test_emulated_enclave.require_jail()
+    monkeypatch.setenv("CI", "false")
+    with pytest.raises(pytest.skip.Exception, match="needs root"):
+        test_emulated_enclave.require_jail()
