@@ -34,12 +34,24 @@ class DemoFailed(Exception):
     pass
 
 
+def choose_mode(requested: str, jail_unavailable: str | None) -> tuple[str, str]:
+    """(mode, why): the emulated enclave ("jail") where this machine can run it, else "plain"."""
+    if requested == "plain":
+        return "plain", "plain mode was asked for"
+    if jail_unavailable is None:
+        return "jail", "the image's own command in an emulated enclave (docs/emulation.md)"
+    if requested == "jail":
+        raise DemoFailed(f"jail mode was asked for, but {jail_unavailable}")
+    return "plain", f"the runtime as a plain process: {jail_unavailable}"
+
+
 class Demo:
-    def __init__(self, work: Path, template: Path = TEMPLATE) -> None:
+    def __init__(self, work: Path, template: Path = TEMPLATE, mode: str = "plain") -> None:
         self.work = work
         # The demo's own simulation, so a simulation the user started is neither used nor stopped.
         self.sim_dir = work / "sim"
         self.template = template
+        self.mode = mode
         self.step_number = 0
         self.context = json.loads((PROJECT_ROOT / "cdk.json").read_text())["context"]
 
@@ -100,16 +112,17 @@ class Demo:
                              "first)")
         print(f"  {self.template}")
 
-        self.step("Start the local simulation (KMS endpoint, NSM, enclave runtime); as the Third "
-                  "Party's image build it creates or reuses the enclave key, pins it in the "
-                  "image policy and allows the image's PCR0")
+        self.step(f"Start the local simulation (KMS endpoint, NSM, enclave runtime) in "
+                  f"{self.mode} mode; as the Third Party's image build it creates or reuses the "
+                  "enclave key, pins it in the image policy and allows the image's PCR0")
         print(f"  simulation state: {self.sim_dir} (the demo's own; a simulation of yours in "
               f"{simstate.PROJECT_ROOT / '.sim'} is left alone)")
         previous = simstate.load_state(self.sim_dir)
         if previous and simstate.runtime_running(previous):
             print("  an earlier demo's simulation is still running: stopping it first")
             self.run([*client, "simulate", "down"])
-        self.run([*client, "simulate", "up", "--template", str(self.template)])
+        self.run([*client, "simulate", "up", "--template", str(self.template),
+                  *(["--jail"] if self.mode == "jail" else [])])
         state = simstate.load_state(self.sim_dir)
         if state is None:
             raise DemoFailed("simulate up recorded no state")
@@ -209,13 +222,24 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="where the demo writes the sealed bundle and results")
     parser.add_argument("--template", type=Path, default=TEMPLATE,
                         help="the synthesized ThirdPartyStack template (default: cdk.out's)")
+    parser.add_argument("--mode", choices=("auto", "jail", "plain"), default="auto",
+                        help="jail: the emulated enclave (root and unshare); plain: the runtime "
+                             "as a process; auto (default): jail where the machine allows it")
     args = parser.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
+    from client.sim.jail import unavailable_reason
+
+    try:
+        mode, why = choose_mode(args.mode, unavailable_reason() if args.mode != "plain" else None)
+    except DemoFailed as exc:
+        print(f"demo FAILED: {exc}", file=sys.stderr)
+        return 1
+    print(f"mode: {mode} ({why})", flush=True)
     for leftover in ("measurements.json", "sample-inference.sealed", "predictions.csv",
                      "receipt.json", "host-made.sealed"):
         (args.work / leftover).unlink(missing_ok=True)
     started = time.monotonic()
-    demo = Demo(args.work, args.template)
+    demo = Demo(args.work, args.template, mode)
     try:
         demo.play()
     except (DemoFailed, Exception) as exc:  # every failure ends the demo with one clear line
@@ -223,8 +247,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         subprocess.run([sys.executable, "-m", "client", "simulate", "down"], cwd=PROJECT_ROOT,
                        env=demo.env(), capture_output=True, check=False)
         return 1
-    print(f"\ndemo completed in {time.monotonic() - started:.1f}s: the sealed application ran "
-          "on the host's data inside the (simulated) attested enclave; the host alone could "
+    where = ("the emulated enclave (the image's own command in Linux namespaces)"
+             if mode == "jail" else "the simulated enclave (plain mode)")
+    print(f"\ndemo completed in {time.monotonic() - started:.1f}s in {mode} mode: the sealed "
+          f"application ran on the host's data inside {where}, attested; the host alone could "
           "not decrypt it.")
     return 0
 

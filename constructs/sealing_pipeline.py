@@ -57,6 +57,7 @@ class SealingPipeline(Construct):
                  app_id: str, host_account: str, host_bucket_name: str, host_bucket_key_arn: str,
                  encrypted_app_prefix: str, enclave_image_prefix: str, measurements_to_keep: int,
                  measurement_record_parameter: str, branch: str = "main",
+                 enclave_port: int = 5005, vsock_proxy_port: int = 8000,
                  minimum_app_version: str | None = None) -> None:
         super().__init__(scope, construct_id)
         stack = cdk.Stack.of(self)
@@ -147,9 +148,12 @@ class SealingPipeline(Construct):
                          # The region whose KMS endpoint the image resolves to the bridge.
                          "ENCLAVE_REGION": stack.region,
                          "MEASUREMENTS_TO_KEEP": str(measurements_to_keep),
-                         # Pinned in the image policy; empty: any version.
-                         "MINIMUM_APP_VERSION": minimum_app_version or "",
-                         "MEASUREMENT_RECORD_PARAMETER": measurement_record_parameter})
+                         "MEASUREMENT_RECORD_PARAMETER": measurement_record_parameter,
+                         # Baked into the image; the host's settings carry the same two values.
+                         "ENCLAVE_PORT": str(enclave_port),
+                         "VSOCK_PROXY_PORT": str(vsock_proxy_port),
+                         # The image's measured policy refuses bundles older than this ("": any).
+                         "MINIMUM_APP_VERSION": minimum_app_version or ""})
 
         source = codepipeline.Artifact("Source")
         self.pipeline = codepipeline.Pipeline(

@@ -39,7 +39,8 @@ EXCLUDED_NAMES = frozenset({"__pycache__", ".venv", "venv", ".pytest_cache", ".m
 EXCLUDED_SUFFIXES = (".pyc", ".pyo", ".egg-info", ".swp", "~")
 # Pipeline files the builds run; the buildspecs themselves live in the CodeBuild projects and the
 # deploy-time merge handler in a Lambda asset, so copies of them in the repository could only drift.
-PIPELINE_FILES = ("__init__.py", "allowlist.py", "upload.py", "requirements.txt")
+PIPELINE_FILES = ("__init__.py", "allowlist.py", "upload.py", "build_inputs.py",
+                  "requirements.txt")
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 
 

@@ -1,7 +1,7 @@
 """`python -m enclave serve`: the enclave runtime's entry point.
 
-    python -m enclave serve (--vsock-port PORT | --unix PATH) --exchange DIR --private DIR
-        [--nsm-device PATH] [--kms-endpoint URL] [--region REGION] [limits...]
+    python -m enclave serve (--vsock | --vsock-port PORT | --unix PATH) --exchange DIR --private DIR
+        --policy FILE [--nsm-device PATH] [--kms-endpoint URL] [limits...]
 
 The enclave image runs `production_argv()` (containers/Dockerfile's CMD, checked by a test); the
 local simulation runs `simulation_argv(...)`, the same command with the transport, paths and
@@ -20,7 +20,7 @@ import stat
 import struct
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,13 +28,22 @@ from enclave.config import ConfigError, GiB, KiB, RuntimeConfig
 from enclave.isolation import harden_runtime, isolation_available, restrict_device
 from enclave.policy import PolicyError, load_policy
 
+# The image's interpreter, by absolute path: the enclave init looks a bare `python3` up on
+# /sbin:/usr/sbin:/bin:/usr/bin, where Amazon Linux 2023 has Python 3.9.
+IMAGE_PYTHON = "/usr/bin/python3.11"
+# What the image bakes in from its build arguments (containers/Dockerfile ENV), which the
+# pipeline takes from the same context keys as the host: Region, EnclavePort, VsockProxyPort.
+# Where KMS is comes from the image policy; the image's region must agree with it.
+IMAGE_REGION_ENV = "ENCLAVE_REGION"
+IMAGE_PORT_ENV = "ENCLAVE_PORT"
+IMAGE_PROXY_PORT_ENV = "ENCLAVE_KMS_PROXY_PORT"
 VSOCK_PORT = 5005
 PARENT_CID = 3  # the parent instance, where vsock-proxy listens
 KMS_PROXY_PORT = 8000  # vsock-proxy's port for KMS (runbook: `vsock-proxy 8000 kms...`)
 
-# The production command line, one option per pair, in this order.
-_PRODUCTION_OPTIONS: tuple[tuple[str, str], ...] = (
-    ("--vsock-port", str(VSOCK_PORT)),
+# The production command line, in this order: (option, value or None for a flag).
+_PRODUCTION_OPTIONS: tuple[tuple[str, str | None], ...] = (
+    ("--vsock", None),
     ("--exchange", "/run/exchange"),
     ("--private", "/run/sealed"),
     ("--nsm-device", "/dev/nsm"),
@@ -45,19 +54,24 @@ _PRODUCTION_OPTIONS: tuple[tuple[str, str], ...] = (
 
 def production_argv() -> list[str]:
     """The exact command the enclave image runs (its Dockerfile CMD)."""
-    argv = ["python3", "-m", "enclave", "serve"]
+    argv = [IMAGE_PYTHON, "-m", "enclave", "serve"]
     for option, value in _PRODUCTION_OPTIONS:
-        argv += [option, value]
+        argv += [option] if value is None else [option, value]
     return argv
 
 
 def simulation_argv(*, socket_path: str | os.PathLike[str], exchange: str | os.PathLike[str],
                     private: str | os.PathLike[str], nsm_device: str | os.PathLike[str],
                     kms_endpoint: str, policy: str | os.PathLike[str],
-                    python: str = sys.executable) -> list[str]:
-    """`production_argv()` with only the transport, paths and endpoints replaced."""
+                    python: str = sys.executable, app_interpreter: str | None = None,
+                    app_site: str | os.PathLike[str] | None = None) -> list[str]:
+    """`production_argv()` with only the transport, paths and endpoints replaced.
+
+    Outside an image (plain simulation) the image's interpreter and packages may live elsewhere:
+    `app_interpreter` and `app_site` then name them (appended options; the image uses defaults).
+    """
     replacements = {
-        "--vsock-port": ("--unix", str(socket_path)),
+        "--vsock": ("--unix", str(socket_path)),
         "--exchange": ("--exchange", str(exchange)),
         "--private": ("--private", str(private)),
         "--nsm-device": ("--nsm-device", str(nsm_device)),
@@ -67,6 +81,10 @@ def simulation_argv(*, socket_path: str | os.PathLike[str], exchange: str | os.P
     argv = [python, *production_argv()[1:4]]
     for option, _value in _PRODUCTION_OPTIONS:
         argv += list(replacements[option])
+    if app_interpreter is not None:
+        argv += ["--app-interpreter", app_interpreter]
+    if app_site is not None:
+        argv += ["--app-site", str(app_site)]
     return argv
 
 
@@ -77,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="serve the runtime API",
                                 description="Serve the runtime HTTP API (enclave/openapi.yaml).")
     where = serve.add_mutually_exclusive_group(required=True)
+    where.add_argument("--vsock", action="store_true",
+                       help=f"listen on AF_VSOCK, port ${IMAGE_PORT_ENV} (the image's; default "
+                            f"{VSOCK_PORT}) (enclave)")
     where.add_argument("--vsock-port", type=int, help="listen on this AF_VSOCK port (enclave)")
     where.add_argument("--unix", metavar="PATH", help="listen on this Unix socket (simulation)")
     serve.add_argument("--exchange", required=True, metavar="DIR",
@@ -87,9 +108,15 @@ def build_parser() -> argparse.ArgumentParser:
                        help="NSM device, or the simulated NSM's Unix socket (default /dev/nsm)")
     serve.add_argument("--kms-endpoint", default="https://kms.{region}.amazonaws.com",
                        metavar="URL", help="KMS endpoint; {region} is replaced per run")
-    serve.add_argument("--policy", required=True, metavar="PATH",
-                       help="the image policy (enclave/policy.py): which keys, apps and versions "
-                            "this image unseals; the runtime does not start without it")
+    serve.add_argument("--policy", required=True, metavar="FILE",
+                       help="the image policy (enclave/policy.py, written into the image by "
+                            "`python -m enclave.policy write`): which keys, apps and versions "
+                            "this image unseals, and its KMS region; the runtime does not start "
+                            "without it")
+    serve.add_argument("--app-interpreter", default=IMAGE_PYTHON, metavar="PATH",
+                       help=f"the interpreter apps run with (default: the image's {IMAGE_PYTHON})")
+    serve.add_argument("--app-site", default="/opt/enclave/site", metavar="DIR",
+                       help="the image's packages, apps' PYTHONPATH (default /opt/enclave/site)")
     serve.add_argument("--max-connections", type=int, default=32)
     serve.add_argument("--max-upload-bytes", type=int, default=64 * GiB)
     serve.add_argument("--max-json-bytes", type=int, default=64 * KiB)
@@ -98,11 +125,36 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--io-timeout", type=float, default=60.0,
                        help="seconds any single read or write may take")
     serve.add_argument("--max-active-runs", type=int, default=4)
-    serve.add_argument("--kms-proxy-port", type=int, default=KMS_PROXY_PORT,
-                       help="vsock port of the parent's KMS vsock-proxy (with --vsock-port)")
+    serve.add_argument("--kms-proxy-port", type=int, default=None,
+                       help="vsock port of the parent's KMS vsock-proxy (with --vsock; default "
+                            f"${IMAGE_PROXY_PORT_ENV}, the image's, else {KMS_PROXY_PORT})")
     serve.add_argument("--no-kms-bridge", action="store_true",
                        help="do not start the in-enclave KMS bridge (with --vsock-port)")
+    serve.add_argument("--emulate-vsock-dir", metavar="DIR",
+                       help="emulated enclave only (enclave/emulation.py): every vsock address "
+                            "is a Unix socket in DIR")
     return parser
+
+
+def image_ports(environ: Mapping[str, str]) -> tuple[int, int]:
+    """(runtime port, vsock-proxy port) the image was built with, or the defaults."""
+    ports = []
+    for name, default in ((IMAGE_PORT_ENV, VSOCK_PORT), (IMAGE_PROXY_PORT_ENV, KMS_PROXY_PORT)):
+        text = environ.get(name) or str(default)
+        if not text.isdigit() or not 1024 <= int(text) <= 65535:
+            raise ConfigError(f"${name}={text!r} is not a port: the image must be built with "
+                              "a port 1024..65535 (EnclavePort / VsockProxyPort)")
+        ports.append(int(text))
+    return ports[0], ports[1]
+
+
+def check_image_region(policy_region: str, environ: Mapping[str, str]) -> None:
+    """The image's region build argument and its policy's region come from the same setting;
+    if they differ the image was built wrong, and runs would reach another KMS than pinned."""
+    image_region = environ.get(IMAGE_REGION_ENV)
+    if image_region and image_region != policy_region:
+        raise ConfigError(f"${IMAGE_REGION_ENV}={image_region} but the image policy's region is "
+                          f"{policy_region}: rebuild the image with one region")
 
 
 def config_from_args(args: argparse.Namespace) -> RuntimeConfig:
@@ -112,6 +164,8 @@ def config_from_args(args: argparse.Namespace) -> RuntimeConfig:
         nsm_device=args.nsm_device,
         kms_endpoint=args.kms_endpoint,
         image_policy=load_policy(args.policy),
+        app_interpreter=args.app_interpreter,
+        app_site=args.app_site,
         max_connections=args.max_connections,
         max_upload_bytes=args.max_upload_bytes,
         max_json_bytes=args.max_json_bytes,
@@ -137,11 +191,30 @@ def bind_unix(path: str) -> socket.socket:
     return sock
 
 
-def bind_vsock(port: int) -> socket.socket:
+def bind_vsock(port: int, emulate_dir: str | None = None) -> socket.socket:
+    """Listen on AF_VSOCK `port`, or on its Unix socket stand-in in the emulated enclave."""
+    if emulate_dir is not None:
+        from enclave.emulation import EMULATED_ENCLAVE_CID, vsock_socket_path
+
+        return bind_unix(vsock_socket_path(emulate_dir, EMULATED_ENCLAVE_CID, port))
     sock = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
     sock.bind((socket.VMADDR_CID_ANY, port))
     sock.listen(64)
     return sock
+
+
+def unix_upstream(path: str) -> Any:
+    """The bridge's connection to the parent's vsock-proxy, in the emulated enclave."""
+    def connect() -> socket.socket:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(10.0)
+        try:
+            sock.connect(path)
+        except OSError:
+            sock.close()
+            raise
+        return sock
+    return connect
 
 
 def bring_up_loopback() -> None:
@@ -154,15 +227,40 @@ def bring_up_loopback() -> None:
             fcntl.ioctl(s.fileno(), siocsifflags, struct.pack("16sH14x", b"lo", flags | iff_up))
 
 
-def start_kms_bridge(proxy_port: int) -> Any:
+def resolve_kms_to_bridge(kms_endpoint: str, region: str | None,
+                          hosts_file: Path | None = None) -> None:
+    """linuxkit leaves a localhost-only /etc/hosts: map the KMS host name to the bridge."""
+    log = logging.getLogger("enclave")
+    if not region:
+        log.warning("no region: the KMS host name is not mapped to the bridge and KMS is "
+                    "unreachable")
+        return
+    from enclave.resolution import HOSTS_FILE, endpoint_hostname, map_names_to_bridge
+
+    name = endpoint_hostname(kms_endpoint, region)
+    try:
+        map_names_to_bridge([name], hosts_file or HOSTS_FILE)
+    except OSError as exc:
+        log.warning("could not map %s to the KMS bridge in /etc/hosts: %s", name, exc)
+        return
+    log.info("KMS: %s resolves to the bridge on 127.0.0.1", name)
+
+
+def start_kms_bridge(proxy_port: int, emulate_dir: str | None = None) -> Any:
     """Start enclave.bridge's forwarder (127.0.0.1:443 -> parent vsock-proxy) if it exists."""
     try:
         from enclave import bridge
     except ImportError:
         logging.getLogger("enclave").warning("enclave.bridge is missing: KMS is unreachable")
         return None
+    upstream = None
+    if emulate_dir is not None:
+        from enclave.emulation import vsock_socket_path
+
+        upstream = unix_upstream(vsock_socket_path(emulate_dir, PARENT_CID, proxy_port))
     try:
-        return bridge.start(local_port=443, parent_cid=PARENT_CID, parent_port=proxy_port)
+        return bridge.start(local_port=443, parent_cid=PARENT_CID, parent_port=proxy_port,
+                            connect_upstream=upstream)
     except OSError as exc:  # keep serving: attestation and files still work, runs will say why
         logging.getLogger("enclave").warning("KMS bridge did not start: %s", exc)
         return None
@@ -172,6 +270,8 @@ def serve(args: argparse.Namespace) -> int:
     from enclave.server import make_server
 
     config = config_from_args(args)
+    if config.image_policy is not None:
+        check_image_region(config.image_policy.region, os.environ)
     harden_runtime()
     if isolation_available():
         try:
@@ -180,14 +280,19 @@ def serve(args: argparse.Namespace) -> int:
             logging.getLogger("enclave").warning("could not restrict %s: %s",
                                                  config.nsm_device, exc)
     nsm = _nsm_client(config.nsm_device)
-    if args.vsock_port is not None:
+    if args.vsock or args.vsock_port is not None:
+        ports = image_ports(os.environ)
+        args.vsock_port = args.vsock_port or ports[0]
+        args.kms_proxy_port = args.kms_proxy_port or ports[1]
         try:
             bring_up_loopback()
         except OSError as exc:
             logging.getLogger("enclave").warning("could not bring up lo: %s", exc)
         if not args.no_kms_bridge:
-            start_kms_bridge(args.kms_proxy_port)
-        sock = bind_vsock(args.vsock_port)
+            policy = config.image_policy
+            resolve_kms_to_bridge(args.kms_endpoint, policy.region if policy else None)
+            start_kms_bridge(args.kms_proxy_port, args.emulate_vsock_dir)
+        sock = bind_vsock(args.vsock_port, args.emulate_vsock_dir)
         where = f"vsock port {args.vsock_port}"
     else:
         sock = bind_unix(args.unix)

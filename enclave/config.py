@@ -43,7 +43,10 @@ class RuntimeConfig:
     image_policy: ImagePolicy | None = None
     # Runs take numeric user ids base .. base + max_active_runs - 1 (no image file has them).
     app_uid_base: int = 61000
-    # PATH of applications: the image's interpreters (`python3` in a manifest is the first here).
+    # What applications get from the image (enclave/image.py): the interpreter an entrypoint's
+    # `python3` means (by absolute path, as the image's CMD names it), its packages, its PATH.
+    app_interpreter: str = "/usr/bin/python3.11"
+    app_site: str = "/opt/enclave/site"
     app_path: str = "/usr/local/bin:/usr/bin:/bin"
     version: str = RUNTIME_VERSION
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from enclave.exchange import INBOX, OUTBOX, split_area
+from enclave.image import interpreter_problem
 
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1
@@ -376,19 +377,11 @@ def _entrypoint_from(name: str, raw: Any) -> Entrypoint:
 
 
 def _check_program(program: str, where: str) -> None:
-    # An executable name (looked up on PATH) or a relative path inside the app directory. An
-    # absolute path or `..` would let the bundle point the runner outside its own tree.
-    if program.startswith("/") or program.startswith("-"):
-        raise ManifestError(
-            f"{where} must be an executable name or a path relative to the app directory, "
-            f"got {program!r}"
-        )
-    if "/" in program:
-        parts = program.split("/")
-        if any(part in ("", ".", "..") for part in parts[1:]) or parts[0] in ("", ".."):
-            raise ManifestError(
-                f"{where} must be a normalized relative path without '..', got {program!r}"
-            )
+    # One of the image's interpreters: the app directory is on a noexec file system, and an
+    # absolute path or a path would let the bundle point the runner anywhere (enclave/image.py).
+    problem = interpreter_problem(program)
+    if problem:
+        raise ManifestError(f"{where}: {problem}")
 
 
 def _arg_from(where: str, raw: Any) -> ArgSpec:

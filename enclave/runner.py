@@ -47,6 +47,7 @@ from enclave.exchange import (
     ExchangeError,
     IsADirectory,
 )
+from enclave.image import app_argv
 from enclave.isolation import AppUser, UserPool, chown_tree, isolation_available, kill_user
 from enclave.manifest import Manifest, ManifestError
 from enclave.policy import KMS_PROVIDER_ID, BundleRefused, ImagePolicy
@@ -499,7 +500,10 @@ class Runner:
                     raise _RunFailure(f"input {spec.name!r}: {exc.message}") from exc
             elif spec.kind == "output":
                 (outputs / value).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        return [*entry.command, *tail]
+        try:
+            return [*app_argv(entry.command, self.config.app_interpreter), *tail]
+        except ValueError as exc:  # noexec /run: only the image's interpreters can start an app
+            raise _RunFailure(f"entrypoint {job.entrypoint!r}: {exc}") from None
 
     def _snapshot_input(self, relative: str, inputs: Path) -> str:
         target = inputs / relative
@@ -571,19 +575,15 @@ class Runner:
             "PYTHONDONTWRITEBYTECODE": "1",
             "PYTHONNOUSERSITE": "1",
             "PYTHONUNBUFFERED": "1",
+            # The image's packages (containers/requirements-app.txt).
+            "PYTHONPATH": self.config.app_site,
         }
-        program = shutil.which(argv[0], path=self._app_path) if "/" not in argv[0] else argv[0]
-        if program is None:
-            raise _RunFailure(
-                f"entrypoint {job.entrypoint!r} could not be started: {argv[0]!r} is not in the "
-                "image; the bundle's manifest names a command the image does not have"
-            )
-        # The starter runs as the app's user, so it is the image's own interpreter, never the
-        # runtime's (which that user need not be able to reach).
-        starter = shutil.which("python3", path=self._app_path)
-        if starter is None:
-            raise _RunFailure(f"no python3 on the application PATH {self._app_path}: the image "
-                              "lacks its interpreter")
+        # argv[0] is the image's interpreter (app_argv), by absolute path; the starter is the
+        # same interpreter, running as the app's user.
+        starter = argv[0]
+        if not os.path.isfile(starter):
+            raise _RunFailure(f"entrypoint {job.entrypoint!r} could not be started: the image's "
+                              f"interpreter {starter} is missing")
         policy = manifest.output
         capture_out = _Capture(policy.max_bytes) if policy.stdout else None
         capture_err = _Capture(policy.max_bytes) if policy.stderr else None

@@ -14,6 +14,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from enclave.policy import NUMERIC_VERSION_PATTERN
+
 ACCOUNT_RE = re.compile(r"^[0-9]{12}$")
 DNS_NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 REGION_RE = re.compile(r"^[a-z]{2}(?:-gov)?-[a-z]+-[0-9]$")
@@ -40,8 +42,8 @@ GRAVITON_VCPUS = {"medium": 1, "large": 2, "xlarge": 4, "2xlarge": 8, "4xlarge":
                   "8xlarge": 32, "12xlarge": 48, "16xlarge": 64, "24xlarge": 96, "48xlarge": 192}
 
 
-# The image policy's form (enclave/policy.py): numeric parts, compared as numbers.
-NUMERIC_VERSION_RE = re.compile(r"\d{1,9}(\.\d{1,9}){0,7}")
+# The image policy's own rule (one definition): numeric parts, compared as numbers.
+NUMERIC_VERSION_RE = NUMERIC_VERSION_PATTERN
 
 CONTEXT_KEYS = (
     "ThirdPartyAWSAccountNumber", "ThirdPartyName", "HostAWSAccountNumber", "Region",

@@ -46,6 +46,8 @@ class ThirdPartyStack(cdk.Stack):
             enclave_image_prefix=config.enclave_image_prefix,
             measurements_to_keep=config.measurements_to_keep,
             measurement_record_parameter=self.enclave_key.record_parameter_name,
+            enclave_port=config.enclave_port,
+            vsock_proxy_port=config.vsock_proxy_port,
             minimum_app_version=config.minimum_app_version,
         )
         # Runs after every deploy that rewrote the key policy; see docs/deploy-third-party.md.

@@ -117,6 +117,8 @@ BAD_VALUES = [
     ("EnclavePort", "port", "a whole number from 1024 to 65535"),
     ("MinimumAppVersion", "v1.2", "a dotted numeric version such as 1.2.0"),
     ("MinimumAppVersion", "1.2.0-rc1", "a dotted numeric version such as 1.2.0"),
+    ("MinimumAppVersion", "1..2", "a dotted numeric version such as 1.2.0"),
+    ("MinimumAppVersion", "v1", "a dotted numeric version such as 1.2.0"),
 ]
 
 
@@ -303,3 +305,13 @@ def test_wildcard_in_an_upload_prefix_is_rejected(context):
 def test_all_zero_measurement_is_refused_as_debug_mode(context):
     with pytest.raises(ConfigError, match="debug-mode"):
         load(context, AllowedImageMeasurements=["0" * 96])
+
+
+@pytest.mark.parametrize("value", ["1", "1.2", "1.2.0", "10.0.3.7", "0.9"])
+def test_minimum_app_version_accepts_dotted_numbers(context, value):
+    assert load_config({**context, "MinimumAppVersion": value}).minimum_app_version == value
+
+
+def test_minimum_app_version_is_optional(context):
+    context.pop("MinimumAppVersion", None)
+    assert load_config(context).minimum_app_version is None

@@ -51,13 +51,21 @@ def image_command() -> list[str]:
     return entrypoint + cmd
 
 
-def requirement_pins(path: Path) -> dict[str, str]:
-    pins = {}
-    for line in path.read_text().splitlines():
+def requirement_lines(path: Path) -> list[str]:
+    """Requirement lines with backslash continuations joined and comments dropped."""
+    lines = []
+    for line in re.sub(r"\\\n", " ", path.read_text()).splitlines():
         line = line.split("#", 1)[0].strip()
         if line:
-            name, _, version = line.split()[0].partition("==")
-            pins[name.lower()] = version
+            lines.append(" ".join(line.split()))
+    return lines
+
+
+def requirement_pins(path: Path) -> dict[str, str]:
+    pins = {}
+    for line in requirement_lines(path):
+        name, _, version = line.split()[0].partition("==")
+        pins[name.lower()] = version
     return pins
 
 
@@ -65,9 +73,17 @@ def test_image_runs_the_production_command() -> None:
     assert image_command() == production_argv()
 
 
+def test_image_names_its_interpreter_by_absolute_path() -> None:
+    """The init looks a bare name up on /sbin:/usr/sbin:/bin:/usr/bin (python3 = 3.9 on AL2023)."""
+    assert image_command()[0] == "/usr/bin/python3.11"
+    runs = [rest for keyword, rest in dockerfile_instructions() if keyword == "RUN"]
+    assert not any(re.search(r"(^|[\s;&|])python3?\s", run) for run in runs), runs
+    assert "dnf install -y python3.11 " in " ".join(runs)
+
+
 def test_production_command_parses_as_vsock_serve() -> None:
     args = build_parser().parse_args(production_argv()[3:])
-    assert (args.command, args.vsock_port, args.unix) == ("serve", 5005, None)
+    assert (args.command, args.vsock, args.vsock_port, args.unix) == ("serve", True, None, None)
     assert args.nsm_device == "/dev/nsm"
 
 
@@ -81,7 +97,7 @@ def test_simulation_runs_the_same_command_with_local_transport_and_paths() -> No
     # Same options in the same order; only the transport flag changes.
     prod_options = [a for a in prod[4:] if a.startswith("--")]
     sim_options = [a for a in sim[4:] if a.startswith("--")]
-    assert sim_options == [o.replace("--vsock-port", "--unix") for o in prod_options]
+    assert sim_options == [o.replace("--vsock", "--unix") for o in prod_options]
     args = build_parser().parse_args(sim[3:])
     assert (args.unix, args.vsock_port, args.private) == ("/s/runtime.sock", None, "/s/private")
 
@@ -94,7 +110,7 @@ def test_client_simulation_starts_the_runtime_with_simulation_argv(tmp_path: Pat
         socket_path=tmp_path / "rt.sock", exchange=tmp_path / "exchange",
         private=tmp_path / "private", nsm_device=tmp_path / "nsm.sock",
         kms_endpoint="http://127.0.0.1:4000", policy=tmp_path / "policy.json",
-        python=command[0])
+        python=command[0], app_interpreter=command[command.index("--app-interpreter") + 1])
 
 
 def test_production_command_requires_the_image_policy_the_image_carries() -> None:
@@ -125,12 +141,17 @@ def test_base_is_amazon_linux_2023_arm64() -> None:
     assert "--platform=linux/arm64" in first and "amazonlinux:2023@" in first
 
 
-def test_every_enclave_requirement_is_pinned_with_a_hash() -> None:
-    for line in ENCLAVE_REQUIREMENTS.read_text().splitlines():
-        line = line.split("#", 1)[0].strip()
-        if line:
-            assert re.fullmatch(r"[A-Za-z0-9._-]+==[A-Za-z0-9.]+ --hash=sha256:[0-9a-f]{64}",
-                                line), line
+@pytest.mark.parametrize("path", [ENCLAVE_REQUIREMENTS, APP_REQUIREMENTS], ids=["enclave", "app"])
+def test_every_image_requirement_is_pinned_with_hashes(path: Path) -> None:
+    for line in requirement_lines(path):
+        assert re.fullmatch(r"[A-Za-z0-9._-]+==[A-Za-z0-9.]+( --hash=sha256:[0-9a-f]{64})+",
+                            line), line
+
+
+def test_app_requirements_match_the_project_pins() -> None:
+    project = requirement_pins(ROOT / "requirements.txt")
+    for name, version in requirement_pins(APP_REQUIREMENTS).items():
+        assert project.get(name) == version, f"{name}: {version} vs {project.get(name)}"
 
 
 def test_enclave_requirements_match_the_project_pins() -> None:
@@ -160,13 +181,6 @@ def test_every_third_party_import_of_the_runtime_is_in_the_image() -> None:
     assert not missing, f"imported by the runtime but not installed in the image: {missing}"
 
 
-def test_app_requirements_lines_carry_hashes_too() -> None:
-    for line in APP_REQUIREMENTS.read_text().splitlines():
-        line = line.split("#", 1)[0].strip()
-        if line:
-            assert "--hash=sha256:" in line, line
-
-
 def test_pip_installs_require_hashes_and_wheels_only() -> None:
     installs = [rest for keyword, rest in dockerfile_instructions()
                 if keyword == "RUN" and "pip install" in rest]
@@ -178,10 +192,14 @@ def test_pip_installs_require_hashes_and_wheels_only() -> None:
                 assert "--require-hashes" in words and "--only-binary=:all:" in words, part
 
 
-def test_image_resolves_the_kms_host_name_to_the_bridge() -> None:
-    text = DOCKERFILE.read_text()
-    assert re.search(r"127\.0\.0\.1 kms\.%s\.amazonaws\.com", text)
-    assert "COPY --from=hosts /hosts /etc/hosts" in text
+def test_image_tells_the_runtime_its_region_and_writes_no_etc_hosts() -> None:
+    """linuxkit replaces /etc/hosts: the runtime maps the KMS name for the image's region."""
+    from client.sim.jail import image_spec
+
+    spec = image_spec(DOCKERFILE.read_text(), {"AWS_REGION": "eu-west-3"})
+    assert spec.env["ENCLAVE_REGION"] == "eu-west-3"
+    assert "/etc/hosts" not in " ".join(rest for keyword, rest in dockerfile_instructions()
+                                        if keyword in ("COPY", "RUN", "ADD"))
 
 
 def test_image_contains_the_runtime_code() -> None:

@@ -48,3 +48,23 @@ def test_demo_shows_the_host_denied_by_the_key_policy(demo_run):
 def test_demo_stops_the_simulation_it_started(demo_run):
     result, _ = demo_run
     assert "simulation stopped" in result.stdout.split("Enclave User: stop the simulation")[-1]
+
+
+def test_demo_says_which_mode_it_used(demo_run):
+    from client.sim.jail import unavailable_reason
+
+    result, _ = demo_run
+    expected = "jail" if unavailable_reason() is None else "plain"
+    assert f"mode: {expected} (" in result.stdout
+    assert "demo completed in" in result.stdout and f"in {expected} mode" in result.stdout
+
+
+def test_demo_mode_choice():
+    from demo import DemoFailed, choose_mode
+
+    assert choose_mode("auto", None)[0] == "jail"
+    assert choose_mode("auto", "needs root") == ("plain", "the runtime as a plain process: "
+                                                          "needs root")
+    assert choose_mode("plain", None)[0] == "plain"
+    with pytest.raises(DemoFailed, match="needs root"):
+        choose_mode("jail", "needs root")

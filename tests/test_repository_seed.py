@@ -59,8 +59,8 @@ def test_seed_has_the_runbook_layout(project, tmp_path):
     assert names(out) == sorted([
         "containers/Dockerfile", "enclave/__init__.py", "enclave/sealing.py",
         "envelope_encryptor.py", "pipeline/__init__.py", "pipeline/allowlist.py",
-        "pipeline/requirements.txt", "pipeline/upload.py", "src/sample-inference/manifest.json",
-        "src/sample-inference/model/weights.json"])
+        "pipeline/build_inputs.py", "pipeline/requirements.txt", "pipeline/upload.py",
+        "src/sample-inference/manifest.json", "src/sample-inference/model/weights.json"])
 
 
 def test_seed_excludes_caches_virtualenvs_and_compiled_files(project, tmp_path):

@@ -276,8 +276,11 @@ def test_encryptor_build_spec_runs_the_contracted_command_line():
 
 def test_image_builder_installs_nitro_cli_and_builds_the_eif():
     steps = commands("nitro-image-builder")
-    assert "dnf install -y aws-nitro-enclaves-cli aws-nitro-enclaves-cli-devel" in steps
+    assert ('dnf install -y "aws-nitro-enclaves-cli-${NITRO_CLI_PACKAGE_VERSION}" '
+            '"aws-nitro-enclaves-cli-devel-${NITRO_CLI_PACKAGE_VERSION}"') in steps
     assert ('docker build --platform linux/arm64 --build-arg AWS_REGION="${ENCLAVE_REGION}" '
+            '--build-arg ENCLAVE_PORT="${ENCLAVE_PORT}" '
+            '--build-arg VSOCK_PROXY_PORT="${VSOCK_PROXY_PORT}" '
             '--file build/image/containers/Dockerfile --tag "${IMAGE_URI}" build/image') in steps
     assert ('nitro-cli build-enclave --docker-uri "${IMAGE_URI}" --output-file enclave.eif '
             '> measurements.json') in steps
@@ -302,7 +305,7 @@ def test_image_builder_allows_the_measurement_before_uploading_the_eif():
                         '--measurements measurements.json --keep "${MEASUREMENTS_TO_KEEP}" '
                         '--record-parameter "${MEASUREMENT_RECORD_PARAMETER}"')
     uploads = [i for i, s in enumerate(steps) if s.startswith("python -m pipeline.upload")]
-    assert len(uploads) == 2 and allow < min(uploads)
+    assert len(uploads) == 3 and allow < min(uploads)
     for i in uploads:
         assert '--kms-key-id "${HOST_BUCKET_KEY_ARN}"' in steps[i]
         assert '--expected-bucket-owner "${HOST_ACCOUNT}"' in steps[i]
@@ -312,6 +315,9 @@ def test_image_builder_allows_the_measurement_before_uploading_the_eif():
         "enclave.eif", '"s3://${HOST_BUCKET}/${ENCLAVE_IMAGE_PREFIX}${APP_ID}.eif"']
     assert steps[uploads[1]].split()[3:5] == [
         "measurements.json", '"s3://${HOST_BUCKET}/${ENCLAVE_IMAGE_PREFIX}${APP_ID}.json"']
+    assert steps[uploads[2]].split()[3:5] == [
+        "build-inputs.json",
+        '"s3://${HOST_BUCKET}/${ENCLAVE_IMAGE_PREFIX}${APP_ID}.build-inputs.json"']
 
 
 def env(props: dict) -> dict:
@@ -341,10 +347,12 @@ def test_builds_name_the_enclave_key_of_this_stack(template):
 
 def test_every_variable_the_build_specs_use_is_set(template):
     for name, props in projects(template).items():
-        text = json.dumps(load_buildspec(name))
+        spec = load_buildspec(name)
+        text = json.dumps(spec)
         used = set(re.findall(r"\$\{([A-Z_]+)", text)) - {"CODEBUILD_RESOLVED_SOURCE_VERSION",
                                                          "CODEBUILD_SRC_DIR", "IMAGE_URI",
                                                          "NITRO_CLI_ARTIFACTS"}
+        used -= set(spec.get("env", {}).get("variables", {}))  # set by the build spec itself
         assert used <= set(env(props)), name
 
 

@@ -39,7 +39,8 @@ PROJECT_ROOT = simstate.PROJECT_ROOT
 DEFAULT_TEMPLATE = Path("cdk.out") / "ThirdPartyStack.template.json"
 START_TIMEOUT_SECONDS = 30.0
 STOP_TIMEOUT_SECONDS = 5.0
-COMPONENTS = ("runtime", "nsm", "kms")  # stop order: the runtime first, its services after
+# stop order: the runtime first, its services after (vsock_proxy and kms_tls: --jail only)
+COMPONENTS = ("runtime", "vsock_proxy", "nsm", "kms_tls", "kms")
 
 
 def register(subparsers: argparse._SubParsersAction,
@@ -68,6 +69,9 @@ def register(subparsers: argparse._SubParsersAction,
     up.add_argument("--minimum-app-version", metavar="VERSION",
                     help="refuse bundles below this version (default: cdk.json "
                          "MinimumAppVersion, else none)")
+    up.add_argument("--jail", action="store_true",
+                    help="run the image's own command in an emulated enclave (Linux namespaces; "
+                         "needs root): docs/emulation.md")
     up.set_defaults(func=up_command)
     env = actions.add_parser(
         "env", parents=parents, help="print shell exports for a simulated principal",
@@ -189,13 +193,36 @@ def runtime_healthy(socket_path: Path) -> bool:
 
 
 def runtime_command(socket_path: Path, state_dir: Path, nsm_socket: Path, kms_endpoint: str,
-                    policy: Path, private: Path | None = None) -> list[str]:
+                    policy: Path, private: Path | None = None,
+                    app_site: Path | None = None) -> list[str]:
     """The image's own command with the transport, paths and endpoints swapped (one source)."""
     from enclave.__main__ import simulation_argv
 
     return simulation_argv(socket_path=socket_path, exchange=state_dir / "exchange",
                            private=private or state_dir / "private", nsm_device=nsm_socket,
-                           kms_endpoint=kms_endpoint, policy=policy)
+                           kms_endpoint=kms_endpoint, policy=policy,
+                           app_interpreter=app_interpreter(), app_site=app_site)
+
+
+def app_interpreter() -> str:
+    """The interpreter apps run with outside the image: the machine's own Python 3.11 at the
+    image's path when the runtime is root (each app's user must be able to run it; the
+    project's virtualenv may sit where they cannot reach), else this interpreter."""
+    from enclave.__main__ import IMAGE_PYTHON
+
+    if os.geteuid() == 0 and os.path.isfile(IMAGE_PYTHON):
+        return IMAGE_PYTHON
+    return sys.executable
+
+
+def image_site() -> Path:
+    """The image's packages (/opt/enclave/site), installed from containers/requirements-*.txt
+    as the Dockerfile does, in RAM where every app user can read them; kept per requirements."""
+    from client.sim import jail
+
+    shm = Path("/dev/shm")  # noqa: S108 - one fixed cache name per requirements digest, 0755
+    return jail.ensure_site(shm / "sealed-sim-image-site" if shm.is_dir()
+                            else PROJECT_ROOT / ".sim" / "image-site")
 
 
 def private_root() -> Path:
@@ -210,6 +237,7 @@ def private_root() -> Path:
 
 def stop_component(component: dict[str, Any], module: str) -> bool:
     """SIGTERM (then SIGKILL) a recorded process, if it still is the one we started."""
+    module = component.get("module", module)
     pid = component.get("pid")
     if not isinstance(pid, int) or not simstate.pid_alive(pid) or not _runs_module(pid, module):
         return False
@@ -231,7 +259,8 @@ def _runs_module(pid: int, module: str) -> bool:
     return module.encode() in argv
 
 
-MODULES = {"runtime": "enclave", "nsm": "client.sim.nsm", "kms": "client.sim.kms"}
+MODULES = {"runtime": "enclave", "nsm": "client.sim.nsm", "kms": "client.sim.kms",
+           "kms_tls": "client.sim.kms", "vsock_proxy": "client.sim.vsock_proxy"}
 
 
 # -- commands -------------------------------------------------------------------------------------
@@ -298,11 +327,15 @@ def up_command(args: argparse.Namespace) -> int:
         wait_for(started["nsm"], nsm_socket.exists, "the simulated NSM")
         started["nsm"]["socket"] = str(nsm_socket)
 
-        private = private_root()
-        started["runtime"] = spawn("runtime", runtime_command(
-            runtime_socket, state_dir, nsm_socket, kms_endpoint, policy_file, private), state_dir)
-        started["runtime"]["private_root"] = str(private)
-        wait_for(started["runtime"], lambda: runtime_healthy(runtime_socket), "the runtime")
+        if args.jail:
+            runtime_socket = start_jail(started, state_dir, region, nsm_socket, policy_file)
+        else:
+            private = private_root()
+            started["runtime"] = spawn("runtime", runtime_command(
+                runtime_socket, state_dir, nsm_socket, kms_endpoint, policy_file, private,
+                image_site()), state_dir)
+            started["runtime"]["private_root"] = str(private)
+            wait_for(started["runtime"], lambda: runtime_healthy(runtime_socket), "the runtime")
         started["runtime"]["socket"] = str(runtime_socket)
     except BaseException:
         for name in COMPONENTS:
@@ -314,6 +347,7 @@ def up_command(args: argparse.Namespace) -> int:
         "state_dir": str(state_dir),
         "region": region,
         "debug_mode": args.debug_mode,
+        "mode": "jail" if args.jail else "plain",
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "principals": principals,
         "dev_root": str(state_dir / "pki" / "root.pem"),
@@ -368,6 +402,20 @@ def env_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def start_jail(started: dict[str, dict[str, Any]], state_dir: Path, region: str,
+               nsm_socket: Path, policy_file: Path) -> Path:
+    """The emulated enclave (client/sim/jail.py) in place of the plain runtime process."""
+    from client.sim import jail
+
+    context = cdk_context()
+    return jail.start(
+        started, state_dir=state_dir, region=region, nsm_socket=nsm_socket, spawn=spawn,
+        policy=policy_file,
+        wait_for=wait_for, kms_port=kms_port, runtime_healthy=runtime_healthy,
+        enclave_port=int(context.get("EnclavePort", jail.DEFAULT_ENCLAVE_PORT)),
+        vsock_proxy_port=int(context.get("VsockProxyPort", jail.DEFAULT_VSOCK_PROXY_PORT)))
+
+
 def public_state(state: dict[str, Any]) -> dict[str, Any]:
     """The state without secret keys, for printing."""
     shown = json.loads(json.dumps(state))
@@ -383,7 +431,7 @@ def stop_all(state: dict[str, Any]) -> list[str]:
     private = (state.get("runtime") or {}).get("private_root")
     if private and Path(private).name.startswith("sealed-sim-private-"):
         shutil.rmtree(private, ignore_errors=True)  # the runtime wiped its runs; this is the root
-    for name in ("runtime", "nsm"):
+    for name in ("runtime", "nsm", "vsock_proxy"):
         socket_path = (state.get(name) or {}).get("socket")
         if socket_path:
             Path(socket_path).unlink(missing_ok=True)
@@ -412,13 +460,13 @@ def status_command(args: argparse.Namespace) -> int:
              f"no simulation in {state_dir}; start one with `python -m client simulate up`")
         return int(ExitStatus.NOT_FOUND)
     components = {name: simstate.pid_alive((state.get(name) or {}).get("pid"))
-                  for name in COMPONENTS}
+                  for name in COMPONENTS if name in state}
     healthy = runtime_healthy(Path(state["runtime"]["socket"]))
     running = all(components.values()) and healthy
     data = {"running": running, "healthy": healthy, "components": components,
             **public_state(state)}
     lines = [f"simulation in {state_dir}: {'running' if running else 'DEGRADED'}"]
-    for name in COMPONENTS:
+    for name in components:
         c = state.get(name) or {}
         where = c.get("socket") or c.get("endpoint") or ""
         lines.append(f"  {name:8} {'up  ' if components[name] else 'DOWN'} pid {c.get('pid')} "

@@ -7,7 +7,8 @@ is written below), so the model can be rebuilt bit for bit without shipping pati
     python3 train.py --host-sample ../../samples/host-data/patients.csv
 
 The fit is iteratively reweighted least squares (Newton's method) with a small L2 penalty on
-standardized features: a few passes over the data, pure standard library.
+standardized features, in numpy (the version containers/requirements-app.txt pins, so the enclave
+image carries the same library the model was built with).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import json
 import math
 import random
 from pathlib import Path
+
+import numpy as np
 
 FEATURES = (
     "age",
@@ -84,81 +87,51 @@ def _sigmoid(z: float) -> float:
 
 
 def train(patients: list[dict[str, float]]) -> dict:
-    """Fit the model; return the JSON-ready model document."""
+    """Fit the model with numpy; return the JSON-ready model document."""
+    features = np.array([[p[f] for f in FEATURES] for p in patients], dtype=np.float64)
+    labels = np.array([p["developed_diabetes"] for p in patients], dtype=np.float64)
     n = len(patients)
-    means = [sum(p[f] for p in patients) / n for f in FEATURES]
-    stds = [
-        math.sqrt(sum((p[f] - m) ** 2 for p in patients) / n) or 1.0
-        for f, m in zip(FEATURES, means, strict=True)
-    ]
-    # Design matrix rows: a constant 1 for the intercept, then standardized features.
-    rows = [
-        [1.0] + [(p[f] - m) / s for f, m, s in zip(FEATURES, means, stds, strict=True)]
-        for p in patients
-    ]
-    labels = [float(p["developed_diabetes"]) for p in patients]
-    k = len(FEATURES) + 1
-    beta = [0.0] * k
+    means = features.mean(axis=0)
+    stds = features.std(axis=0)
+    stds[stds == 0] = 1.0
+    # Design matrix: a constant 1 for the intercept, then standardized features.
+    x = np.hstack([np.ones((n, 1)), (features - means) / stds])
+    penalty = np.full(x.shape[1], L2_PENALTY * n)
+    penalty[0] = 0.0  # no penalty on the intercept
+    beta = np.zeros(x.shape[1])
     for _ in range(25):
-        gradient = [0.0] * k
-        hessian = [[0.0] * k for _ in range(k)]
-        for x, y in zip(rows, labels, strict=True):
-            mu = _sigmoid(sum(b * v for b, v in zip(beta, x, strict=True)))
-            weight = mu * (1.0 - mu)
-            residual = y - mu
-            for i in range(k):
-                gradient[i] += residual * x[i]
-                wi = weight * x[i]
-                row = hessian[i]
-                for j in range(i, k):
-                    row[j] += wi * x[j]
-        for i in range(k):
-            for j in range(i):
-                hessian[i][j] = hessian[j][i]
-            if i:  # no penalty on the intercept
-                hessian[i][i] += L2_PENALTY * n
-                gradient[i] -= L2_PENALTY * n * beta[i]
-        step = _solve(hessian, gradient)
-        beta = [b + d for b, d in zip(beta, step, strict=True)]
-        if max(abs(d) for d in step) < 1e-9:
+        mu = _sigmoid_array(x @ beta)
+        gradient = x.T @ (labels - mu) - penalty * beta
+        hessian = (x * (mu * (1.0 - mu))[:, None]).T @ x + np.diag(penalty)
+        step = np.linalg.solve(hessian, gradient)
+        beta = beta + step
+        if np.max(np.abs(step)) < 1e-9:
             break
-    probabilities = [_sigmoid(sum(b * v for b, v in zip(beta, x, strict=True))) for x in rows]
+    probabilities = _sigmoid_array(x @ beta).tolist()
+    label_list = labels.tolist()
     return {
         "model": "logistic_regression",
         "target": "developed_diabetes_within_5_years",
         "features": list(FEATURES),
-        "means": [round(m, 10) for m in means],
-        "scales": [round(s, 10) for s in stds],
-        "intercept": round(beta[0], 10),
-        "coefficients": [round(b, 10) for b in beta[1:]],
+        "means": [round(float(m), 10) for m in means],
+        "scales": [round(float(s), 10) for s in stds],
+        "intercept": round(float(beta[0]), 10),
+        "coefficients": [round(float(b), 10) for b in beta[1:]],
         "default_threshold": 0.5,
         "training": {
             "rows": n,
             "seed": TRAINING_SEED,
-            "positive_rate": round(sum(labels) / n, 4),
-            "accuracy": round(accuracy(probabilities, labels, 0.5), 4),
-            "auc": round(auc(probabilities, labels), 4),
+            "positive_rate": round(float(labels.mean()), 4),
+            "accuracy": round(accuracy(probabilities, label_list, 0.5), 4),
+            "auc": round(auc(probabilities, label_list), 4),
         },
     }
 
 
-def _solve(matrix: list[list[float]], vector: list[float]) -> list[float]:
-    """Gaussian elimination with partial pivoting (the Hessian is small and well conditioned)."""
-    size = len(vector)
-    a = [row[:] + [v] for row, v in zip(matrix, vector, strict=True)]
-    for col in range(size):
-        pivot = max(range(col, size), key=lambda r: abs(a[r][col]))
-        a[col], a[pivot] = a[pivot], a[col]
-        for r in range(col + 1, size):
-            factor = a[r][col] / a[col][col]
-            for c in range(col, size + 1):
-                a[r][c] -= factor * a[col][c]
-    solution = [0.0] * size
-    for r in range(size - 1, -1, -1):
-        solution[r] = (a[r][size] - sum(a[r][c] * solution[c] for c in range(r + 1, size))) / a[r][
-            r
-        ]
-    return solution
+def _sigmoid_array(z: np.ndarray) -> np.ndarray:
+    """The logistic function without overflow for large |z|."""
+    e = np.exp(-np.abs(z))
+    return np.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
 
 
 def accuracy(probabilities: list[float], labels: list[float], threshold: float) -> float:
