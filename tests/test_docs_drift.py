@@ -45,7 +45,7 @@ DEMO_STEPS = (
 
 def test_readme_lists_the_demo_steps_in_the_order_the_demo_runs_them():
     section = README.split("### What `make demo` shows", 1)[1].split("\n## ", 1)[0]
-    titles = " | ".join(re.findall(r'self\.step\(\s*"([^"]+)"', DEMO))
+    titles = " | ".join(re.findall(r'self\.step\(\s*f?"([^"]+)"', DEMO))
     for readme_words, demo_words in DEMO_STEPS:
         assert readme_words in section, f"README's demo steps do not mention {readme_words!r}"
         assert demo_words in titles, f"demo.py has no step {demo_words!r} any more"

@@ -61,12 +61,14 @@ def test_setup_announces_each_stage_before_it_runs(tmp_path):
     assert "requirements.txt" in lines[ran[2] - 1] and "npm ci" in lines[ran[3] - 1]
 
 
-def test_clean_stops_a_running_simulation_before_deleting_its_state(tmp_path):
+def test_clean_stops_a_running_simulation_before_deleting_its_state(tmp_path,
+                                                                    third_party_template_path):
     with short_socket_dir() as root:
         sim_dir = root / ".sim"
         env = {**os.environ, "SEALED_SIM_DIR": str(sim_dir), "PATH": "/usr/bin:/bin",
                "PYTHONPATH": str(PROJECT_ROOT)}
-        started = subprocess.run([sys.executable, "-m", "client", "simulate", "up"], env=env,
+        started = subprocess.run([sys.executable, "-m", "client", "simulate", "up",
+                                  "--template", str(third_party_template_path)], env=env,
                                  cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120,
                                  check=False)
         assert started.returncode == 0, started.stderr
@@ -92,7 +94,8 @@ def test_clean_stops_a_running_simulation_before_deleting_its_state(tmp_path):
             from client.commands.simulate import MODULES, stop_component
 
             for name, module in MODULES.items():
-                stop_component(state[name], module)
+                if name in state:
+                    stop_component(state[name], module)
 
 
 def test_clean_without_a_simulation_just_deletes(tmp_path):
