@@ -245,6 +245,16 @@ def _upload(
         max_concurrency=UPLOAD_CONCURRENCY,
     )
     progress = _Progress("uploading", total=path.stat().st_size) if sys.stderr.isatty() else None
+    # The uploader may only PutObject (no GetObject, hence no HEAD): the version comes from the
+    # upload's own response, PutObject's or CompleteMultipartUpload's, whichever ends it.
+    versions: list[str] = []
+
+    def record_version(http_response: Any, parsed: dict[str, Any], **_: Any) -> None:
+        if parsed.get("VersionId"):
+            versions.append(parsed["VersionId"])
+
+    for operation in ("PutObject", "CompleteMultipartUpload"):
+        s3.meta.events.register(f"after-call.s3.{operation}", record_version)
     try:
         s3.upload_file(
             str(path),
@@ -257,8 +267,7 @@ def _upload(
     finally:
         if progress is not None:
             progress.done()
-    head = s3.head_object(Bucket=bucket, Key=key, ExpectedBucketOwner=args.expected_bucket_owner)
-    return head.get("VersionId") or ""
+    return versions[-1] if versions else ""
 
 
 # --- decrypt ----------------------------------------------------------------------------------
