@@ -110,9 +110,11 @@ def test_host_may_decrypt_only_with_an_allowed_image_and_the_app_id_context(temp
         Match.object_like({
             "Sid": "AllowAttestedEnclaveDecrypt", "Effect": "Allow",
             "Principal": {"AWS": HOST_ROLE}, "Action": "kms:Decrypt",
-            "Condition": {"StringEquals": {
-                "kms:RecipientAttestation:ImageSha384": Match.any_value(),
-                "kms:EncryptionContext:app_id": config.app_id}}})])}})
+            # The KMS Developer Guide's operators for attestation values; the app id exactly.
+            "Condition": {
+                "StringEqualsIgnoreCase": {
+                    "kms:RecipientAttestation:ImageSha384": Match.any_value()},
+                "StringEquals": {"kms:EncryptionContext:app_id": config.app_id}}})])}})
 
 
 def test_host_principal_is_the_role_arn_not_the_account(template):
@@ -134,7 +136,7 @@ def test_host_is_denied_decrypt_with_an_unlisted_image(template):
         Match.object_like({
             "Sid": "DenyDecryptUnlistedImage", "Effect": "Deny",
             "Principal": {"AWS": HOST_ROLE}, "Action": "kms:Decrypt",
-            "Condition": {"StringNotEquals": {
+            "Condition": {"StringNotEqualsIgnoreCase": {
                 "kms:RecipientAttestation:ImageSha384": Match.any_value()}}})])}})
 
 
@@ -142,9 +144,10 @@ def test_without_measurements_the_lists_hold_a_placeholder_no_attestation_can_ma
     policy = key_policy(template)
     allow = statement(policy, "AllowAttestedEnclaveDecrypt")
     deny = statement(policy, "DenyDecryptUnlistedImage")
-    values = allow["Condition"]["StringEquals"]["kms:RecipientAttestation:ImageSha384"]
+    values = allow["Condition"]["StringEqualsIgnoreCase"]["kms:RecipientAttestation:ImageSha384"]
     assert values == [allowlist.PLACEHOLDER]
-    assert deny["Condition"]["StringNotEquals"]["kms:RecipientAttestation:ImageSha384"] == values
+    deny_values = deny["Condition"]["StringNotEqualsIgnoreCase"]
+    assert deny_values["kms:RecipientAttestation:ImageSha384"] == values
     # An attested ImageSha384 is always 96 lowercase hex characters.
     assert not re.fullmatch(r"[0-9a-f]{96}", allowlist.PLACEHOLDER)
 
@@ -157,18 +160,19 @@ def test_host_may_use_the_key_for_nothing_but_decrypt(template):
 
 
 def test_configured_measurements_appear_in_both_allow_and_deny(pinned):
-    allow = statement(pinned, "AllowAttestedEnclaveDecrypt")["Condition"]["StringEquals"]
-    deny = statement(pinned, "DenyDecryptUnlistedImage")["Condition"]["StringNotEquals"]
+    allow = statement(pinned, "AllowAttestedEnclaveDecrypt")["Condition"]["StringEqualsIgnoreCase"]
+    deny = statement(pinned, "DenyDecryptUnlistedImage")["Condition"]["StringNotEqualsIgnoreCase"]
     assert allow["kms:RecipientAttestation:ImageSha384"] == [PCR_A, PCR_B]
     assert deny["kms:RecipientAttestation:ImageSha384"] == [PCR_A, PCR_B]
 
 
 def test_pinned_signer_is_required_by_allow_and_enforced_by_its_own_deny(pinned):
-    allow = statement(pinned, "AllowAttestedEnclaveDecrypt")["Condition"]["StringEquals"]
+    allow = statement(pinned, "AllowAttestedEnclaveDecrypt")["Condition"]["StringEqualsIgnoreCase"]
     deny = statement(pinned, "DenyDecryptUnlistedSigner")
     assert allow["kms:RecipientAttestation:PCR8"] == [SIGNER]
     assert deny["Effect"] == "Deny"
-    assert deny["Condition"]["StringNotEquals"]["kms:RecipientAttestation:PCR8"] == [SIGNER]
+    assert deny["Condition"]["StringNotEqualsIgnoreCase"]["kms:RecipientAttestation:PCR8"] == [
+        SIGNER]
 
 
 def test_no_signer_statement_without_a_pinned_signer(template):
