@@ -372,21 +372,30 @@ def store_policy(kms_client: Any, key_id: str, policy: dict[str, Any]) -> None:
 def add_to_key(kms_client: Any, key_id: str, measurements: Measurements, *, keep: int,
                with_pcr8: bool = False, ssm_client: Any = None,
                record_parameter: str | None = None) -> tuple[bool, list[str]]:
-    """Allow `measurements` on the key; returns (policy changed, allowed list newest last)."""
+    """Allow `measurements` on the key; returns (policy changed, allowed list newest last).
+
+    With a record parameter, every add re-merges the whole record, not just the new value, and
+    records before it writes the policy. Both the deploy-time keeper and this tool
+    read-modify-write the policy with no lock KMS could give them; this way, whichever write
+    lands last, a measurement a deploy (or a concurrent keeper) dropped is back at the next add,
+    and a keeper running after this record write already sees the new measurement.
+    """
     if with_pcr8 and not measurements.pcr8:
         raise MeasurementError("--pcr8 was given but the measurements have no PCR8: build a "
                                "signed image (--signing-certificate/--private-key) or drop --pcr8")
     policy = load_policy(kms_client, key_id)
-    updated = add_measurement(policy, measurements.pcr0, keep=keep,
-                              pcr8=measurements.pcr8 if with_pcr8 else None)
-    changed = updated != policy
-    if changed:
-        store_policy(kms_client, key_id, updated)
+    record = new_record = Record()
     if record_parameter:
         record = read_record(ssm_client, record_parameter)
         new_record = add_to_record(record, measurements, keep=keep, with_pcr8=with_pcr8)
-        if new_record != record:
-            write_record(ssm_client, record_parameter, new_record)
+    # Computed in full before anything is written: a policy this tool refuses changes nothing.
+    updated = add_measurement(merge_recorded(policy, record, keep=keep), measurements.pcr0,
+                              keep=keep, pcr8=measurements.pcr8 if with_pcr8 else None)
+    if record_parameter and new_record != record:
+        write_record(ssm_client, record_parameter, new_record)
+    changed = updated != policy
+    if changed:
+        store_policy(kms_client, key_id, updated)
     return changed, allowed_measurements(updated)
 
 
