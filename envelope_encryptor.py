@@ -171,6 +171,14 @@ def _encrypt(args: argparse.Namespace, session: boto3.session.Session, out: Text
     if not args.dir.is_dir():
         raise SealError(f"{args.dir} is not a directory: give the application directory")
     manifest = load_manifest(args.dir)
+    if args.app_id is not None and args.app_id != manifest.app_id:
+        # The pipeline passes the stack's AppId here: say which side to change.
+        raise SealError(
+            f"--app-id {args.app_id!r} does not match app_id {manifest.app_id!r} in "
+            f"{args.dir / 'manifest.json'}: the enclave key admits only {args.app_id!r} (the "
+            f"stack's AppId); set app_id to {args.app_id!r} there, or deploy with "
+            f"-c AppId={manifest.app_id}"
+        )
     provider = _kms_provider(args.key)
     progress = _Progress("sealing") if sys.stderr.isatty() else None
     output: Path = args.output or Path(f"{manifest.app_id}-{manifest.app_version}.sealed")

@@ -31,6 +31,7 @@ class ThirdPartyStack(cdk.Stack):
             self, "SourceRepository",
             repository_name=config.repository_name,
             app_directory=config.app_directory,
+            app_id=config.app_id,
             use_existing=config.use_existing_repository,
         )
         self.pipeline = SealingPipeline(

@@ -125,7 +125,11 @@ def test_app_id_differing_from_the_manifest_fails_and_writes_nothing(
 ):
     status = run("encrypt", "-d", app_dir, "-k", aws["enclave_key"], "--app-id", "other")
     assert status == ExitStatus.INVALID_INPUT
-    assert "does not match the manifest" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    # One line that names both ids, the file to edit and the stack setting to change instead.
+    assert err.count("\n") == 1
+    assert "--app-id 'other' does not match app_id 'demo-app'" in err
+    assert str(app_dir / "manifest.json") in err and "-c AppId=demo-app" in err
     assert list(tmp_path.glob("*.sealed")) == [] and list(tmp_path.glob(".*")) == []
 
 

@@ -2,6 +2,7 @@
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 from aws_cdk.assertions import Capture, Match
@@ -272,7 +273,7 @@ def commands(name: str) -> list[str]:
 
 def test_encryptor_build_spec_runs_the_contracted_command_line():
     assert ('python envelope_encryptor.py encrypt -d "src/${APP_DIRECTORY}" '
-            '-k "${ENCLAVE_KEY_ARN}" -o "build/${APP_ID}.sealed" '
+            '-k "${ENCLAVE_KEY_ARN}" --app-id "${APP_ID}" -o "build/${APP_ID}.sealed" '
             '--upload "s3://${HOST_BUCKET}/${ENCRYPTED_APP_PREFIX}" '
             '--bucket-key-arn "${HOST_BUCKET_KEY_ARN}" '
             '--expected-bucket-owner "${HOST_ACCOUNT}"') in commands("application-encryptor")
@@ -522,3 +523,18 @@ def test_build_projects_wait_for_their_runtime_policies(template):
         if resource["Type"] == "AWS::CodeBuild::Project":
             depends = resource.get("DependsOn", [])
             assert any(resources[d]["Type"] == "AWS::IAM::Policy" for d in depends), logical_id
+
+
+def test_seeded_manifest_declares_the_stack_app_id():
+    import zipfile
+
+    from tests.third_party_support import build_third_party_stack
+
+    app, stack, config = build_third_party_stack(ApplicationDirectory="fraud-model",
+                                                 AppId="fraud-detector")
+    assembly = app.synth(force=True)
+    seeds = [path for path in Path(assembly.directory).glob("asset.*.zip")
+             if "src/fraud-model/manifest.json" in zipfile.ZipFile(path).namelist()]
+    assert len(seeds) == 1, seeds
+    manifest = json.loads(zipfile.ZipFile(seeds[0]).read("src/fraud-model/manifest.json"))
+    assert manifest["app_id"] == config.app_id == "fraud-detector"
