@@ -128,6 +128,14 @@ def test_ec2_user_joins_the_ne_group():
     assert "usermod -aG ne ec2-user" in render().splitlines()
 
 
+def test_session_manager_user_exists_and_joins_the_ne_group():
+    lines = render().splitlines()
+    # Created before the agent would, so that it can join the group at boot.
+    create = lines.index("getent passwd ssm-user >/dev/null || "
+                         "useradd --create-home --shell /bin/bash ssm-user")
+    assert lines.index("usermod -aG ne ssm-user") > create
+
+
 def test_host_settings_file_is_the_given_json_at_a_fixed_path():
     assert json.loads(heredoc(render(), "/etc/sealed-enclave/host.json")) == HOST_CONFIG
 
@@ -205,8 +213,8 @@ def _sandbox(tmp_path: Path) -> tuple[Path, Path, dict[str, str]]:
     bin_dir = tmp_path / "bin"
     for directory in (root / "var" / "log", root / "usr" / "local" / "bin", bin_dir):
         directory.mkdir(parents=True)
-    stubs = {"dnf": STUB, "systemctl": STUB, "usermod": STUB, "aws": AWS_STUB,
-             "python3.11": PYTHON_STUB}
+    stubs = {"dnf": STUB, "systemctl": STUB, "usermod": STUB, "useradd": STUB,
+             "getent": STUB + "exit 2\n", "aws": AWS_STUB, "python3.11": PYTHON_STUB}
     for name, body in stubs.items():
         (bin_dir / name).write_text(body)
         (bin_dir / name).chmod(stat.S_IRWXU)
@@ -245,6 +253,20 @@ def test_script_runs_and_a_second_run_changes_nothing(tmp_path):
     calls = (root / "calls.log").read_text().splitlines()
     assert sum(" -m venv " in f" {call} " for call in calls) == 1, "virtualenv made twice"
     assert calls.count("systemctl enable --now nitro-enclaves-allocator.service") == 2
+    assert calls.count("useradd --create-home --shell /bin/bash ssm-user") == 2
+    assert calls.count("usermod -aG ne ssm-user") == 2
+
+
+@pytest.mark.skipif(shutil.which("unzip") is None, reason="needs unzip")
+def test_an_existing_ssm_user_is_kept_and_joins_the_ne_group(tmp_path):
+    root, script, env = _sandbox(tmp_path)
+    (Path(env["PATH"].split(":")[0]) / "getent").write_text(
+        STUB + 'echo "ssm-user:x:1001:1001::/home/ssm-user:/bin/bash"\n')
+    result = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    calls = (root / "calls.log").read_text().splitlines()
+    assert not [call for call in calls if call.startswith("useradd")]
+    assert "usermod -aG ne ssm-user" in calls
 
 
 @pytest.mark.skipif(shutil.which("unzip") is None, reason="needs unzip")

@@ -33,8 +33,13 @@ allowlist:
 - {address: {{kms_endpoint}}, port: 443}
 ALLOWLIST
 
-# Only members of `ne` may talk to /dev/nitro_enclaves.
+# Only members of `ne` may talk to /dev/nitro_enclaves. Session Manager (the only way in) logs
+# people in as ssm-user, which its agent creates at the first session, after this script ran:
+# create it now, as the agent would (home directory, bash), so that it joins `ne` too. The
+# agent keeps an existing ssm-user as it is.
 usermod -aG ne ec2-user
+getent passwd ssm-user >/dev/null || useradd --create-home --shell /bin/bash ssm-user
+usermod -aG ne ssm-user
 
 # Host settings for the client, at a fixed path so it never depends on the working directory.
 install -d -m 0755 /etc/sealed-enclave
