@@ -35,6 +35,9 @@ AZ_RE = re.compile(r"^[a-z]{2}(?:-gov)?-[a-z]+-[0-9][a-z]$")
 REPO_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
 APP_DIR_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
+# Zones a created VPC may span: each adds two subnets and an interface endpoint per service.
+MAX_CREATED_ZONES = 3
+
 # vCPUs per Graviton size; the parent keeps at least 2 and the enclave takes whole cores.
 GRAVITON_VCPUS = {"medium": 1, "large": 2, "xlarge": 4, "2xlarge": 8, "4xlarge": 16,
                   "8xlarge": 32, "12xlarge": 48, "16xlarge": 64, "24xlarge": 96, "48xlarge": 192}
@@ -248,6 +251,16 @@ def load_config(context: Mapping[str, Any]) -> Config:
                             "subnet ids such as subnet-0123456789abcdef0")
     zones = r.string_list("AvailabilityZones", lambda v: bool(AZ_RE.fullmatch(v)),
                           "availability zone names such as us-east-1a")
+    for zone in zones:
+        if zone[:-1] != region:
+            raise _fail("AvailabilityZones", zone,
+                        f"a zone of Region {region}, such as {region}a")
+    if len(set(zones)) != len(zones):
+        raise _fail("AvailabilityZones", list(zones), "each zone once")
+    if not vpc_id and len(zones) > MAX_CREATED_ZONES:
+        raise _fail("AvailabilityZones", list(zones),
+                    f"at most {MAX_CREATED_ZONES} zones for the created VPC (each one adds "
+                    "subnets and four interface endpoints)")
     if vpc_id and (not subnets or len(subnets) != len(zones)):
         raise _fail("PrivateSubnetIds", list(subnets),
                     "with VpcId, one private subnet id per entry of AvailabilityZones")

@@ -111,6 +111,7 @@ BAD_VALUES = [
     ("VpcId", "vpc-0123456789ABCDEF0", "a VPC id such as vpc-0123456789abcdef0"),
     ("PrivateSubnetIds", ["subnet-bad"], "subnet ids such as subnet-0123456789abcdef0"),
     ("AvailabilityZones", ["us-east-1"], "availability zone names such as us-east-1a"),
+    ("AvailabilityZones", ["eu-west-1a"], "a zone of Region us-east-1, such as us-east-1a"),
     ("VsockProxyPort", 80, "a whole number from 1024 to 65535"),
     ("VsockProxyPort", 70000, "a whole number from 1024 to 65535"),
     ("EnclavePort", 1023, "a whole number from 1024 to 65535"),
@@ -301,3 +302,22 @@ def test_wildcard_in_an_upload_prefix_is_rejected(context):
 def test_all_zero_measurement_is_refused_as_debug_mode(context):
     with pytest.raises(ConfigError, match="debug-mode"):
         load(context, AllowedImageMeasurements=["0" * 96])
+
+
+def test_zones_named_twice_are_rejected(context):
+    with pytest.raises(ConfigError, match=r"AvailabilityZones=\['us-east-1b', 'us-east-1b'\] "
+                                          r"is invalid: expected each zone once"):
+        load(context, AvailabilityZones=["us-east-1b", "us-east-1b"])
+
+
+def test_created_vpc_spans_at_most_three_named_zones(context):
+    zones = ["us-east-1a", "us-east-1b", "us-east-1c", "us-east-1d"]
+    with pytest.raises(ConfigError, match=r"at most 3 zones for the created VPC"):
+        load(context, AvailabilityZones=zones)
+    assert load(context, AvailabilityZones=zones[:3]).availability_zones == tuple(zones[:3])
+
+
+def test_zones_can_be_named_without_bringing_a_vpc(context):
+    config = load(context, AvailabilityZones="us-east-1b,us-east-1f")
+    assert config.vpc_id is None
+    assert config.availability_zones == ("us-east-1b", "us-east-1f")

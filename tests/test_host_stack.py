@@ -554,6 +554,17 @@ def test_created_vpc_uses_the_configured_zones(customized):
     assert zones == {"us-east-1b", "us-east-1c"}
 
 
+def test_created_vpc_spans_every_named_zone_with_its_endpoints():
+    _, stack = build_host_stack(AvailabilityZones=["us-east-1b", "us-east-1c", "us-east-1d"])
+    template = Template.from_stack(stack)
+    zones = {s["Properties"]["AvailabilityZone"]
+             for s in resources_of_type(template, "AWS::EC2::Subnet").values()}
+    assert zones == {"us-east-1b", "us-east-1c", "us-east-1d"}
+    for endpoint in resources_of_type(template, "AWS::EC2::VPCEndpoint").values():
+        if endpoint["Properties"].get("VpcEndpointType") == "Interface":
+            assert len(endpoint["Properties"]["SubnetIds"]) == 3
+
+
 # ---- constructs on their own ----------------------------------------------------------------
 
 def bare_stack() -> cdk.Stack:
