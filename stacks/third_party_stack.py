@@ -9,6 +9,7 @@ from constructs import Construct
 from constructs.enclave_key import EnclaveKey, MeasurementKeeper
 from constructs.sealing_pipeline import SealingPipeline
 from constructs.source_repository import SourceRepository
+from constructs.template_checks import acknowledge_checkov, acknowledge_custom_resource_function
 from stacks.config import Config
 
 
@@ -70,10 +71,15 @@ class ThirdPartyStack(cdk.Stack):
     def _acknowledge_findings(self) -> None:
         """The few cdk-nag findings this stack accepts, each on one resource, with the reason."""
         sealing = self.pipeline
+        artifacts_unlogged = ("Pipeline artifacts are transient source snapshots (expire after "
+                              "30 days) read only by this pipeline's roles; CloudTrail records "
+                              "their access.")
         _resource(sealing.artifact_bucket).acknowledge(cdk.Acknowledgment(
-            id="AwsSolutions-S1",
-            reason="Pipeline artifacts are transient source snapshots (expire after 30 days) "
-                   "read only by this pipeline's roles; CloudTrail records their access."))
+            id="AwsSolutions-S1", reason=artifacts_unlogged))
+        acknowledge_checkov(sealing.artifact_bucket, "CKV_AWS_18", artifacts_unlogged)
+        acknowledge_custom_resource_function(
+            self.measurement_keeper.function,
+            "The measurement keeper re-merges recorded measurements after a deploy")
         for role, prefix in ((sealing.encryptor_role, self.config.encrypted_app_prefix),
                              (sealing.image_builder_role, self.config.enclave_image_prefix)):
             _resource(role).acknowledge(cdk.Acknowledgment(

@@ -95,7 +95,7 @@ def sharing_bucket_id(template: Template) -> str:
 
 
 def sharing_key_id(template: Template) -> str:
-    return logical_id(template, "AWS::KMS::Key")
+    return logical_id(template, "AWS::KMS::Key", "SharingKey")
 
 
 def bucket_policy_statements(template: Template) -> list[dict]:
@@ -491,6 +491,17 @@ def test_created_vpc_logs_its_flows(template):
     template.has_resource_properties("AWS::EC2::FlowLog", {
         "ResourceType": "VPC", "TrafficType": "ALL",
         "LogDestinationType": "cloud-watch-logs"})
+
+
+def test_flow_logs_are_encrypted_with_a_rotating_key_only_cloudwatch_logs_may_use(template):
+    key_id = logical_id(template, "AWS::KMS::Key", "FlowLogKey")
+    template.has_resource_properties("AWS::Logs::LogGroup", {
+        "KmsKeyId": {"Fn::GetAtt": [key_id, "Arn"]}})
+    key = resources_of_type(template, "AWS::KMS::Key")[key_id]["Properties"]
+    assert key["EnableKeyRotation"] is True
+    (logs,) = [s for s in key["KeyPolicy"]["Statement"] if s.get("Sid") == "AllowCloudWatchLogs"]
+    assert logs["Principal"] == {"Service": "logs.us-east-1.amazonaws.com"}
+    assert "kms:EncryptionContext:aws:logs:arn" in logs["Condition"]["ArnLike"]
 
 
 def test_imported_vpc_is_used_by_id_without_creating_a_network(imported_vpc):
