@@ -34,6 +34,13 @@ SUBNET_ID_RE = re.compile(r"^subnet-[0-9a-f]{8,17}$")
 AZ_RE = re.compile(r"^[a-z]{2}(?:-gov)?-[a-z]+-[0-9][a-z]$")
 REPO_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
 APP_DIR_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+# CodeConnections ARNs keep both service prefixes (the service was renamed from CodeStar).
+CONNECTION_ARN_RE = re.compile(
+    r"^arn:aws[a-z-]*:(?:codestar-connections|codeconnections):[a-z]{2}(?:-gov)?-[a-z]+-[0-9]:"
+    r"[0-9]{12}:connection/[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+# owner/name on GitHub and Bitbucket; group/[subgroup/...]name on GitLab.
+SOURCE_REPOSITORY_RE = re.compile(r"^[A-Za-z0-9_.-]+(?:/[A-Za-z0-9_.-]+)+$")
+BRANCH_RE = re.compile(r"^(?!/|.*(?:\.\.|//|@\{|\.lock$|/$))[A-Za-z0-9._/-]{1,255}$")
 
 # Zones a created VPC may span: each adds two subnets and an interface endpoint per service.
 MAX_CREATED_ZONES = 3
@@ -50,7 +57,8 @@ CONTEXT_KEYS = (
     "AllowedSignerPcr8", "ApplicationDirectory", "AppId", "CodeCommitRepositoryName",
     "UseExistingRepository", "HostRoleName", "HostRoleArn", "InstanceType", "EnclaveCpuCount",
     "EnclaveMemoryMiB", "EifSizeMiB", "HostCount", "VpcId", "PrivateSubnetIds",
-    "AvailabilityZones", "VsockProxyPort", "EnclavePort",
+    "AvailabilityZones", "VsockProxyPort", "EnclavePort", "SourceConnectionArn",
+    "SourceRepository", "SourceBranch",
 )
 # Our keys are CamelCase; CDK's own flags ("@aws-cdk/...", "aws:cdk:...") are not.
 _OUR_KEY_SHAPE = re.compile(r"^[A-Z][A-Za-z0-9]+$")
@@ -100,6 +108,10 @@ class Config:
     availability_zones: tuple[str, ...] = field(default=())
     vsock_proxy_port: int = 8000
     enclave_port: int = 5005
+    # Pipeline source: CodeCommit (above) unless a CodeConnections connection is given.
+    source_connection_arn: str | None = None
+    source_repository: str | None = None
+    source_branch: str = "main"
 
     @property
     def host_role_arn(self) -> str:
@@ -271,6 +283,25 @@ def load_config(context: Mapping[str, Any]) -> Config:
     if host_role_arn and host_role_arn.split(":")[4] != host_account:
         raise _fail("HostRoleArn", host_role_arn, f"a role in the host account {host_account}")
 
+    connection_arn = r.string(
+        "SourceConnectionArn", CONNECTION_ARN_RE,
+        "a CodeConnections connection ARN such as arn:aws:codeconnections:us-east-1:"
+        "111111111111:connection/<uuid>", optional=True)
+    source_repository = r.string("SourceRepository", SOURCE_REPOSITORY_RE,
+                                 "owner/name of the repository behind SourceConnectionArn",
+                                 optional=True)
+    if connection_arn and connection_arn.split(":")[4] != third_party_account:
+        raise _fail("SourceConnectionArn", connection_arn,
+                    f"a connection in the third party account {third_party_account}")
+    if bool(connection_arn) != bool(source_repository):
+        missing = "SourceRepository" if connection_arn else "SourceConnectionArn"
+        raise _fail(missing, None, "with SourceConnectionArn, SourceRepository (owner/name), and "
+                    "the other way round")
+    if connection_arn and r.boolean("UseExistingRepository", False):
+        raise _fail("UseExistingRepository", True,
+                    "false with SourceConnectionArn (the source is then the connected "
+                    "repository, not CodeCommit)")
+
     app_directory = r.required("ApplicationDirectory", APP_DIR_RE,
                                "a folder name under src/ such as sample-inference",
                                "sample-inference")
@@ -315,4 +346,8 @@ def load_config(context: Mapping[str, Any]) -> Config:
         availability_zones=zones,
         vsock_proxy_port=r.integer("VsockProxyPort", 8000, 1024, 65535),
         enclave_port=r.integer("EnclavePort", 5005, 1024, 65535),
+        source_connection_arn=connection_arn,
+        source_repository=source_repository,
+        source_branch=r.required("SourceBranch", BRANCH_RE,
+                                 "a git branch name such as main", "main"),
     )

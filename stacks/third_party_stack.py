@@ -28,7 +28,8 @@ class ThirdPartyStack(cdk.Stack):
             allowed_signer_pcr8=config.allow_pcr8,
             measurements_to_keep=config.measurements_to_keep,
         )
-        self.source = SourceRepository(
+        # CodeCommit (created and seeded, or imported) unless a CodeConnections source is given.
+        self.source = None if config.source_connection_arn else SourceRepository(
             self, "SourceRepository",
             repository_name=config.repository_name,
             app_directory=config.app_directory,
@@ -37,7 +38,10 @@ class ThirdPartyStack(cdk.Stack):
         )
         self.pipeline = SealingPipeline(
             self, "SealingPipeline",
-            repository=self.source.repository,
+            repository=self.source.repository if self.source else None,
+            connection_arn=config.source_connection_arn,
+            connection_repository=config.source_repository,
+            branch=config.source_branch,
             enclave_key=self.enclave_key.key,
             app_directory=config.app_directory,
             app_id=config.app_id,
@@ -62,8 +66,12 @@ class ThirdPartyStack(cdk.Stack):
         cdk.CfnOutput(self, "EnclaveKeyArn", value=self.enclave_key.key.key_arn,
                       description="Give this to the host (context EnclaveKeyArn)")
         cdk.CfnOutput(self, "EnclaveKeyAlias", value=self.enclave_key.alias.alias_name)
-        cdk.CfnOutput(self, "RepositoryCloneUrlGrc",
-                      value=self.source.repository.repository_clone_url_grc)
+        if self.source:
+            cdk.CfnOutput(self, "RepositoryCloneUrlGrc",
+                          value=self.source.repository.repository_clone_url_grc)
+        else:
+            cdk.CfnOutput(self, "SourceRepository", value=config.source_repository or "",
+                          description="Connected repository the pipeline builds from")
         cdk.CfnOutput(self, "PipelineName", value=self.pipeline.pipeline.pipeline_name)
         cdk.CfnOutput(self, "MeasurementRecordParameter",
                       value=self.enclave_key.record_parameter_name)

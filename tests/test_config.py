@@ -88,6 +88,11 @@ BAD_VALUES = [
     ("CodeCommitRepositoryName", "r" * 101, "a CodeCommit repository name"),
     ("UseExistingRepository", "yes", "true or false"),
     ("UseExistingRepository", 1, "true or false"),
+    ("SourceConnectionArn", "arn:aws:codestar:us-east-1:111111111111:connection/x",
+     "a CodeConnections connection ARN"),
+    ("SourceRepository", "no-owner", "owner/name of the repository"),
+    ("SourceBranch", "feature..x", "a git branch name such as main"),
+    ("SourceBranch", "/main", "a git branch name such as main"),
     ("HostRoleName", "bad role!", "an IAM role name"),
     ("HostRoleName", "r" * 65, "an IAM role name"),
     ("HostRoleArn", "arn:aws:iam::123:role/host", "an IAM role ARN"),
@@ -321,3 +326,46 @@ def test_zones_can_be_named_without_bringing_a_vpc(context):
     config = load(context, AvailabilityZones="us-east-1b,us-east-1f")
     assert config.vpc_id is None
     assert config.availability_zones == ("us-east-1b", "us-east-1f")
+
+
+CONNECTION = ("arn:aws:codeconnections:us-east-1:111111111111:connection/"
+              "01234567-89ab-cdef-0123-456789abcdef")
+
+
+def test_codeconnections_source_comes_through(context):
+    config = load(context, SourceConnectionArn=CONNECTION, SourceRepository="org/app",
+                  SourceBranch="release/2")
+    assert (config.source_connection_arn, config.source_repository, config.source_branch) == (
+        CONNECTION, "org/app", "release/2")
+
+
+def test_codestar_connections_arns_are_accepted_too(context):
+    arn = CONNECTION.replace(":codeconnections:", ":codestar-connections:")
+    assert load(context, SourceConnectionArn=arn,
+                SourceRepository="group/sub/app").source_connection_arn == arn
+
+
+def test_source_defaults_to_codecommit_on_main(context):
+    config = load(context)
+    assert (config.source_connection_arn, config.source_branch) == (None, "main")
+
+
+@pytest.mark.parametrize("given,missing", [
+    ({"SourceConnectionArn": CONNECTION}, "SourceRepository"),
+    ({"SourceRepository": "org/app"}, "SourceConnectionArn"),
+])
+def test_connection_and_repository_come_together(context, given, missing):
+    with pytest.raises(ConfigError, match=rf"^context key {missing}=None is invalid"):
+        load(context, **given)
+
+
+def test_connection_in_another_account_is_rejected(context):
+    with pytest.raises(ConfigError, match="a connection in the third party account"):
+        load(context, SourceConnectionArn=CONNECTION.replace("111111111111", "333333333333"),
+             SourceRepository="org/app")
+
+
+def test_connection_with_an_imported_codecommit_repository_is_a_conflict(context):
+    with pytest.raises(ConfigError, match=r"UseExistingRepository=True is invalid"):
+        load(context, SourceConnectionArn=CONNECTION, SourceRepository="org/app",
+             UseExistingRepository=True)

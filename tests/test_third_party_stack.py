@@ -538,3 +538,72 @@ def test_seeded_manifest_declares_the_stack_app_id():
     assert len(seeds) == 1, seeds
     manifest = json.loads(zipfile.ZipFile(seeds[0]).read("src/fraud-model/manifest.json"))
     assert manifest["app_id"] == config.app_id == "fraud-detector"
+
+
+# --- CodeConnections source ----------------------------------------------------------------------
+
+CONNECTION = ("arn:aws:codeconnections:us-east-1:111111111111:connection/"
+              "01234567-89ab-cdef-0123-456789abcdef")
+
+
+@pytest.fixture(scope="module")
+def connected():
+    template, _, _ = third_party_template(SourceConnectionArn=CONNECTION,
+                                          SourceRepository="example-org/sealed-app",
+                                          SourceBranch="release")
+    return template
+
+
+def test_connected_pipeline_builds_the_named_repository_and_branch_on_push(connected):
+    connected.has_resource_properties("AWS::CodePipeline::Pipeline", {"Stages": Match.array_with([
+        Match.object_like({"Name": "Source", "Actions": [Match.object_like({
+            "ActionTypeId": Match.object_like({"Category": "Source",
+                                               "Provider": "CodeStarSourceConnection"}),
+            "Configuration": {"ConnectionArn": CONNECTION,
+                              "FullRepositoryId": "example-org/sealed-app",
+                              "BranchName": "release", "DetectChanges": True}})]})])})
+
+
+def test_connected_pipeline_creates_no_codecommit_repository_or_rule(connected):
+    connected.resource_count_is("AWS::CodeCommit::Repository", 0)
+    connected.resource_count_is("AWS::Events::Rule", 0)
+    assert "RepositoryCloneUrlGrc" not in connected.to_json()["Outputs"]
+    connected.has_output("SourceRepository", {"Value": "example-org/sealed-app"})
+
+
+@pytest.mark.parametrize("service", ["codeconnections", "codestar-connections"])
+def test_source_role_may_use_the_connection_under_its_own_service_prefix(service):
+    arn = CONNECTION.replace(":codeconnections:", f":{service}:")
+    template, _, _ = third_party_template(SourceConnectionArn=arn,
+                                          SourceRepository="example-org/sealed-app")
+    source_role = role_statements(template, "SealingPipelineSourceCodePipelineActionRole")
+    uses = [s for s in source_role if f"{service}:UseConnection" in as_list(s["Action"])]
+    assert uses and all(s["Resource"] == arn for s in uses)
+
+
+def test_connected_builds_still_get_the_same_projects(connected):
+    assert set(projects(connected)) == {"application-encryptor", "nitro-image-builder"}
+
+
+def test_codecommit_source_follows_source_branch():
+    template, _, _ = third_party_template(SourceBranch="release")
+    template.has_resource_properties("AWS::CodePipeline::Pipeline", {"Stages": Match.array_with([
+        Match.object_like({"Name": "Source", "Actions": [Match.object_like({
+            "Configuration": Match.object_like({"BranchName": "release"})})]})])})
+
+
+def test_sealing_pipeline_needs_exactly_one_source():
+    import aws_cdk as cdk
+    from aws_cdk import aws_kms as kms
+
+    from constructs.sealing_pipeline import SealingPipeline
+
+    stack = cdk.Stack(cdk.App(), "Bare", env=cdk.Environment(account="111111111111",
+                                                             region="us-east-1"))
+    with pytest.raises(ValueError, match="needs one source"):
+        SealingPipeline(stack, "P", repository=None, enclave_key=kms.Key(stack, "K"),
+                        app_directory="a", app_id="a", host_account="222222222222",
+                        host_bucket_name="b-bucket",
+                        host_bucket_key_arn="arn:aws:kms:us-east-1:222222222222:key/x",
+                        encrypted_app_prefix="e/", enclave_image_prefix="i/",
+                        measurements_to_keep=3, measurement_record_parameter="/p")
