@@ -360,11 +360,12 @@ def test_host_role_has_no_s3_write_or_wildcard_action(template):
 def test_host_role_reads_exactly_the_client_asset_objects(template):
     statement = statement_with_sid(host_role_statements(template), "ReadClientAssets")
     assert statement["Action"] == "s3:GetObject"
-    assert len(statement["Resource"]) == 2
-    for resource in statement["Resource"]:
-        suffix = resource["Fn::Join"][1][-1]
+    suffixes = sorted(resource["Fn::Join"][1][-1] for resource in statement["Resource"])
+    for suffix in suffixes:
         assert suffix.startswith(":s3:::cdk-hnb659fds-assets-222222222222-us-east-1/")
-        assert suffix.endswith(".zip") and "*" not in suffix
+        assert "*" not in suffix
+    # The client's wheel and its hashed requirements, each one file as is (no zip).
+    assert [suffix.rsplit(".", 1)[1] for suffix in suffixes] == ["txt", "whl"]
 
 
 def test_host_role_has_session_manager_access(template):
