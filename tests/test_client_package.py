@@ -87,8 +87,10 @@ def test_host_requirements_pin_the_project_dependencies():
 
 def test_host_requirements_are_the_tested_versions_and_complete_for_the_host():
     """Every dependency, down to the leaves, as the host evaluates markers, is listed, at the
-    version this project's tests run with (pip would refuse an incomplete hashed list)."""
+    version requirements.txt pins and the tests run with (pip refuses an incomplete hashed
+    list on the host, too late)."""
     host = pins(HOST_REQUIREMENTS.read_text())
+    project = pins((PROJECT_ROOT / "requirements.txt").read_text())
     seen: set[str] = set()
     todo = [Requirement(d).name.lower() for d in PYPROJECT["project"]["dependencies"]]
     while todo:
@@ -97,7 +99,7 @@ def test_host_requirements_are_the_tested_versions_and_complete_for_the_host():
             continue
         seen.add(name)
         assert name in host, f"{name} is needed on the host but not in {HOST_REQUIREMENTS.name}"
-        assert host[name] == importlib.metadata.version(name), name
+        assert host[name] == project[name] == importlib.metadata.version(name), name
         for text in importlib.metadata.requires(name) or []:
             requirement = Requirement(text)
             if requirement.marker is None or requirement.marker.evaluate(HOST_ENVIRONMENT):
