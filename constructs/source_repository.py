@@ -7,7 +7,8 @@ is the starting point the Third Party then owns.
 
 Seeded layout (what the pipeline's builds expect):
 
-    src/<app_directory>/   the sample application, manifest included (from src/sample-inference/)
+    src/<app_directory>/   the sample application, manifest included (from src/sample-inference/,
+                           its app_id set to the stack's AppId)
     containers/            the enclave image definition
     enclave/               the runtime (the encryptor and the image both use it)
     envelope_encryptor.py  the sealing CLI the application-encryptor build runs
@@ -17,6 +18,7 @@ Seeded layout (what the pipeline's builds expect):
 from __future__ import annotations
 
 import atexit
+import json
 import os
 import shutil
 import stat
@@ -108,9 +110,25 @@ def seed_files(project_root: Path, app_directory: str) -> list[tuple[str, Path]]
     return sorted(entries.items())
 
 
+def seeded_manifest(text: bytes, app_id: str) -> bytes:
+    """The sample's manifest with `app_id` set: the build passes the stack's AppId as
+    `--app-id`, and the key policy admits only that app id, so the seed must say the same."""
+    try:
+        manifest = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise SeedError(f"the sample manifest is not JSON ({exc.msg}): expected "
+                        f"src/{SAMPLE_APP_DIRECTORY}/manifest.json to be valid") from exc
+    if not isinstance(manifest, dict):
+        raise SeedError("the sample manifest is not a JSON object")
+    manifest["app_id"] = app_id
+    return (json.dumps(manifest, indent=2) + "\n").encode()
+
+
 def build_seed_zip(project_root: Path, app_directory: str, output: Path, *,
-                   require_all: bool = True) -> list[str]:
-    """Write the seed zip (deterministic: sorted names, fixed timestamps); returns its names."""
+                   require_all: bool = True, app_id: str | None = None) -> list[str]:
+    """Write the seed zip (deterministic: sorted names, fixed timestamps); returns its names.
+
+    With `app_id`, the seeded application's manifest.json declares that app id."""
     missing = missing_parts(project_root, app_directory)
     if missing and require_all:
         raise SeedError(f"cannot seed the repository: {', '.join(missing)} missing under "
@@ -123,7 +141,10 @@ def build_seed_zip(project_root: Path, app_directory: str, output: Path, *,
             executable = path.stat().st_mode & stat.S_IXUSR
             info.external_attr = ((0o100755 if executable else 0o100644) << 16)
             info.compress_type = zipfile.ZIP_DEFLATED
-            archive.writestr(info, path.read_bytes())
+            data = path.read_bytes()
+            if app_id is not None and name == f"src/{app_directory}/manifest.json":
+                data = seeded_manifest(data, app_id)
+            archive.writestr(info, data)
             names.append(name)
     return names
 
@@ -137,7 +158,7 @@ class SourceRepository(Construct):
     """
 
     def __init__(self, scope: Construct, construct_id: str, *, repository_name: str,
-                 app_directory: str, use_existing: bool = False,
+                 app_directory: str, app_id: str | None = None, use_existing: bool = False,
                  project_root: Path = PROJECT_ROOT, require_complete_seed: bool = True) -> None:
         super().__init__(scope, construct_id)
         self.seed_files: list[str] = []
@@ -156,7 +177,7 @@ class SourceRepository(Construct):
                 f"repository seed lacks {', '.join(missing)}: the pipeline's builds will fail "
                 "until the repository has them")
         self.seed_files = build_seed_zip(project_root, app_directory, seed_zip,
-                                         require_all=require_complete_seed)
+                                         require_all=require_complete_seed, app_id=app_id)
         repository = codecommit.Repository(
             self, "Repository", repository_name=repository_name,
             description="Sealed enclave application: src/ is sealed, containers/ becomes the EIF",

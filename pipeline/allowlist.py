@@ -3,10 +3,15 @@
 The enclave key policy (written by `constructs/enclave_key.py`) names the enclave images the host
 may decrypt with in statements found by their Sid, never by text position:
 
-- `AllowAttestedEnclaveDecrypt` (Allow, `StringEquals`) and `DenyDecryptUnlistedImage` (Deny,
-  `StringNotEquals`) carry the same list under `kms:RecipientAttestation:ImageSha384`;
-- `DenyDecryptUnlistedSigner` (Deny, `StringNotEquals`) exists only when a signer is pinned;
-  then the Allow statement and it carry the same list under `kms:RecipientAttestation:PCR8`.
+- `AllowAttestedEnclaveDecrypt` (Allow, `StringEqualsIgnoreCase`) and `DenyDecryptUnlistedImage`
+  (Deny, `StringNotEqualsIgnoreCase`) carry the same list under
+  `kms:RecipientAttestation:ImageSha384`;
+- `DenyDecryptUnlistedSigner` (Deny, `StringNotEqualsIgnoreCase`) exists only when a signer is
+  pinned; then the Allow statement and it carry the same list under `kms:RecipientAttestation:PCR8`.
+
+These are the operators of the KMS Developer Guide's Nitro Enclaves examples (a digest is hex, so
+its case carries no meaning). Policies deployed before, with `StringEquals`/`StringNotEquals` on
+these keys, are read too, and each list is written back under the operator it was found under.
 
 Lists are kept in insertion order, **newest last**; keeping N drops from the front. A value already
 on a list keeps its place, so adding it again changes nothing (idempotent). While no image is
@@ -40,6 +45,10 @@ DENY_NO_ATTESTATION_SID = "DenyDecryptWithoutAttestation"
 DENY_UNLISTED_IMAGE_SID = "DenyDecryptUnlistedImage"
 DENY_UNLISTED_SIGNER_SID = "DenyDecryptUnlistedSigner"
 DENY_OTHER_USE_SID = "DenyHostAnyOtherKeyUse"
+
+# The operator a statement carries its measurement list under, preferred first.
+ALLOW_OPERATORS = ("StringEqualsIgnoreCase", "StringEquals")
+DENY_OPERATORS = ("StringNotEqualsIgnoreCase", "StringNotEquals")
 
 PLACEHOLDER = "NO-IMAGE-ALLOWED-YET"
 POLICY_NAME = "default"
@@ -145,13 +154,30 @@ def _statement(policy: dict[str, Any], sid: str, *, required: bool = True) -> di
     return found[0]
 
 
-def _values(statement: dict[str, Any], operator: str, key: str, effect: str) -> list[str]:
+def _list_operator(statement: dict[str, Any], key: str) -> str:
+    """The operator under which `statement` lists values for `key` (see ALLOW_OPERATORS)."""
+    sid = statement.get("Sid")
+    effect = statement.get("Effect")
+    if effect not in ("Allow", "Deny"):
+        raise PolicyError(f"statement {sid!r} has Effect {effect!r}; nothing was changed")
+    operators = ALLOW_OPERATORS if effect == "Allow" else DENY_OPERATORS
+    conditions = statement.get("Condition", {})
+    found = [op for op in operators
+             if isinstance(conditions.get(op), dict) and key in conditions[op]]
+    if len(found) != 1:
+        raise PolicyError(f"statement {sid!r} has {'no' if not found else 'more than one'} "
+                          f"{' or '.join(operators)} condition on {key}: expected one list of "
+                          "measurements; nothing was changed")
+    return found[0]
+
+
+def _values(statement: dict[str, Any], key: str, effect: str) -> list[str]:
     sid = statement.get("Sid")
     if statement.get("Effect") != effect:
         raise PolicyError(f"statement {sid!r} has Effect {statement.get('Effect')!r}: expected "
                           f"{effect!r}; nothing was changed")
-    condition = statement.get("Condition", {}).get(operator, {})
-    values = condition.get(key) if isinstance(condition, dict) else None
+    operator = _list_operator(statement, key)
+    values = statement["Condition"][operator][key]
     if isinstance(values, str):
         values = [values]
     if not isinstance(values, list) or not values or not all(isinstance(v, str) for v in values):
@@ -177,8 +203,8 @@ def _pair(policy: dict[str, Any], deny_sid: str, key: str) -> tuple[dict, dict, 
     allow = _statement(policy, ALLOW_SID)
     deny = _statement(policy, deny_sid)
     assert allow is not None and deny is not None
-    allowed = _checked_list(_values(allow, "StringEquals", key, "Allow"), f"{ALLOW_SID} {key}")
-    denied = _checked_list(_values(deny, "StringNotEquals", key, "Deny"), f"{deny_sid} {key}")
+    allowed = _checked_list(_values(allow, key, "Allow"), f"{ALLOW_SID} {key}")
+    denied = _checked_list(_values(deny, key, "Deny"), f"{deny_sid} {key}")
     if allowed != denied:
         raise PolicyError(
             f"statements {ALLOW_SID!r} and {deny_sid!r} list different values for {key}: the "
@@ -212,8 +238,7 @@ def allowed_signers(policy: dict[str, Any]) -> list[str] | None:
 def _set(statements: Sequence[dict[str, Any]], key: str, values: list[str]) -> None:
     stored = values or [PLACEHOLDER]
     for statement in statements:
-        operator = "StringEquals" if statement["Effect"] == "Allow" else "StringNotEquals"
-        statement["Condition"][operator][key] = list(stored)
+        statement["Condition"][_list_operator(statement, key)][key] = list(stored)
 
 
 def _append_keep(values: list[str], new: str, keep: int) -> list[str]:
@@ -347,21 +372,30 @@ def store_policy(kms_client: Any, key_id: str, policy: dict[str, Any]) -> None:
 def add_to_key(kms_client: Any, key_id: str, measurements: Measurements, *, keep: int,
                with_pcr8: bool = False, ssm_client: Any = None,
                record_parameter: str | None = None) -> tuple[bool, list[str]]:
-    """Allow `measurements` on the key; returns (policy changed, allowed list newest last)."""
+    """Allow `measurements` on the key; returns (policy changed, allowed list newest last).
+
+    With a record parameter, every add re-merges the whole record, not just the new value, and
+    records before it writes the policy. Both the deploy-time keeper and this tool
+    read-modify-write the policy with no lock KMS could give them; this way, whichever write
+    lands last, a measurement a deploy (or a concurrent keeper) dropped is back at the next add,
+    and a keeper running after this record write already sees the new measurement.
+    """
     if with_pcr8 and not measurements.pcr8:
         raise MeasurementError("--pcr8 was given but the measurements have no PCR8: build a "
                                "signed image (--signing-certificate/--private-key) or drop --pcr8")
     policy = load_policy(kms_client, key_id)
-    updated = add_measurement(policy, measurements.pcr0, keep=keep,
-                              pcr8=measurements.pcr8 if with_pcr8 else None)
-    changed = updated != policy
-    if changed:
-        store_policy(kms_client, key_id, updated)
+    record = new_record = Record()
     if record_parameter:
         record = read_record(ssm_client, record_parameter)
         new_record = add_to_record(record, measurements, keep=keep, with_pcr8=with_pcr8)
-        if new_record != record:
-            write_record(ssm_client, record_parameter, new_record)
+    # Computed in full before anything is written: a policy this tool refuses changes nothing.
+    updated = add_measurement(merge_recorded(policy, record, keep=keep), measurements.pcr0,
+                              keep=keep, pcr8=measurements.pcr8 if with_pcr8 else None)
+    if record_parameter and new_record != record:
+        write_record(ssm_client, record_parameter, new_record)
+    changed = updated != policy
+    if changed:
+        store_policy(kms_client, key_id, updated)
     return changed, allowed_measurements(updated)
 
 

@@ -36,6 +36,16 @@ SUBNET_ID_RE = re.compile(r"^subnet-[0-9a-f]{8,17}$")
 AZ_RE = re.compile(r"^[a-z]{2}(?:-gov)?-[a-z]+-[0-9][a-z]$")
 REPO_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
 APP_DIR_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+# CodeConnections ARNs keep both service prefixes (the service was renamed from CodeStar).
+CONNECTION_ARN_RE = re.compile(
+    r"^arn:aws[a-z-]*:(?:codestar-connections|codeconnections):[a-z]{2}(?:-gov)?-[a-z]+-[0-9]:"
+    r"[0-9]{12}:connection/[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+# owner/name on GitHub and Bitbucket; group/[subgroup/...]name on GitLab.
+SOURCE_REPOSITORY_RE = re.compile(r"^[A-Za-z0-9_.-]+(?:/[A-Za-z0-9_.-]+)+$")
+BRANCH_RE = re.compile(r"^(?!/|.*(?:\.\.|//|@\{|\.lock$|/$))[A-Za-z0-9._/-]{1,255}$")
+
+# Zones a created VPC may span: each adds two subnets and an interface endpoint per service.
+MAX_CREATED_ZONES = 3
 
 # vCPUs per Graviton size; the parent keeps at least 2 and the enclave takes whole cores.
 GRAVITON_VCPUS = {"medium": 1, "large": 2, "xlarge": 4, "2xlarge": 8, "4xlarge": 16,
@@ -53,6 +63,7 @@ CONTEXT_KEYS = (
     "UseExistingRepository", "HostRoleName", "HostRoleArn", "InstanceType", "EnclaveCpuCount",
     "EnclaveMemoryMiB", "EifSizeMiB", "HostCount", "VpcId", "PrivateSubnetIds",
     "AvailabilityZones", "VsockProxyPort", "EnclavePort", "MinimumAppVersion",
+    "SourceConnectionArn", "SourceRepository", "SourceBranch",
 )
 # Our keys are CamelCase; CDK's own flags ("@aws-cdk/...", "aws:cdk:...") are not.
 _OUR_KEY_SHAPE = re.compile(r"^[A-Z][A-Za-z0-9]+$")
@@ -104,6 +115,10 @@ class Config:
     enclave_port: int = 5005
     # The image refuses bundles below this app version (anti-rollback); None: any version.
     minimum_app_version: str | None = None
+    # Pipeline source: CodeCommit (above) unless a CodeConnections connection is given.
+    source_connection_arn: str | None = None
+    source_repository: str | None = None
+    source_branch: str = "main"
 
     @property
     def host_role_arn(self) -> str:
@@ -255,6 +270,16 @@ def load_config(context: Mapping[str, Any]) -> Config:
                             "subnet ids such as subnet-0123456789abcdef0")
     zones = r.string_list("AvailabilityZones", lambda v: bool(AZ_RE.fullmatch(v)),
                           "availability zone names such as us-east-1a")
+    for zone in zones:
+        if zone[:-1] != region:
+            raise _fail("AvailabilityZones", zone,
+                        f"a zone of Region {region}, such as {region}a")
+    if len(set(zones)) != len(zones):
+        raise _fail("AvailabilityZones", list(zones), "each zone once")
+    if not vpc_id and len(zones) > MAX_CREATED_ZONES:
+        raise _fail("AvailabilityZones", list(zones),
+                    f"at most {MAX_CREATED_ZONES} zones for the created VPC (each one adds "
+                    "subnets and four interface endpoints)")
     if vpc_id and (not subnets or len(subnets) != len(zones)):
         raise _fail("PrivateSubnetIds", list(subnets),
                     "with VpcId, one private subnet id per entry of AvailabilityZones")
@@ -264,6 +289,25 @@ def load_config(context: Mapping[str, Any]) -> Config:
                              optional=True)
     if host_role_arn and host_role_arn.split(":")[4] != host_account:
         raise _fail("HostRoleArn", host_role_arn, f"a role in the host account {host_account}")
+
+    connection_arn = r.string(
+        "SourceConnectionArn", CONNECTION_ARN_RE,
+        "a CodeConnections connection ARN such as arn:aws:codeconnections:us-east-1:"
+        "111111111111:connection/<uuid>", optional=True)
+    source_repository = r.string("SourceRepository", SOURCE_REPOSITORY_RE,
+                                 "owner/name of the repository behind SourceConnectionArn",
+                                 optional=True)
+    if connection_arn and connection_arn.split(":")[4] != third_party_account:
+        raise _fail("SourceConnectionArn", connection_arn,
+                    f"a connection in the third party account {third_party_account}")
+    if bool(connection_arn) != bool(source_repository):
+        missing = "SourceRepository" if connection_arn else "SourceConnectionArn"
+        raise _fail(missing, None, "with SourceConnectionArn, SourceRepository (owner/name), and "
+                    "the other way round")
+    if connection_arn and r.boolean("UseExistingRepository", False):
+        raise _fail("UseExistingRepository", True,
+                    "false with SourceConnectionArn (the source is then the connected "
+                    "repository, not CodeCommit)")
 
     app_directory = r.required("ApplicationDirectory", APP_DIR_RE,
                                "a folder name under src/ such as sample-inference",
@@ -311,4 +355,8 @@ def load_config(context: Mapping[str, Any]) -> Config:
         availability_zones=zones,
         vsock_proxy_port=r.integer("VsockProxyPort", 8000, 1024, 65535),
         enclave_port=r.integer("EnclavePort", 5005, 1024, 65535),
+        source_connection_arn=connection_arn,
+        source_repository=source_repository,
+        source_branch=r.required("SourceBranch", BRANCH_RE,
+                                 "a git branch name such as main", "main"),
     )

@@ -36,6 +36,8 @@ class HostStack(cdk.Stack):
             vpc_id=config.vpc_id,
             private_subnet_ids=config.private_subnet_ids,
             availability_zones=config.availability_zones,
+            # A created VPC spans every named zone, or the region's first two.
+            max_azs=len(config.availability_zones) or 2,
         )
         self.host = EnclaveHost(
             self, "EnclaveHost",

@@ -9,6 +9,7 @@ from constructs import Construct
 from constructs.enclave_key import EnclaveKey, MeasurementKeeper
 from constructs.sealing_pipeline import SealingPipeline
 from constructs.source_repository import SourceRepository
+from constructs.template_checks import acknowledge_checkov, acknowledge_custom_resource_function
 from stacks.config import Config
 
 
@@ -27,15 +28,20 @@ class ThirdPartyStack(cdk.Stack):
             allowed_signer_pcr8=config.allow_pcr8,
             measurements_to_keep=config.measurements_to_keep,
         )
-        self.source = SourceRepository(
+        # CodeCommit (created and seeded, or imported) unless a CodeConnections source is given.
+        self.source = None if config.source_connection_arn else SourceRepository(
             self, "SourceRepository",
             repository_name=config.repository_name,
             app_directory=config.app_directory,
+            app_id=config.app_id,
             use_existing=config.use_existing_repository,
         )
         self.pipeline = SealingPipeline(
             self, "SealingPipeline",
-            repository=self.source.repository,
+            repository=self.source.repository if self.source else None,
+            connection_arn=config.source_connection_arn,
+            connection_repository=config.source_repository,
+            branch=config.source_branch,
             enclave_key=self.enclave_key.key,
             app_directory=config.app_directory,
             app_id=config.app_id,
@@ -63,8 +69,12 @@ class ThirdPartyStack(cdk.Stack):
         cdk.CfnOutput(self, "EnclaveKeyArn", value=self.enclave_key.key.key_arn,
                       description="Give this to the host (context EnclaveKeyArn)")
         cdk.CfnOutput(self, "EnclaveKeyAlias", value=self.enclave_key.alias.alias_name)
-        cdk.CfnOutput(self, "RepositoryCloneUrlGrc",
-                      value=self.source.repository.repository_clone_url_grc)
+        if self.source:
+            cdk.CfnOutput(self, "RepositoryCloneUrlGrc",
+                          value=self.source.repository.repository_clone_url_grc)
+        else:
+            cdk.CfnOutput(self, "SourceRepository", value=config.source_repository or "",
+                          description="Connected repository the pipeline builds from")
         cdk.CfnOutput(self, "PipelineName", value=self.pipeline.pipeline.pipeline_name)
         cdk.CfnOutput(self, "MeasurementRecordParameter",
                       value=self.enclave_key.record_parameter_name)
@@ -72,10 +82,15 @@ class ThirdPartyStack(cdk.Stack):
     def _acknowledge_findings(self) -> None:
         """The few cdk-nag findings this stack accepts, each on one resource, with the reason."""
         sealing = self.pipeline
+        artifacts_unlogged = ("Pipeline artifacts are transient source snapshots (expire after "
+                              "30 days) read only by this pipeline's roles; CloudTrail records "
+                              "their access.")
         _resource(sealing.artifact_bucket).acknowledge(cdk.Acknowledgment(
-            id="AwsSolutions-S1",
-            reason="Pipeline artifacts are transient source snapshots (expire after 30 days) "
-                   "read only by this pipeline's roles; CloudTrail records their access."))
+            id="AwsSolutions-S1", reason=artifacts_unlogged))
+        acknowledge_checkov(sealing.artifact_bucket, "CKV_AWS_18", artifacts_unlogged)
+        acknowledge_custom_resource_function(
+            self.measurement_keeper.function,
+            "The measurement keeper re-merges recorded measurements after a deploy")
         for role, prefix in ((sealing.encryptor_role, self.config.encrypted_app_prefix),
                              (sealing.image_builder_role, self.config.enclave_image_prefix)):
             _resource(role).acknowledge(cdk.Acknowledgment(

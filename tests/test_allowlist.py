@@ -27,30 +27,36 @@ SIGNER = ("97c5395a83c0d6a04d53ff962663c714c178c24500bf97f7"
           "8456ed3721d922cf3f940614da4bb90107c439bc4a1443ca")
 
 
-def deployed_policy(images=None, signers=None) -> dict:
-    """The policy as ThirdPartyStack deploys it (see constructs/enclave_key.py)."""
+def deployed_policy(images=None, signers=None, *, legacy=False) -> dict:
+    """The policy as ThirdPartyStack deploys it (see constructs/enclave_key.py); `legacy`: as it
+    was deployed before, with StringEquals/StringNotEquals on the attestation keys."""
     images = images or [allowlist.PLACEHOLDER]
-    allow = {allowlist.IMAGE_KEY: list(images), allowlist.APP_ID_KEY: "sample-inference"}
+    equal, not_equal = (("StringEquals", "StringNotEquals") if legacy
+                        else ("StringEqualsIgnoreCase", "StringNotEqualsIgnoreCase"))
+    attestation = {allowlist.IMAGE_KEY: list(images)}
     if signers:
-        allow[allowlist.PCR8_KEY] = list(signers)
+        attestation[allowlist.PCR8_KEY] = list(signers)
+    app = {allowlist.APP_ID_KEY: "sample-inference"}
+    conditions = ({"StringEquals": {**attestation, **app}} if legacy
+                  else {equal: attestation, "StringEquals": app})
     statements = [
         {"Sid": "EnableKeyAdministration", "Effect": "Allow",
          "Principal": {"AWS": "arn:aws:iam::111111111111:root"}, "Action": "kms:*",
          "Resource": "*"},
         {"Sid": "AllowAttestedEnclaveDecrypt", "Effect": "Allow", "Principal": {"AWS": HOST},
-         "Action": "kms:Decrypt", "Resource": "*", "Condition": {"StringEquals": allow}},
+         "Action": "kms:Decrypt", "Resource": "*", "Condition": conditions},
         {"Sid": "DenyDecryptWithoutAttestation", "Effect": "Deny", "Principal": {"AWS": HOST},
          "Action": "kms:Decrypt", "Resource": "*",
          "Condition": {"Null": {allowlist.IMAGE_KEY: "true"}}},
         {"Sid": "DenyDecryptUnlistedImage", "Effect": "Deny", "Principal": {"AWS": HOST},
          "Action": "kms:Decrypt", "Resource": "*",
-         "Condition": {"StringNotEquals": {allowlist.IMAGE_KEY: list(images)}}},
+         "Condition": {not_equal: {allowlist.IMAGE_KEY: list(images)}}},
     ]
     if signers:
         statements.append(
             {"Sid": "DenyDecryptUnlistedSigner", "Effect": "Deny", "Principal": {"AWS": HOST},
              "Action": "kms:Decrypt", "Resource": "*",
-             "Condition": {"StringNotEquals": {allowlist.PCR8_KEY: list(signers)}}})
+             "Condition": {not_equal: {allowlist.PCR8_KEY: list(signers)}}})
     return {"Version": "2012-10-17", "Statement": statements}
 
 
@@ -63,7 +69,52 @@ def nitro_output(pcr0: str, pcr8: str | None = None) -> str:
 
 def deny_list(policy: dict) -> list[str]:
     deny = next(s for s in policy["Statement"] if s["Sid"] == "DenyDecryptUnlistedImage")
-    return deny["Condition"]["StringNotEquals"][allowlist.IMAGE_KEY]
+    (condition,) = deny["Condition"].values()
+    return condition[allowlist.IMAGE_KEY]
+
+
+def test_the_policy_these_tests_edit_is_the_one_the_construct_writes():
+    import aws_cdk as cdk
+
+    from constructs.enclave_key import key_policy
+
+    document = key_policy(administrator_account="111111111111", host_principal_arn=HOST,
+                          app_id="sample-inference", measurements=[PCR[0]], signer_pcr8=SIGNER)
+    written = cdk.Stack().resolve(document.to_json())
+
+    def conditions(policy: dict) -> dict:
+        return {s["Sid"]: s.get("Condition") for s in policy["Statement"]
+                if s["Sid"].startswith(("Allow", "DenyDecrypt"))}
+
+    assert conditions(written) == conditions(deployed_policy([PCR[0]], [SIGNER]))
+
+
+def test_attestation_lists_use_the_ignore_case_operators_of_the_kms_guide():
+    policy = add_measurement(deployed_policy(signers=[SIGNER]), PCR[0], keep=3, pcr8=SIGNER)
+    by_sid = {s["Sid"]: s for s in policy["Statement"]}
+    allow = by_sid[allowlist.ALLOW_SID]["Condition"]
+    assert allow["StringEqualsIgnoreCase"] == {allowlist.IMAGE_KEY: [PCR[0]],
+                                               allowlist.PCR8_KEY: [SIGNER]}
+    assert allow["StringEquals"] == {allowlist.APP_ID_KEY: "sample-inference"}
+    for sid, key in ((allowlist.DENY_UNLISTED_IMAGE_SID, allowlist.IMAGE_KEY),
+                     (allowlist.DENY_UNLISTED_SIGNER_SID, allowlist.PCR8_KEY)):
+        assert set(by_sid[sid]["Condition"]) == {"StringNotEqualsIgnoreCase"}, sid
+        assert by_sid[sid]["Condition"]["StringNotEqualsIgnoreCase"][key] == allow[
+            "StringEqualsIgnoreCase"][key]
+
+
+def test_a_policy_deployed_with_the_earlier_operators_is_edited_in_place():
+    policy = add_measurement(deployed_policy([PCR[0]], legacy=True), PCR[1], keep=3)
+    assert policy == deployed_policy([PCR[0], PCR[1]], legacy=True)
+    assert allowed_measurements(policy) == [PCR[0], PCR[1]]
+
+
+def test_a_list_under_both_operators_is_refused():
+    policy = deployed_policy([PCR[0]])
+    allow = next(s for s in policy["Statement"] if s["Sid"] == allowlist.ALLOW_SID)
+    allow["Condition"]["StringEquals"][allowlist.IMAGE_KEY] = [PCR[1]]
+    with pytest.raises(PolicyError, match="more than one"):
+        add_measurement(policy, PCR[2], keep=3)
 
 
 # --- pure core -------------------------------------------------------------------------------
@@ -312,7 +363,7 @@ def test_cli_without_a_subcommand_is_a_usage_error(capsys):
 def test_single_string_condition_values_are_read_and_written_back_as_lists():
     policy = deployed_policy([PCR[0]])
     for s in policy["Statement"]:
-        for operator in ("StringEquals", "StringNotEquals"):
+        for operator in ("StringEqualsIgnoreCase", "StringNotEqualsIgnoreCase"):
             values = s.get("Condition", {}).get(operator, {})
             if allowlist.IMAGE_KEY in values:
                 values[allowlist.IMAGE_KEY] = PCR[0]

@@ -88,6 +88,11 @@ BAD_VALUES = [
     ("CodeCommitRepositoryName", "r" * 101, "a CodeCommit repository name"),
     ("UseExistingRepository", "yes", "true or false"),
     ("UseExistingRepository", 1, "true or false"),
+    ("SourceConnectionArn", "arn:aws:codestar:us-east-1:111111111111:connection/x",
+     "a CodeConnections connection ARN"),
+    ("SourceRepository", "no-owner", "owner/name of the repository"),
+    ("SourceBranch", "feature..x", "a git branch name such as main"),
+    ("SourceBranch", "/main", "a git branch name such as main"),
     ("HostRoleName", "bad role!", "an IAM role name"),
     ("HostRoleName", "r" * 65, "an IAM role name"),
     ("HostRoleArn", "arn:aws:iam::123:role/host", "an IAM role ARN"),
@@ -111,6 +116,7 @@ BAD_VALUES = [
     ("VpcId", "vpc-0123456789ABCDEF0", "a VPC id such as vpc-0123456789abcdef0"),
     ("PrivateSubnetIds", ["subnet-bad"], "subnet ids such as subnet-0123456789abcdef0"),
     ("AvailabilityZones", ["us-east-1"], "availability zone names such as us-east-1a"),
+    ("AvailabilityZones", ["eu-west-1a"], "a zone of Region us-east-1, such as us-east-1a"),
     ("VsockProxyPort", 80, "a whole number from 1024 to 65535"),
     ("VsockProxyPort", 70000, "a whole number from 1024 to 65535"),
     ("EnclavePort", 1023, "a whole number from 1024 to 65535"),
@@ -315,3 +321,65 @@ def test_minimum_app_version_accepts_dotted_numbers(context, value):
 def test_minimum_app_version_is_optional(context):
     context.pop("MinimumAppVersion", None)
     assert load_config(context).minimum_app_version is None
+
+
+def test_zones_named_twice_are_rejected(context):
+    with pytest.raises(ConfigError, match=r"AvailabilityZones=\['us-east-1b', 'us-east-1b'\] "
+                                          r"is invalid: expected each zone once"):
+        load(context, AvailabilityZones=["us-east-1b", "us-east-1b"])
+
+
+def test_created_vpc_spans_at_most_three_named_zones(context):
+    zones = ["us-east-1a", "us-east-1b", "us-east-1c", "us-east-1d"]
+    with pytest.raises(ConfigError, match=r"at most 3 zones for the created VPC"):
+        load(context, AvailabilityZones=zones)
+    assert load(context, AvailabilityZones=zones[:3]).availability_zones == tuple(zones[:3])
+
+
+def test_zones_can_be_named_without_bringing_a_vpc(context):
+    config = load(context, AvailabilityZones="us-east-1b,us-east-1f")
+    assert config.vpc_id is None
+    assert config.availability_zones == ("us-east-1b", "us-east-1f")
+
+
+CONNECTION = ("arn:aws:codeconnections:us-east-1:111111111111:connection/"
+              "01234567-89ab-cdef-0123-456789abcdef")
+
+
+def test_codeconnections_source_comes_through(context):
+    config = load(context, SourceConnectionArn=CONNECTION, SourceRepository="org/app",
+                  SourceBranch="release/2")
+    assert (config.source_connection_arn, config.source_repository, config.source_branch) == (
+        CONNECTION, "org/app", "release/2")
+
+
+def test_codestar_connections_arns_are_accepted_too(context):
+    arn = CONNECTION.replace(":codeconnections:", ":codestar-connections:")
+    assert load(context, SourceConnectionArn=arn,
+                SourceRepository="group/sub/app").source_connection_arn == arn
+
+
+def test_source_defaults_to_codecommit_on_main(context):
+    config = load(context)
+    assert (config.source_connection_arn, config.source_branch) == (None, "main")
+
+
+@pytest.mark.parametrize("given,missing", [
+    ({"SourceConnectionArn": CONNECTION}, "SourceRepository"),
+    ({"SourceRepository": "org/app"}, "SourceConnectionArn"),
+])
+def test_connection_and_repository_come_together(context, given, missing):
+    with pytest.raises(ConfigError, match=rf"^context key {missing}=None is invalid"):
+        load(context, **given)
+
+
+def test_connection_in_another_account_is_rejected(context):
+    with pytest.raises(ConfigError, match="a connection in the third party account"):
+        load(context, SourceConnectionArn=CONNECTION.replace("111111111111", "333333333333"),
+             SourceRepository="org/app")
+
+
+def test_connection_with_an_imported_codecommit_repository_is_a_conflict(context):
+    with pytest.raises(ConfigError, match=r"UseExistingRepository=True is invalid"):
+        load(context, SourceConnectionArn=CONNECTION, SourceRepository="org/app",
+             UseExistingRepository=True)

@@ -1,12 +1,16 @@
 """The sealing command line against moto KMS and S3."""
 
+import http.client
+import http.server
 import io
 import json
 import os
 import subprocess
 import sys
+import threading
 
 import boto3
+import botocore.exceptions
 import pytest
 from moto import mock_aws
 from moto.server import ThreadedMotoServer
@@ -121,7 +125,11 @@ def test_app_id_differing_from_the_manifest_fails_and_writes_nothing(
 ):
     status = run("encrypt", "-d", app_dir, "-k", aws["enclave_key"], "--app-id", "other")
     assert status == ExitStatus.INVALID_INPUT
-    assert "does not match the manifest" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    # One line that names both ids, the file to edit and the stack setting to change instead.
+    assert err.count("\n") == 1
+    assert "--app-id 'other' does not match app_id 'demo-app'" in err
+    assert str(app_dir / "manifest.json") in err and "-c AppId=demo-app" in err
     assert list(tmp_path.glob("*.sealed")) == [] and list(tmp_path.glob(".*")) == []
 
 
@@ -317,3 +325,129 @@ def test_command_honours_aws_endpoint_url(aws_env, moto_server, app_dir, tmp_pat
     head = s3.head_object(Bucket=BUCKET, Key="encrypted/demo-app.sealed")
     assert head["SSEKMSKeyId"] == host_key
     assert (tmp_path / "build" / "demo-app.sealed").stat().st_size == head["ContentLength"]
+
+
+# --- an S3 endpoint that, like the host's bucket policy, lets the uploader only write --------
+
+
+class _WriteOnlyS3Proxy(http.server.BaseHTTPRequestHandler):
+    """Forwards to moto everything but HEAD and GET, which it refuses as S3 does for a principal
+    without s3:GetObject (the third party's case: the bucket policy grants only PutObject)."""
+
+    upstream: tuple[str, int]
+    refused: list[str]
+
+    def log_message(self, *args):
+        pass
+
+    def do_HEAD(self):
+        self._refuse()
+
+    def do_GET(self):
+        self._refuse()
+
+    def do_PUT(self):
+        self._forward()
+
+    def do_POST(self):
+        self._forward()
+
+    def do_DELETE(self):
+        self._forward()
+
+    def _refuse(self):
+        self.refused.append(f"{self.command} {self.path}")
+        body = b"" if self.command == "HEAD" else (
+            b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>AccessDenied</Code>'
+            b"<Message>Access Denied</Message></Error>")
+        self.send_response(403)
+        self.send_header("Content-Type", "application/xml")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _body(self) -> bytes:
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            data = b""
+            while True:
+                size = int(self.rfile.readline().split(b";")[0], 16)
+                chunk = self.rfile.read(size + 2)[:size]
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass
+                    return data
+                data += chunk
+        return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+    def _forward(self):
+        body = self._body()
+        headers = {k: v for k, v in self.headers.items()
+                   if k.lower() not in ("transfer-encoding", "content-length", "connection")}
+        connection = http.client.HTTPConnection(*self.upstream, timeout=30)
+        connection.request(self.command, self.path, body=body, headers=headers)
+        response = connection.getresponse()
+        data = response.read()
+        self.send_response(response.status)
+        for key, value in response.getheaders():
+            if key.lower() not in ("transfer-encoding", "content-length", "connection"):
+                self.send_header(key, value)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+        connection.close()
+
+
+@pytest.fixture
+def write_only_s3(aws_env, moto_server, monkeypatch):
+    """KMS and S3 from moto; S3 reached only through a proxy that refuses HEAD and GET."""
+    host, port = moto_server.removeprefix("http://").split(":")
+    refused: list[str] = []
+    handler = type("Handler", (_WriteOnlyS3Proxy,),
+                   {"upstream": (host, int(port)), "refused": refused})
+    proxy = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    proxy_url = f"http://127.0.0.1:{proxy.server_address[1]}"
+    kms = boto3.client("kms", endpoint_url=moto_server)
+    s3 = boto3.client("s3", endpoint_url=moto_server)
+    s3.create_bucket(Bucket=BUCKET)
+    s3.put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"})
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_server)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", proxy_url)
+    yield {"enclave_key": kms.create_key()["KeyMetadata"]["Arn"],
+           "host_key": kms.create_key()["KeyMetadata"]["Arn"],
+           "s3": s3, "proxy_url": proxy_url, "refused": refused}
+    proxy.shutdown()
+    proxy.server_close()
+
+
+def test_write_only_endpoint_refuses_what_the_third_party_may_not_do(write_only_s3):
+    # Positive control: through the proxy a HEAD is refused, exactly as the real bucket would.
+    through_proxy = boto3.client("s3", endpoint_url=write_only_s3["proxy_url"])
+    through_proxy.put_object(Bucket=BUCKET, Key="encrypted/probe", Body=b"x")
+    with pytest.raises(botocore.exceptions.ClientError, match="403"):
+        through_proxy.head_object(Bucket=BUCKET, Key="encrypted/probe")
+    assert write_only_s3["refused"] == [f"HEAD /{BUCKET}/encrypted/probe"]
+
+
+def test_upload_needs_no_read_access_and_reports_the_version(write_only_s3, app_dir, capsys):
+    argv = ["encrypt", "-d", app_dir, "-k", write_only_s3["enclave_key"],
+            *upload_args(write_only_s3)]
+    assert run(*argv) == ExitStatus.OK, capsys.readouterr().err
+    assert write_only_s3["refused"] == []
+    stored = write_only_s3["s3"].head_object(Bucket=BUCKET, Key="encrypted/demo-app-2.1.0.sealed")
+    assert f"(version {stored['VersionId']})" in capsys.readouterr().out
+
+
+def test_multipart_upload_needs_no_read_access_and_reports_the_version(
+    write_only_s3, app_dir, capsys, monkeypatch
+):
+    monkeypatch.setattr(envelope_encryptor, "MULTIPART_THRESHOLD", 5 * 1024 * 1024)
+    monkeypatch.setattr(envelope_encryptor, "MULTIPART_CHUNKSIZE", 5 * 1024 * 1024)
+    (app_dir / "model.bin").write_bytes(os.urandom(11 * 1024 * 1024))
+    argv = ["encrypt", "-d", app_dir, "-k", write_only_s3["enclave_key"],
+            *upload_args(write_only_s3)]
+    assert run(*argv) == ExitStatus.OK, capsys.readouterr().err
+    assert write_only_s3["refused"] == []
+    stored = write_only_s3["s3"].head_object(Bucket=BUCKET, Key="encrypted/demo-app-2.1.0.sealed")
+    assert stored["ContentLength"] > 11 * 1024 * 1024
+    assert f"(version {stored['VersionId']})" in capsys.readouterr().out

@@ -95,7 +95,7 @@ def sharing_bucket_id(template: Template) -> str:
 
 
 def sharing_key_id(template: Template) -> str:
-    return logical_id(template, "AWS::KMS::Key")
+    return logical_id(template, "AWS::KMS::Key", "SharingKey")
 
 
 def bucket_policy_statements(template: Template) -> list[dict]:
@@ -360,11 +360,12 @@ def test_host_role_has_no_s3_write_or_wildcard_action(template):
 def test_host_role_reads_exactly_the_client_asset_objects(template):
     statement = statement_with_sid(host_role_statements(template), "ReadClientAssets")
     assert statement["Action"] == "s3:GetObject"
-    assert len(statement["Resource"]) == 2
-    for resource in statement["Resource"]:
-        suffix = resource["Fn::Join"][1][-1]
+    suffixes = sorted(resource["Fn::Join"][1][-1] for resource in statement["Resource"])
+    for suffix in suffixes:
         assert suffix.startswith(":s3:::cdk-hnb659fds-assets-222222222222-us-east-1/")
-        assert suffix.endswith(".zip") and "*" not in suffix
+        assert "*" not in suffix
+    # The client's wheel and its hashed requirements, each one file as is (no zip).
+    assert sorted(suffix.rsplit(".", 1)[1] for suffix in suffixes) == ["txt", "whl"]
 
 
 def test_host_role_has_session_manager_access(template):
@@ -493,6 +494,17 @@ def test_created_vpc_logs_its_flows(template):
         "LogDestinationType": "cloud-watch-logs"})
 
 
+def test_flow_logs_are_encrypted_with_a_rotating_key_only_cloudwatch_logs_may_use(template):
+    key_id = logical_id(template, "AWS::KMS::Key", "FlowLogKey")
+    template.has_resource_properties("AWS::Logs::LogGroup", {
+        "KmsKeyId": {"Fn::GetAtt": [key_id, "Arn"]}})
+    key = resources_of_type(template, "AWS::KMS::Key")[key_id]["Properties"]
+    assert key["EnableKeyRotation"] is True
+    (logs,) = [s for s in key["KeyPolicy"]["Statement"] if s.get("Sid") == "AllowCloudWatchLogs"]
+    assert logs["Principal"] == {"Service": "logs.us-east-1.amazonaws.com"}
+    assert "kms:EncryptionContext:aws:logs:arn" in logs["Condition"]["ArnLike"]
+
+
 def test_imported_vpc_is_used_by_id_without_creating_a_network(imported_vpc):
     for resource_type in ("AWS::EC2::VPC", "AWS::EC2::Subnet", "AWS::EC2::NatGateway",
                           "AWS::EC2::VPCEndpoint"):
@@ -552,6 +564,17 @@ def test_created_vpc_uses_the_configured_zones(customized):
     zones = {s["Properties"]["AvailabilityZone"]
              for s in resources_of_type(customized, "AWS::EC2::Subnet").values()}
     assert zones == {"us-east-1b", "us-east-1c"}
+
+
+def test_created_vpc_spans_every_named_zone_with_its_endpoints():
+    _, stack = build_host_stack(AvailabilityZones=["us-east-1b", "us-east-1c", "us-east-1d"])
+    template = Template.from_stack(stack)
+    zones = {s["Properties"]["AvailabilityZone"]
+             for s in resources_of_type(template, "AWS::EC2::Subnet").values()}
+    assert zones == {"us-east-1b", "us-east-1c", "us-east-1d"}
+    for endpoint in resources_of_type(template, "AWS::EC2::VPCEndpoint").values():
+        if endpoint["Properties"].get("VpcEndpointType") == "Interface":
+            assert len(endpoint["Properties"]["SubnetIds"]) == 3
 
 
 # ---- constructs on their own ----------------------------------------------------------------

@@ -105,6 +105,85 @@ def test_keeper_refuses_a_tampered_record_and_leaves_the_policy(aws, templates):
     assert kms.get_key_policy(KeyId=key, PolicyName="default")["Policy"] == before
 
 
+# --- a deploy interleaved with a running image build (no lock orders their read-modify-writes) --
+
+
+class Interleaved:
+    """The build's KMS client: runs `meanwhile` (a deploy) once, right after the build's call
+    named `after` returned, as an unlucky scheduler would."""
+
+    def __init__(self, kms, after: str, meanwhile) -> None:
+        self._kms, self._after, self._meanwhile = kms, after, meanwhile
+
+    def __getattr__(self, name):
+        call = getattr(self._kms, name)
+        if name != self._after or self._meanwhile is None:
+            return call
+
+        def then_deploy(**kwargs):
+            result = call(**kwargs)
+            meanwhile, self._meanwhile = self._meanwhile, None
+            meanwhile()
+            return result
+
+        return then_deploy
+
+
+def deploy(kms, ssm, key: str, template) -> None:
+    cloudformation_writes(kms, key, key_policy(template))
+    measurement_resource.restore_measurements(kms, ssm, key_id=key, record_parameter=PARAMETER,
+                                              keep=3)
+
+
+def test_deploy_between_the_builds_read_and_write_keeps_every_measurement(aws, templates):
+    kms, ssm = aws
+    key = deployed_key(kms, templates["empty"])
+    pipeline_builds(kms, ssm, key, PCR[0])
+    pipeline_builds(kms, ssm, key, PCR[1])
+    cloudformation_writes(kms, key, key_policy(templates["empty"]))
+    # The build reads the template's policy; the keeper restores PCR0 and PCR1; the build then
+    # writes what it read plus PCR2, which must not erase what the keeper restored.
+    build = Interleaved(kms, "get_key_policy",
+                        lambda: measurement_resource.restore_measurements(
+                            kms, ssm, key_id=key, record_parameter=PARAMETER, keep=3))
+    pipeline_builds(build, ssm, key, PCR[2])
+    assert current(kms, key) == PCR[:3]
+
+
+def test_deploy_right_after_the_builds_policy_write_keeps_the_new_measurement(aws, templates):
+    kms, ssm = aws
+    key = deployed_key(kms, templates["empty"])
+    pipeline_builds(kms, ssm, key, PCR[0])
+    build = Interleaved(kms, "put_key_policy",
+                        lambda: deploy(kms, ssm, key, templates["empty"]))
+    pipeline_builds(build, ssm, key, PCR[1])
+    assert current(kms, key) == [PCR[0], PCR[1]]
+
+
+def test_a_dropped_measurement_is_back_at_the_next_add(aws, templates):
+    kms, ssm = aws
+    key = deployed_key(kms, templates["empty"])
+    pipeline_builds(kms, ssm, key, PCR[0])
+    pipeline_builds(kms, ssm, key, PCR[1])
+    # A deploy whose keeper never ran (failed, or the rewrite came from elsewhere).
+    cloudformation_writes(kms, key, key_policy(templates["empty"]))
+    assert current(kms, key) == []
+    pipeline_builds(kms, ssm, key, PCR[2])
+    assert current(kms, key) == PCR[:3]
+
+
+def test_add_refused_by_the_policy_records_nothing(aws, templates):
+    kms, ssm = aws
+    foreign = {"Version": "2012-10-17", "Statement": [
+        {"Sid": "Other", "Effect": "Allow", "Principal": {"AWS": "arn:aws:iam::111111111111:root"},
+         "Action": "kms:*", "Resource": "*"}]}
+    key = kms.create_key(Policy=json.dumps(foreign))["KeyMetadata"]["Arn"]
+    with pytest.raises(allowlist.PolicyError):
+        pipeline_builds(kms, ssm, key, PCR[0])
+    with pytest.raises(ssm.exceptions.ParameterNotFound):
+        ssm.get_parameter(Name=PARAMETER)
+
+
 def event(request_type: str, key_id: str) -> dict:
     return {"RequestType": request_type, "ResponseURL": "https://cloudformation.invalid/r",
             "StackId": "stack", "RequestId": "req", "LogicalResourceId": "Keeper",

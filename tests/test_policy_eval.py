@@ -11,6 +11,7 @@ from client.sim.policy import (
     evaluate,
     principal_matches,
 )
+from client.sim.template import resolve_intrinsics
 
 HOST = "arn:aws:iam::222222222222:role/EnclaveHostRole"
 HOST_SESSION = "arn:aws:sts::222222222222:assumed-role/EnclaveHostRole/i-0abc"
@@ -49,6 +50,47 @@ def ctx(image: str | None = GOOD, app_id: str | None = "app") -> dict:
     if app_id is not None:
         out["kms:EncryptionContext:app_id"] = app_id
     return out
+
+
+def stack_policy(images: list[str]) -> dict:
+    """The policy constructs/enclave_key.py writes, with the KMS guide's IgnoreCase operators."""
+    import aws_cdk as cdk
+
+    from constructs.enclave_key import key_policy
+
+    document = key_policy(administrator_account="111111111111", host_principal_arn=HOST,
+                          app_id="app", measurements=images, signer_pcr8=None)
+    return resolve_intrinsics(cdk.Stack().resolve(document.to_json()),
+                              {"AWS::Partition": "aws"})
+
+
+# ---- the policy the stack writes, decided as KMS would ---------------------------------------
+
+
+def test_stack_policy_uses_the_ignore_case_operators_this_evaluator_decides() -> None:
+    operators = {op for s in stack_policy([GOOD])["Statement"] for op in s.get("Condition", {})}
+    assert {"StringEqualsIgnoreCase", "StringNotEqualsIgnoreCase"} <= operators
+
+
+@pytest.mark.parametrize("image,app_id,allowed", [
+    (GOOD, "app", True),
+    (GOOD.upper(), "app", True),  # a digest's case carries no meaning
+    (BAD, "app", False),
+    ("0" * 96, "app", False),  # debug mode
+    (None, "app", False),  # the parent instance, no attestation
+    (GOOD, "APP", False),  # the app id is compared exactly
+    (GOOD, None, False),
+])
+def test_stack_policy_decides_host_decrypts(image, app_id, allowed) -> None:
+    decision = evaluate(stack_policy([GOOD]), decrypt(**ctx(image, app_id)))
+    assert decision.allowed is allowed, decision
+
+
+def test_stack_policy_with_no_image_yet_allows_no_attestation() -> None:
+    # An attested ImageSha384 is 96 hex digits, in any case: never the placeholder, folded or not.
+    policy = stack_policy([])
+    for image in (GOOD, GOOD.upper(), "0" * 96):
+        assert not evaluate(policy, decrypt(**ctx(image))).allowed
 
 
 # ---- the project's policy shape, attacked --------------------------------------------------

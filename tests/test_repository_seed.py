@@ -1,5 +1,6 @@
 """The CodeCommit seed: the project's own files, one copy each, no litter, deterministic."""
 
+import json
 import os
 import re
 import zipfile
@@ -183,3 +184,23 @@ def test_pipeline_requirements_pin_the_same_versions_as_the_project():
     project_pins = requirement_pins(PROJECT_ROOT / "requirements.txt")
     for name, version in requirement_pins(PROJECT_ROOT / "pipeline/requirements.txt").items():
         assert project_pins.get(name) == version, name
+
+
+def test_seeded_manifest_takes_the_stack_app_id_and_keeps_the_rest(project, tmp_path):
+    write(project / "src/sample-inference/manifest.json",
+          json.dumps({"format": 1, "app_id": "sample-inference", "app_version": "1.0.0"}))
+    out = tmp_path / "seed.zip"
+    build_seed_zip(project, "fraud-model", out, app_id="fraud-model")
+    with zipfile.ZipFile(out) as archive:
+        manifest = json.loads(archive.read("src/fraud-model/manifest.json"))
+    assert manifest == {"format": 1, "app_id": "fraud-model", "app_version": "1.0.0"}
+
+
+def test_the_project_sample_manifest_seeds_a_valid_manifest_for_another_app_id(tmp_path):
+    from enclave.manifest import load_manifest
+
+    out = tmp_path / "seed.zip"
+    build_seed_zip(PROJECT_ROOT, "fraud-model", out, app_id="fraud-model")
+    with zipfile.ZipFile(out) as archive:
+        archive.extractall(tmp_path / "repo")
+    assert load_manifest(tmp_path / "repo/src/fraud-model").app_id == "fraud-model"

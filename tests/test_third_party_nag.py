@@ -34,6 +34,14 @@ def test_no_unacknowledged_findings_with_an_imported_repository_and_pinned_signe
     assert violations(app) == []
 
 
+def test_no_unacknowledged_findings_with_a_codeconnections_source():
+    app, _, _ = build_third_party_stack(
+        SourceConnectionArn="arn:aws:codeconnections:us-east-1:111111111111:connection/"
+                            "01234567-89ab-cdef-0123-456789abcdef",
+        SourceRepository="example-org/sealed-app")
+    assert violations(app) == []
+
+
 def test_every_acknowledgement_is_needed(monkeypatch):
     from stacks.third_party_stack import ThirdPartyStack
 

@@ -2,6 +2,7 @@
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 from aws_cdk.assertions import Capture, Match
@@ -110,9 +111,11 @@ def test_host_may_decrypt_only_with_an_allowed_image_and_the_app_id_context(temp
         Match.object_like({
             "Sid": "AllowAttestedEnclaveDecrypt", "Effect": "Allow",
             "Principal": {"AWS": HOST_ROLE}, "Action": "kms:Decrypt",
-            "Condition": {"StringEquals": {
-                "kms:RecipientAttestation:ImageSha384": Match.any_value(),
-                "kms:EncryptionContext:app_id": config.app_id}}})])}})
+            # The KMS Developer Guide's operators for attestation values; the app id exactly.
+            "Condition": {
+                "StringEqualsIgnoreCase": {
+                    "kms:RecipientAttestation:ImageSha384": Match.any_value()},
+                "StringEquals": {"kms:EncryptionContext:app_id": config.app_id}}})])}})
 
 
 def test_host_principal_is_the_role_arn_not_the_account(template):
@@ -134,7 +137,7 @@ def test_host_is_denied_decrypt_with_an_unlisted_image(template):
         Match.object_like({
             "Sid": "DenyDecryptUnlistedImage", "Effect": "Deny",
             "Principal": {"AWS": HOST_ROLE}, "Action": "kms:Decrypt",
-            "Condition": {"StringNotEquals": {
+            "Condition": {"StringNotEqualsIgnoreCase": {
                 "kms:RecipientAttestation:ImageSha384": Match.any_value()}}})])}})
 
 
@@ -142,9 +145,10 @@ def test_without_measurements_the_lists_hold_a_placeholder_no_attestation_can_ma
     policy = key_policy(template)
     allow = statement(policy, "AllowAttestedEnclaveDecrypt")
     deny = statement(policy, "DenyDecryptUnlistedImage")
-    values = allow["Condition"]["StringEquals"]["kms:RecipientAttestation:ImageSha384"]
+    values = allow["Condition"]["StringEqualsIgnoreCase"]["kms:RecipientAttestation:ImageSha384"]
     assert values == [allowlist.PLACEHOLDER]
-    assert deny["Condition"]["StringNotEquals"]["kms:RecipientAttestation:ImageSha384"] == values
+    deny_values = deny["Condition"]["StringNotEqualsIgnoreCase"]
+    assert deny_values["kms:RecipientAttestation:ImageSha384"] == values
     # An attested ImageSha384 is always 96 lowercase hex characters.
     assert not re.fullmatch(r"[0-9a-f]{96}", allowlist.PLACEHOLDER)
 
@@ -157,18 +161,19 @@ def test_host_may_use_the_key_for_nothing_but_decrypt(template):
 
 
 def test_configured_measurements_appear_in_both_allow_and_deny(pinned):
-    allow = statement(pinned, "AllowAttestedEnclaveDecrypt")["Condition"]["StringEquals"]
-    deny = statement(pinned, "DenyDecryptUnlistedImage")["Condition"]["StringNotEquals"]
+    allow = statement(pinned, "AllowAttestedEnclaveDecrypt")["Condition"]["StringEqualsIgnoreCase"]
+    deny = statement(pinned, "DenyDecryptUnlistedImage")["Condition"]["StringNotEqualsIgnoreCase"]
     assert allow["kms:RecipientAttestation:ImageSha384"] == [PCR_A, PCR_B]
     assert deny["kms:RecipientAttestation:ImageSha384"] == [PCR_A, PCR_B]
 
 
 def test_pinned_signer_is_required_by_allow_and_enforced_by_its_own_deny(pinned):
-    allow = statement(pinned, "AllowAttestedEnclaveDecrypt")["Condition"]["StringEquals"]
+    allow = statement(pinned, "AllowAttestedEnclaveDecrypt")["Condition"]["StringEqualsIgnoreCase"]
     deny = statement(pinned, "DenyDecryptUnlistedSigner")
     assert allow["kms:RecipientAttestation:PCR8"] == [SIGNER]
     assert deny["Effect"] == "Deny"
-    assert deny["Condition"]["StringNotEquals"]["kms:RecipientAttestation:PCR8"] == [SIGNER]
+    assert deny["Condition"]["StringNotEqualsIgnoreCase"]["kms:RecipientAttestation:PCR8"] == [
+        SIGNER]
 
 
 def test_no_signer_statement_without_a_pinned_signer(template):
@@ -268,7 +273,7 @@ def commands(name: str) -> list[str]:
 
 def test_encryptor_build_spec_runs_the_contracted_command_line():
     assert ('python envelope_encryptor.py encrypt -d "src/${APP_DIRECTORY}" '
-            '-k "${ENCLAVE_KEY_ARN}" -o "build/${APP_ID}.sealed" '
+            '-k "${ENCLAVE_KEY_ARN}" --app-id "${APP_ID}" -o "build/${APP_ID}.sealed" '
             '--upload "s3://${HOST_BUCKET}/${ENCRYPTED_APP_PREFIX}" '
             '--bucket-key-arn "${HOST_BUCKET_KEY_ARN}" '
             '--expected-bucket-owner "${HOST_ACCOUNT}"') in commands("application-encryptor")
@@ -536,3 +541,87 @@ def test_image_builder_pins_the_minimum_app_version_in_the_image_policy():
         "Name": "nitro-image-builder",
         "Environment": {"EnvironmentVariables": Match.array_with([
             {"Name": "MINIMUM_APP_VERSION", "Type": "PLAINTEXT", "Value": "1.4.0"}])}})
+
+
+def test_seeded_manifest_declares_the_stack_app_id():
+    import zipfile
+
+    from tests.third_party_support import build_third_party_stack
+
+    app, stack, config = build_third_party_stack(ApplicationDirectory="fraud-model",
+                                                 AppId="fraud-detector")
+    assembly = app.synth(force=True)
+    seeds = [path for path in Path(assembly.directory).glob("asset.*.zip")
+             if "src/fraud-model/manifest.json" in zipfile.ZipFile(path).namelist()]
+    assert len(seeds) == 1, seeds
+    manifest = json.loads(zipfile.ZipFile(seeds[0]).read("src/fraud-model/manifest.json"))
+    assert manifest["app_id"] == config.app_id == "fraud-detector"
+
+
+# --- CodeConnections source ----------------------------------------------------------------------
+
+CONNECTION = ("arn:aws:codeconnections:us-east-1:111111111111:connection/"
+              "01234567-89ab-cdef-0123-456789abcdef")
+
+
+@pytest.fixture(scope="module")
+def connected():
+    template, _, _ = third_party_template(SourceConnectionArn=CONNECTION,
+                                          SourceRepository="example-org/sealed-app",
+                                          SourceBranch="release")
+    return template
+
+
+def test_connected_pipeline_builds_the_named_repository_and_branch_on_push(connected):
+    connected.has_resource_properties("AWS::CodePipeline::Pipeline", {"Stages": Match.array_with([
+        Match.object_like({"Name": "Source", "Actions": [Match.object_like({
+            "ActionTypeId": Match.object_like({"Category": "Source",
+                                               "Provider": "CodeStarSourceConnection"}),
+            "Configuration": {"ConnectionArn": CONNECTION,
+                              "FullRepositoryId": "example-org/sealed-app",
+                              "BranchName": "release", "DetectChanges": True}})]})])})
+
+
+def test_connected_pipeline_creates_no_codecommit_repository_or_rule(connected):
+    connected.resource_count_is("AWS::CodeCommit::Repository", 0)
+    connected.resource_count_is("AWS::Events::Rule", 0)
+    assert "RepositoryCloneUrlGrc" not in connected.to_json()["Outputs"]
+    connected.has_output("SourceRepository", {"Value": "example-org/sealed-app"})
+
+
+@pytest.mark.parametrize("service", ["codeconnections", "codestar-connections"])
+def test_source_role_may_use_the_connection_under_its_own_service_prefix(service):
+    arn = CONNECTION.replace(":codeconnections:", f":{service}:")
+    template, _, _ = third_party_template(SourceConnectionArn=arn,
+                                          SourceRepository="example-org/sealed-app")
+    source_role = role_statements(template, "SealingPipelineSourceCodePipelineActionRole")
+    uses = [s for s in source_role if f"{service}:UseConnection" in as_list(s["Action"])]
+    assert uses and all(s["Resource"] == arn for s in uses)
+
+
+def test_connected_builds_still_get_the_same_projects(connected):
+    assert set(projects(connected)) == {"application-encryptor", "nitro-image-builder"}
+
+
+def test_codecommit_source_follows_source_branch():
+    template, _, _ = third_party_template(SourceBranch="release")
+    template.has_resource_properties("AWS::CodePipeline::Pipeline", {"Stages": Match.array_with([
+        Match.object_like({"Name": "Source", "Actions": [Match.object_like({
+            "Configuration": Match.object_like({"BranchName": "release"})})]})])})
+
+
+def test_sealing_pipeline_needs_exactly_one_source():
+    import aws_cdk as cdk
+    from aws_cdk import aws_kms as kms
+
+    from constructs.sealing_pipeline import SealingPipeline
+
+    stack = cdk.Stack(cdk.App(), "Bare", env=cdk.Environment(account="111111111111",
+                                                             region="us-east-1"))
+    with pytest.raises(ValueError, match="needs one source"):
+        SealingPipeline(stack, "P", repository=None, enclave_key=kms.Key(stack, "K"),
+                        app_directory="a", app_id="a", host_account="222222222222",
+                        host_bucket_name="b-bucket",
+                        host_bucket_key_arn="arn:aws:kms:us-east-1:222222222222:key/x",
+                        encrypted_app_prefix="e/", enclave_image_prefix="i/",
+                        measurements_to_keep=3, measurement_record_parameter="/p")

@@ -6,10 +6,8 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import stat
 import subprocess
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -17,16 +15,17 @@ import pytest
 import yaml
 from host_app import build_host_stack
 
+from constructs.client_package import build_client_wheel
 from constructs.enclave_host import (
-    HOST_RUNTIME_PACKAGES,
     USER_DATA_TEMPLATE,
     render_template,
     render_user_data,
-    runtime_requirements,
 )
 
-CLIENT_URL = "s3://assets-bucket/client.zip"
-ENCLAVE_URL = "s3://assets-bucket/enclave.zip"
+WHEEL_URL = "s3://assets-bucket/0123abcd.whl"
+WHEEL_FILE = "sealed_enclave-0.1.0-py3-none-any.whl"
+WHEEL_SHA256 = "ab" * 32
+REQUIREMENTS_URL = "s3://assets-bucket/4567ef.txt"
 HOST_CONFIG = {
     "region": "eu-west-1",
     "bucket": "sharing-bucket",
@@ -39,9 +38,9 @@ HOST_CONFIG = {
 
 def render(**overrides) -> str:
     values: dict[str, Any] = dict(region="eu-west-1", enclave_cpu_count=4, enclave_memory_mib=6144,
-                                  host_config=HOST_CONFIG, client_asset_url=CLIENT_URL,
-                                  enclave_asset_url=ENCLAVE_URL,
-                                  requirements=runtime_requirements())
+                                  host_config=HOST_CONFIG, client_wheel_url=WHEEL_URL,
+                                  client_wheel_file=WHEEL_FILE, client_wheel_sha256=WHEEL_SHA256,
+                                  host_requirements_url=REQUIREMENTS_URL)
     values.update(overrides)
     return render_user_data(**values)
 
@@ -97,11 +96,6 @@ def test_installs_fuse_3_for_sync():
     assert any({"-y", "fuse3", "fuse3-libs"} <= set(words) for words in installs)
 
 
-def test_client_virtualenv_gets_the_fuse_binding_sync_imports():
-    pip = next(line for line in render().splitlines() if "-m pip install" in line)
-    assert any(word.startswith("mfusepy==") for word in pip.split())
-
-
 def test_allocator_memory_and_cpus_come_from_config():
     allocator = yaml.safe_load(heredoc(render(), "/etc/nitro_enclaves/allocator.yaml"))
     assert allocator == {"memory_mib": 6144, "cpu_count": 4}
@@ -128,36 +122,52 @@ def test_ec2_user_joins_the_ne_group():
     assert "usermod -aG ne ec2-user" in render().splitlines()
 
 
+def test_session_manager_user_exists_and_joins_the_ne_group():
+    lines = render().splitlines()
+    # Created before the agent would, so that it can join the group at boot.
+    create = lines.index("getent passwd ssm-user >/dev/null || "
+                         "useradd --create-home --shell /bin/bash ssm-user")
+    assert lines.index("usermod -aG ne ssm-user") > create
+
+
 def test_host_settings_file_is_the_given_json_at_a_fixed_path():
     assert json.loads(heredoc(render(), "/etc/sealed-enclave/host.json")) == HOST_CONFIG
 
 
-def test_client_code_comes_from_both_assets():
+def pip_installs(script: str) -> list[str]:
+    """Each `pip install` command of the script, continuation lines joined."""
+    joined = script.replace("\\\n", " ")
+    return [" ".join(line.split()) for line in joined.splitlines() if "-m pip install" in line]
+
+
+def test_client_package_and_dependencies_install_only_with_hashes():
+    (pip,) = pip_installs(render())
+    assert "--require-hashes" in pip.split() and "--only-binary :all:" in pip
+    assert '-r "$APP_HOME/dist/requirements-host.txt"' in pip
+    assert '-r "$APP_HOME/dist/requirements-client.txt"' in pip
+
+
+def test_the_wheel_is_pinned_by_the_hash_computed_at_synth():
+    line = heredoc(render(), "/opt/sealed-enclave/dist/requirements-client.txt").strip()
+    assert line == (f"sealed-enclave @ file:///opt/sealed-enclave/dist/{WHEEL_FILE} "
+                    f"--hash=sha256:{WHEEL_SHA256}")
+
+
+def test_wheel_and_requirements_come_from_their_assets():
     script = render()
-    assert f"'{CLIENT_URL}'" in script and f"'{ENCLAVE_URL}'" in script
+    assert f"'{WHEEL_URL}' \"$APP_HOME/dist/{WHEEL_FILE}\"" in script
+    assert f"'{REQUIREMENTS_URL}' \"$APP_HOME/dist/requirements-host.txt\"" in script
 
 
-def test_client_dependencies_are_the_pinned_versions_from_requirements_txt():
-    pins = runtime_requirements()
-    assert [pin.split("==")[0] for pin in pins] == list(HOST_RUNTIME_PACKAGES)
-    requirements = (Path(__file__).resolve().parent.parent / "requirements.txt").read_text()
-    for pin in pins:
-        assert re.search(rf"^{re.escape(pin)}\s*$", requirements, re.M)
-    pip = next(line for line in render().splitlines() if "-m pip install" in line)
-    assert pip.split()[-len(pins):] == list(pins)
+def test_no_zip_no_path_file_no_unhashed_install():
+    script = render()
+    assert "unzip" not in script and ".pth" not in script and "PYTHONPATH" not in script
+    assert all("--require-hashes" in pip for pip in pip_installs(script))
 
 
-def test_missing_pin_is_reported_with_the_file_and_package(tmp_path):
-    requirements = tmp_path / "requirements.txt"
-    requirements.write_text("boto3==1.0\n")
-    with pytest.raises(ValueError, match=r"no pinned version for cbor2"):
-        runtime_requirements(requirements, ("boto3", "cbor2"))
-
-
-def test_wrapper_runs_the_client_from_the_virtualenv_with_the_host_settings():
+def test_wrapper_runs_the_installed_console_script():
     wrapper = heredoc(render(), "/usr/local/bin/sealed-client")
-    assert "export SEALED_HOST_CONFIG=/etc/sealed-enclave/host.json" in wrapper
-    assert 'exec /opt/sealed-enclave/venv/bin/python -m client "$@"' in wrapper
+    assert 'exec /opt/sealed-enclave/venv/bin/sealed-client "$@"' in wrapper
 
 
 def test_template_file_is_the_one_shipped_with_the_construct():
@@ -183,6 +193,10 @@ def test_launch_template_carries_the_rendered_script_with_config_values():
     assert settings["enclave_key_arn"].startswith("arn:aws:kms:eu-west-1:111111111111:key/")
     assert (settings["vsock_proxy_port"], settings["enclave_port"]) == (8000, 5005)
     assert "s3://cdk-hnb659fds-assets-222222222222-eu-west-1/" in script
+    wheel = build_client_wheel()
+    client = heredoc(script, "/opt/sealed-enclave/dist/requirements-client.txt").strip()
+    assert client == (f"sealed-enclave @ file:///opt/sealed-enclave/dist/{wheel.file_name} "
+                      f"--hash=sha256:{wheel.sha256}")
 
 
 # ---- sandboxed run --------------------------------------------------------------------------
@@ -190,12 +204,10 @@ def test_launch_template_carries_the_rendered_script_with_config_values():
 STUB = """#!/bin/bash
 echo "$(basename "$0") $*" >> "$SANDBOX/calls.log"
 """
-AWS_STUB = STUB + 'cp "$SANDBOX/package.zip" "${@: -1}"\n'
+AWS_STUB = STUB + 'echo "$5" > "${@: -1}"\n'  # the object's URL as its content
 PYTHON_STUB = STUB + """if [ "$1" = -m ] && [ "$2" = venv ]; then
   mkdir -p "$3/bin"
   cp "$0" "$3/bin/python"
-elif [ "$1" = -c ]; then
-  mkdir -p "$SANDBOX/site-packages" && echo "$SANDBOX/site-packages"
 fi
 """
 
@@ -205,13 +217,11 @@ def _sandbox(tmp_path: Path) -> tuple[Path, Path, dict[str, str]]:
     bin_dir = tmp_path / "bin"
     for directory in (root / "var" / "log", root / "usr" / "local" / "bin", bin_dir):
         directory.mkdir(parents=True)
-    stubs = {"dnf": STUB, "systemctl": STUB, "usermod": STUB, "aws": AWS_STUB,
-             "python3.11": PYTHON_STUB}
+    stubs = {"dnf": STUB, "systemctl": STUB, "usermod": STUB, "useradd": STUB,
+             "getent": STUB + "exit 2\n", "aws": AWS_STUB, "python3.11": PYTHON_STUB}
     for name, body in stubs.items():
         (bin_dir / name).write_text(body)
         (bin_dir / name).chmod(stat.S_IRWXU)
-    with zipfile.ZipFile(root / "package.zip", "w") as archive:
-        archive.writestr("__init__.py", "")
     script = render()
     for prefix in ("/etc/", "/opt/", "/usr/local/bin/", "/var/log/"):
         script = script.replace(prefix, f"{root}{prefix}")
@@ -226,17 +236,15 @@ def _snapshot(root: Path) -> dict[str, bytes]:
             if p.is_file() and p.name not in ("calls.log", "sealed-enclave-bootstrap.log")}
 
 
-@pytest.mark.skipif(shutil.which("unzip") is None, reason="needs unzip")
 def test_script_runs_and_a_second_run_changes_nothing(tmp_path):
     root, script, env = _sandbox(tmp_path)
     first = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True)
     assert first.returncode == 0, first.stdout + first.stderr
     after_first = _snapshot(root)
     assert "etc/nitro_enclaves/allocator.yaml" in after_first
-    assert "opt/sealed-enclave/app/client/__init__.py" in after_first
-    assert "opt/sealed-enclave/app/enclave/__init__.py" in after_first
-    app_dir = f"{root}/opt/sealed-enclave/app\n".encode()
-    assert after_first["site-packages/sealed_enclave.pth"] == app_dir
+    assert after_first[f"opt/sealed-enclave/dist/{WHEEL_FILE}"] == f"{WHEEL_URL}\n".encode()
+    assert after_first["opt/sealed-enclave/dist/requirements-host.txt"] == \
+        f"{REQUIREMENTS_URL}\n".encode()
     assert os.access(root / "usr/local/bin/sealed-client", os.X_OK)
 
     second = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True)
@@ -245,9 +253,24 @@ def test_script_runs_and_a_second_run_changes_nothing(tmp_path):
     calls = (root / "calls.log").read_text().splitlines()
     assert sum(" -m venv " in f" {call} " for call in calls) == 1, "virtualenv made twice"
     assert calls.count("systemctl enable --now nitro-enclaves-allocator.service") == 2
+    assert calls.count("useradd --create-home --shell /bin/bash ssm-user") == 2
+    assert calls.count("usermod -aG ne ssm-user") == 2
+    installs = [call for call in calls if " -m pip install " in f" {call} "]
+    assert len(installs) == 2 and all("--require-hashes" in call for call in installs)
+    assert "requirements-client.txt" in installs[0]
 
 
-@pytest.mark.skipif(shutil.which("unzip") is None, reason="needs unzip")
+def test_an_existing_ssm_user_is_kept_and_joins_the_ne_group(tmp_path):
+    root, script, env = _sandbox(tmp_path)
+    (Path(env["PATH"].split(":")[0]) / "getent").write_text(
+        STUB + 'echo "ssm-user:x:1001:1001::/home/ssm-user:/bin/bash"\n')
+    result = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    calls = (root / "calls.log").read_text().splitlines()
+    assert not [call for call in calls if call.startswith("useradd")]
+    assert "usermod -aG ne ssm-user" in calls
+
+
 def test_script_stops_at_the_first_failing_command(tmp_path):
     root, script, env = _sandbox(tmp_path)
     (Path(env["PATH"].split(":")[0]) / "dnf").write_text("#!/bin/bash\nexit 1\n")

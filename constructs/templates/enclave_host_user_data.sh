@@ -10,7 +10,7 @@ APP_HOME=/opt/sealed-enclave
 VENV="$APP_HOME/venv"
 
 # Nitro Enclaves CLI (nitro-cli, the allocator service, vsock-proxy) and its headers.
-dnf install -y aws-nitro-enclaves-cli aws-nitro-enclaves-cli-devel python3.11 python3.11-pip unzip
+dnf install -y aws-nitro-enclaves-cli aws-nitro-enclaves-cli-devel python3.11 python3.11-pip
 # FUSE 3 for `sealed-client sync`: libfuse3 (fuse3-libs), which the client's mfusepy loads, and
 # fusermount3 (fuse3), setuid, so ec2-user can mount and unmount without root.
 dnf install -y fuse3 fuse3-libs
@@ -33,8 +33,13 @@ allowlist:
 - {address: {{kms_endpoint}}, port: 443}
 ALLOWLIST
 
-# Only members of `ne` may talk to /dev/nitro_enclaves.
+# Only members of `ne` may talk to /dev/nitro_enclaves. Session Manager (the only way in) logs
+# people in as ssm-user, which its agent creates at the first session, after this script ran:
+# create it now, as the agent would (home directory, bash), so that it joins `ne` too. The
+# agent keeps an existing ssm-user as it is.
 usermod -aG ne ec2-user
+getent passwd ssm-user >/dev/null || useradd --create-home --shell /bin/bash ssm-user
+usermod -aG ne ssm-user
 
 # Host settings for the client, at a fixed path so it never depends on the working directory.
 install -d -m 0755 /etc/sealed-enclave
@@ -43,26 +48,24 @@ cat > /etc/sealed-enclave/host.json <<'HOSTJSON'
 HOSTJSON
 chmod 0644 /etc/sealed-enclave/host.json
 
-# The project's client and the shared enclave code, from this stack's assets, into a virtualenv.
-install -d -m 0755 "$APP_HOME" "$APP_HOME/app"
-staging=$(mktemp -d)
-trap 'rm -rf "$staging"' EXIT
-aws s3 cp --region "$REGION" '{{client_asset_url}}' "$staging/client.zip"
-aws s3 cp --region "$REGION" '{{enclave_asset_url}}' "$staging/enclave.zip"
-rm -rf "$APP_HOME/app/client" "$APP_HOME/app/enclave"
-unzip -q -o "$staging/client.zip" -d "$APP_HOME/app/client"
-unzip -q -o "$staging/enclave.zip" -d "$APP_HOME/app/enclave"
+# The project's client package: its wheel (this stack's asset) and its dependencies, every file
+# checked against a hash fixed at synth time (no unhashed install, no path tweaks).
+install -d -m 0755 "$APP_HOME" "$APP_HOME/dist"
+aws s3 cp --region "$REGION" '{{client_wheel_url}}' "$APP_HOME/dist/{{client_wheel_file}}"
+aws s3 cp --region "$REGION" '{{host_requirements_url}}' "$APP_HOME/dist/requirements-host.txt"
+cat > /opt/sealed-enclave/dist/requirements-client.txt <<'CLIENT'
+sealed-enclave @ file:///opt/sealed-enclave/dist/{{client_wheel_file}} --hash=sha256:{{client_wheel_hash}}
+CLIENT
 [ -x "$VENV/bin/python" ] || python3.11 -m venv "$VENV"
-"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check {{runtime_requirements}}
-# A .pth file puts the app folder on the virtualenv's path: `python -m client` works from anywhere.
-site_packages=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
-echo "$APP_HOME/app" > "$site_packages/sealed_enclave.pth"
+"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --require-hashes \
+  --only-binary :all: -r "$APP_HOME/dist/requirements-host.txt" \
+  -r "$APP_HOME/dist/requirements-client.txt"
 
 cat > /usr/local/bin/sealed-client <<'WRAPPER'
 #!/bin/sh
 # The Enclave User's entry point: `sealed-client proxy -s kms`, `sealed-client sync -d DIR`, ...
-export SEALED_HOST_CONFIG=/etc/sealed-enclave/host.json
-exec /opt/sealed-enclave/venv/bin/python -m client "$@"
+# (the installed package's console script; /etc/sealed-enclave/host.json is its default).
+exec /opt/sealed-enclave/venv/bin/sealed-client "$@"
 WRAPPER
 chmod 0755 /usr/local/bin/sealed-client
 
