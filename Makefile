@@ -16,22 +16,23 @@ setup: $(VENV)/.installed node_modules/.installed $(CHECKOV_VENV)/.installed
 
 # One line per stage, so a first setup (a few minutes of downloads) never looks stuck.
 $(VENV)/.installed: requirements.txt
-	@echo "setup 1/4: virtualenv $(VENV) ($(PYTHON))"
+	@echo "setup 1/5: virtualenv $(VENV) ($(PYTHON))"
 	@$(PYTHON) -m venv $(VENV)
-	@echo "setup 2/4: pip itself"
+	@echo "setup 2/5: pip itself"
 	@$(VENV)/bin/pip install --quiet --upgrade pip
-	@echo "setup 3/4: pinned Python packages from requirements.txt (the first time: a few minutes)"
+	@echo "setup 3/5: pinned Python packages from requirements.txt (the first time: a few minutes)"
 	@$(VENV)/bin/pip install --quiet -r requirements.txt
 	@touch $@
 
 $(CHECKOV_VENV)/.installed: requirements-checkov.txt
-	$(PYTHON) -m venv $(CHECKOV_VENV)
-	$(CHECKOV_VENV)/bin/pip install --quiet --upgrade pip
-	$(CHECKOV_VENV)/bin/pip install --quiet -r requirements-checkov.txt
+	@echo "setup 5/5: checkov in its own virtualenv $(CHECKOV_VENV) (requirements-checkov.txt)"
+	@$(PYTHON) -m venv $(CHECKOV_VENV)
+	@$(CHECKOV_VENV)/bin/pip install --quiet --upgrade pip
+	@$(CHECKOV_VENV)/bin/pip install --quiet -r requirements-checkov.txt
 	@touch $@
 
 node_modules/.installed: package.json package-lock.json $(VENV)/.installed
-	@echo "setup 4/4: the CDK CLI pinned in package-lock.json (npm ci)"
+	@echo "setup 4/5: the CDK CLI pinned in package-lock.json (npm ci)"
 	@npm ci --no-audit --no-fund --loglevel=error
 	@touch $@
 

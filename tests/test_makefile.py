@@ -46,7 +46,8 @@ echo "RAN venv"
 
 
 def test_setup_announces_each_stage_before_it_runs(tmp_path):
-    for name in ("requirements.txt", "package.json", "package-lock.json"):
+    for name in ("requirements.txt", "requirements-checkov.txt", "package.json",
+                 "package-lock.json"):
         (tmp_path / name).write_text("")
     fake_python = tmp_path / "fake-python"
     fake_python.write_text(FAKE_PYTHON)
@@ -55,10 +56,12 @@ def test_setup_announces_each_stage_before_it_runs(tmp_path):
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     ran = [i for i, line in enumerate(lines) if line.startswith("RAN ")]
-    assert [lines[i].split()[1] for i in ran] == ["venv", "pip", "pip", "npm"]
-    for i in ran:  # every slow step is announced on the line just before it
-        assert re.match(r"setup \d/4: \S", lines[i - 1]), lines
+    assert [lines[i].split()[1] for i in ran] == ["venv", "pip", "pip", "npm",
+                                                  "venv", "pip", "pip"]
+    announced = [lines[i - 1] for i in ran if not lines[i - 1].startswith("RAN ")]
+    assert [line.split(":")[0] for line in announced] == [f"setup {n}/5" for n in range(1, 6)]
     assert "requirements.txt" in lines[ran[2] - 1] and "npm ci" in lines[ran[3] - 1]
+    assert "checkov" in lines[ran[4] - 1]
 
 
 def test_clean_stops_a_running_simulation_before_deleting_its_state(tmp_path,
