@@ -41,8 +41,10 @@ class RuntimeConfig:
     max_kept_runs: int = 1000
     # What this image may unseal (enclave/policy.py); None refuses every run.
     image_policy: ImagePolicy | None = None
-    # Runs take numeric user ids base .. base + max_active_runs - 1 (no image file has them).
-    app_uid_base: int = 61000
+    # Runs take numeric user ids base .. base + max_active_runs - 1 (no file of the image has
+    # them). None: a random block high above any real user, so that runtimes sharing a machine
+    # (simulations, tests) never take, or kill, each other's app users.
+    app_uid_base: int | None = None
     # What applications get from the image (enclave/image.py): the interpreter an entrypoint's
     # `python3` means (by absolute path, as the image's CMD names it), its packages, its PATH.
     app_interpreter: str = "/usr/bin/python3.11"

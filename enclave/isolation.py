@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import secrets
 import signal
 import stat
 import threading
@@ -62,12 +63,28 @@ class AppUser:
     gid: int
 
 
+RANDOM_BASE_LOW = 1 << 20
+RANDOM_BASE_HIGH = 1 << 30
+POOL_BLOCK = 1 << 12
+
+
+def random_user_base(count: int) -> int:
+    """A block of `count` ids no account uses: above 2^20, below 2^30, aligned to 4096."""
+    if not 1 <= count <= POOL_BLOCK:
+        raise ValueError(f"a pool holds 1 to {POOL_BLOCK} users")
+    blocks = (RANDOM_BASE_HIGH - RANDOM_BASE_LOW) // POOL_BLOCK
+    return RANDOM_BASE_LOW + secrets.randbelow(blocks) * POOL_BLOCK
+
+
 class UserPool:
     """Hands out numeric user ids to runs, one run per id at a time."""
 
-    def __init__(self, base: int, count: int) -> None:
+    def __init__(self, base: int | None, count: int) -> None:
+        if base is None:
+            base = random_user_base(count)
         if base < 1000 or count < 1:
             raise ValueError("app user ids start at 1000 or above and the pool is not empty")
+        self.base = base
         self._free = list(range(base, base + count))
         self._lock = threading.Lock()
 

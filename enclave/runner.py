@@ -303,6 +303,8 @@ class Runner:
         os.chmod(private_root, 0o711 if self.isolated else 0o700)
         if self.isolated:
             os.chmod(exchange.root, 0o700)  # apps get copies of their inputs, never the areas
+            assert self._users is not None
+            events.add(f"isolation: each run has its own user, ids from {self._users.base}")
         else:
             events.add("isolation: the runtime is not root, so applications run as its own user "
                        "(no per-run user, no kill of escaped processes); run as root for both")

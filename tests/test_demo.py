@@ -68,3 +68,16 @@ def test_demo_mode_choice():
     assert choose_mode("plain", None)[0] == "plain"
     with pytest.raises(DemoFailed, match="needs root"):
         choose_mode("jail", "needs root")
+
+
+def test_demo_runs_again_at_once_reusing_the_key(demo_run, third_party_template, capsys):
+    """A second `make demo` right after the first: the key exists and is reused, not recreated
+    (the first version failed here on CreateAlias)."""
+    _, work = demo_run
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    again = subprocess.run([sys.executable, "demo.py", "--work", str(work), "--template",
+                            str(third_party_template), "--mode", "plain"], cwd=PROJECT_ROOT,
+                           env=env, text=True, capture_output=True, timeout=300, check=False)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "(reused as alias/enclavekey)" in again.stdout
+

@@ -174,3 +174,12 @@ def test_a_hardened_runtime_hides_its_environment_from_processes_of_its_own_user
     finally:
         target.kill()
         target.wait()
+
+
+def test_each_runtime_draws_its_own_block_of_app_users() -> None:
+    """Runtimes sharing a machine (simulations, tests) must not kill each other's apps."""
+    from enclave.isolation import POOL_BLOCK, RANDOM_BASE_LOW, UserPool
+
+    bases = {UserPool(None, 4).base for _ in range(50)}
+    assert len(bases) > 45
+    assert all(base >= RANDOM_BASE_LOW and base % POOL_BLOCK == 0 for base in bases)

@@ -156,9 +156,15 @@ def private_entries(rt: Runtime) -> list[str]:
 
 
 def written_by_running_app(rt: Runtime, name: str) -> Path | None:
-    """A file a running app wrote at an output path: private until the run ends."""
-    found = list(rt.config.private_root.glob(f"run-*/out/{name}"))
-    return found[0] if found else None
+    """A file a running app wrote (not only created) at an output path: private until the run
+    ends."""
+    for found in rt.config.private_root.glob(f"run-*/out/{name}"):
+        try:
+            if found.stat().st_size > 0:
+                return found
+        except FileNotFoundError:
+            continue
+    return None
 
 
 def wait_for(predicate: Any, timeout: float = 10.0) -> bool:
