@@ -117,7 +117,14 @@ def verify_attestation(
         raise VerificationError(
             f"the document's root certificate (SHA-256 {got}) is not the trusted root ({want}); "
             "a document from the local simulation needs --root with the development root")
-    _verify_chain(chain, when)
+    try:
+        _verify_chain(chain, when)
+    except _NotValidThen as exc:
+        # The next whole second: a time a shell can pass back, still within the chain's validity.
+        made = dt.datetime.fromtimestamp(-(-fields["timestamp"] // 1000), dt.UTC)
+        stamp = made.isoformat(timespec="seconds").replace("+00:00", "Z")
+        raise VerificationError(f"{exc}; the document was made at {stamp}: --at {stamp} verifies "
+                                "it as of then") from None
     _verify_signature(chain[-1], protected, payload, signature)
 
     pcrs = fields["pcrs"]
@@ -259,6 +266,10 @@ def _load_chain(cabundle: list[bytes], leaf: bytes) -> list[x509.Certificate]:
     return chain
 
 
+class _NotValidThen(VerificationError):
+    """A certificate of the chain is not valid at the verification time."""
+
+
 def _verify_chain(chain: list[x509.Certificate], when: dt.datetime) -> None:
     """Root first, leaf last. Every link: issuer CA flag and path length, issuer name and
     signature, and every certificate valid at `when`. The root must sign itself."""
@@ -266,7 +277,7 @@ def _verify_chain(chain: list[x509.Certificate], when: dt.datetime) -> None:
     for position, cert in enumerate(chain):
         name = "the leaf certificate" if position == last else f"cabundle[{position}]"
         if not cert.not_valid_before_utc <= when <= cert.not_valid_after_utc:
-            raise VerificationError(
+            raise _NotValidThen(
                 f"{name} ({cert.subject.rfc4514_string()}) is valid from "
                 f"{cert.not_valid_before_utc.isoformat()} to {cert.not_valid_after_utc.isoformat()}"
                 f", not at {when.isoformat()}; an old document verifies only as of its own time "
