@@ -75,14 +75,7 @@ def kms_request_count(state) -> int:
 
 
 def seal(state, key_arn, out):
-    principal = state["principals"]["third_party"]
-    env = dict(os.environ, AWS_ENDPOINT_URL=state["kms"]["endpoint"],
-               AWS_ACCESS_KEY_ID=principal["access_key_id"],
-               AWS_SECRET_ACCESS_KEY=principal["secret_access_key"],
-               AWS_SESSION_TOKEN=principal["session_token"], AWS_REGION=state["region"])
-    subprocess.run([sys.executable, "envelope_encryptor.py", "encrypt", "-d", str(APP),
-                    "-k", key_arn, "-o", str(out)], cwd=PROJECT_ROOT, env=env, check=True,
-                   capture_output=True, timeout=120)
+    seal_dir(state, key_arn, APP, out)
 
 
 def test_status_reports_running_components(simulation, capsys):

@@ -39,6 +39,12 @@ def register(subparsers: argparse._SubParsersAction,
                     "PCRs, nonce, debug mode. Exit 0 only if every check holds, 3 otherwise.")
     parser.add_argument("file", type=Path, metavar="FILE",
                         help="the document (raw CBOR, or base64 text)")
+    add_document_checks(parser, nonce_help="require the document to carry this nonce")
+    parser.set_defaults(func=verify_attestation_command)
+
+
+def add_document_checks(parser: argparse.ArgumentParser, *, nonce_help: str) -> None:
+    """The options every offline check of an attestation document takes (one definition)."""
     parser.add_argument("--at", metavar="TIME", type=parse_time,
                         help="verify as of this time, ISO 8601 with a zone, e.g. "
                              "2023-01-18T13:07:20Z (default: now)")
@@ -49,13 +55,12 @@ def register(subparsers: argparse._SubParsersAction,
                         help="check the document without any expected PCR: it then proves only "
                              "that some Nitro enclave made it (instead of --expect-pcr)")
     parser.add_argument("--nonce", type=lambda v: parse_hex(v, "--nonce"), metavar="HEX",
-                        help="require the document to carry this nonce")
+                        help=nonce_help)
     parser.add_argument("--root", type=Path, metavar="PEM",
                         help="trust this root certificate instead of the pinned AWS Nitro root "
                              "(the local simulation's <state>/pki/root.pem)")
     parser.add_argument("--allow-debug", action="store_true",
                         help="accept a debug-mode document (all-zero PCRs): development only")
-    parser.set_defaults(func=verify_attestation_command)
 
 
 def parse_time(value: str) -> dt.datetime:

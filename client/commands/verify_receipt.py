@@ -20,11 +20,10 @@ from typing import Any
 
 from client.attestation import verify_attestation
 from client.commands.verify_attestation import (
+    add_document_checks,
     expected_pcr_map,
     load_root,
     parse_hex,
-    parse_pcr,
-    parse_time,
 )
 from client.errors import NotFoundError, VerificationError
 from client.output import emit
@@ -42,24 +41,13 @@ def register(subparsers: argparse._SubParsersAction,
                     "the document binds this receipt, and the digests of local files. Exit 0 "
                     "only if every check holds, 3 otherwise.")
     parser.add_argument("file", type=Path, metavar="FILE")
-    parser.add_argument("--expect-pcr", action="append", default=[], metavar="N=HEX",
-                        type=parse_pcr, help="require PCR N to equal HEX (repeatable)")
-    parser.add_argument("--any-image", action="store_true",
-                        help="accept a receipt from any enclave image (checks nothing about "
-                             "what ran; instead of --expect-pcr)")
-    parser.add_argument("--nonce", type=lambda v: parse_hex(v, "--nonce"), metavar="HEX",
-                        help="require this nonce (default: the one recorded in the file)")
+    add_document_checks(parser, nonce_help="require this nonce (default: the one recorded in "
+                                            "the file)")
     parser.add_argument("--input", action="append", default=[], metavar="NAME=PATH",
                         type=_name_path, help="require the receipt's input NAME to be PATH's bytes")
     parser.add_argument("--output", action="append", default=[], metavar="NAME=PATH",
                         type=_name_path, help="require the receipt's output NAME to be PATH's "
                                               "bytes")
-    parser.add_argument("--root", type=Path, metavar="PEM",
-                        help="trust this root instead of the pinned AWS Nitro root")
-    parser.add_argument("--at", metavar="TIME", type=parse_time,
-                        help="verify as of this time, ISO 8601 with a zone (default: now)")
-    parser.add_argument("--allow-debug", action="store_true",
-                        help="accept a debug-mode document (development only)")
     parser.set_defaults(func=verify_receipt_command)
 
 
