@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import hashlib
 import json
 import os
 import random
@@ -100,12 +101,20 @@ def _write_random(path: Path, n: int) -> None:
 
 
 def same_tree(a: Path, b: Path) -> bool:
-    def listing(root: Path) -> dict[str, int]:
-        return {
-            p.relative_to(root).as_posix(): p.stat().st_size for p in root.rglob("*") if p.is_file()
-        }
+    """Same names and the same bytes (SHA-256 of every file), outside the timed phases."""
+    def listing(root: Path) -> dict[str, str]:
+        return {p.relative_to(root).as_posix(): file_digest(p)
+                for p in root.rglob("*") if p.is_file()}
 
     return listing(a) == listing(b)
+
+
+def file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 # --- phases (each runs in a child process) ----------------------------------------------------

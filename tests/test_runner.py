@@ -17,7 +17,6 @@ from typing import Any
 import pytest
 from runtime_harness import Runtime, start_runtime, stop_runtime
 
-from enclave.receipt import receipt_user_data
 from enclave.runner import WITHHELD_LINE
 from enclave.sealing import seal_directory
 
@@ -115,6 +114,11 @@ def manifest(**overrides: Any) -> dict:
                               {"name": "report", "kind": "output"}]},
             "echo": {"command": ["python3", "app.py", "echo"],
                      "args": [{"name": "word", "kind": "value", "optional": True}]},
+            # Values the owner's pattern lets through whatever they are: only the runtime's own
+            # rule (no value starts with '-') stands between the host and the interpreter.
+            "lenient": {"command": ["python3", "app.py", "echo"],
+                        "args": [{"name": f"v{i}", "kind": "value", "pattern": "^.{1,200}$",
+                                  "optional": True} for i in range(6)]},
         },
         "output": {"stdout": True, "stderr": True, "max_bytes": 4096},
         "time_limit_seconds": 30,
@@ -266,9 +270,10 @@ def test_entrypoint_not_in_manifest_is_refused(rt: Runtime, bundle: str) -> None
     ["-sm"],
 ])
 def test_interpreter_flags_as_args_are_refused(rt: Runtime, bundle: str, args: list[str]) -> None:
-    view = run(rt, "echo", args)
+    view = run(rt, "lenient", args)
     assert view["state"] == "failed" and view["exit_code"] is None
     assert view["stdout"] is None
+    assert "may not start with '-'" in view["error"], view["error"]
 
 
 @pytest.mark.parametrize("bundle_name", ["../sealed/x", "/etc/passwd", "a/../../x", "x\x00y"])
@@ -446,7 +451,11 @@ def test_receipt_binds_bundle_inputs_and_outputs(rt: Runtime, bundle: str) -> No
     assert (receipt["app_id"], receipt["state"]) == ("test-app", "succeeded")
     call = rt.nsm.calls[-1]
     assert call["nonce"] == b"\xbe\xef"
-    assert call["user_data"] == receipt_user_data(receipt)
+    # Recomputed here from the documented rule (openapi.yaml), not by the function under test.
+    canonical = json.dumps(receipt, sort_keys=True, separators=(",", ":"),
+                           ensure_ascii=True).encode()
+    assert call["user_data"] == (b"sealed-enclave/run-receipt/v2\x00"
+                                 + hashlib.sha384(canonical).digest())
 
 
 def test_receipt_is_refused_while_the_run_is_in_progress(rt: Runtime, bundle: str) -> None:
