@@ -17,10 +17,21 @@ from tests.fake_runtime import FakeRuntime
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
+def _missing_fuse() -> str | None:
+    """What this machine lacks for a real FUSE mount, by name, or None."""
+    missing = [name for name, present in (("/dev/fuse", os.path.exists("/dev/fuse")),
+                                          ("fusermount3 (Debian fuse3)",
+                                           shutil.which("fusermount3") is not None))
+               if not present]
+    return ", ".join(missing) or None
+
+
+_MISSING = _missing_fuse()
+if _MISSING and os.environ.get("CI") == "true":
+    raise RuntimeError(f"CI must run the FUSE tests, but this machine lacks {_MISSING}")
 pytestmark = [
     pytest.mark.fuse,
-    pytest.mark.skipif(not os.path.exists("/dev/fuse") or shutil.which("fusermount3") is None,
-                       reason="needs /dev/fuse and fusermount3"),
+    pytest.mark.skipif(_MISSING is not None, reason=f"needs {_MISSING}"),
 ]
 
 
