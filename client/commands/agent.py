@@ -82,4 +82,7 @@ def agent_command(args: argparse.Namespace) -> int:
     logging.getLogger("sealed.agent").info("agent %s serving %s (%d slot(s))", args.host_id,
                                            args.queue_url, args.slots)
     agent.serve(max_jobs=args.max_jobs)
+    logging.getLogger("sealed.agent").info("agent stopped after %d job(s)%s",
+                                           len(agent.outcomes),
+                                           " (SIGTERM)" if stopped else "")
     return int(ExitStatus.OK)
