@@ -162,6 +162,22 @@ class Fleet:
             host.agent.wait()
         os.kill(host.state()["runtime"]["pid"], signal.SIGKILL)
 
+    def stop_agents_gracefully(self) -> dict[str, bool]:
+        """SIGTERM each running agent; True where it exited 0 saying it stopped on SIGTERM."""
+        running = [h for h in self.hosts if h.agent is not None and h.agent.poll() is None]
+        for host in running:
+            assert host.agent is not None
+            host.agent.terminate()
+        stopped = {}
+        for host in running:
+            assert host.agent is not None and host.log is not None
+            try:
+                code = host.agent.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                code = None
+            stopped[host.name] = code == 0 and "(SIGTERM)" in host.log.read_text()
+        return stopped
+
     def stop(self) -> None:
         for host in self.hosts:
             if host.agent is not None and host.agent.poll() is None:
@@ -360,6 +376,7 @@ def demo(work: Path, template: Path, jobs: int = 30) -> dict[str, Any]:
 
         wait_until(all_done, 300, "every job's receipt and the poison job in the DLQ")
         results = count_results(fleet, job_ids)
+        graceful = fleet.stop_agents_gracefully()
         queue, dlq = queue_counts(fleet, fleet.queue_url), dead_letters(fleet)
         summary = {
             "jobs": len(job_ids), "receipts": results["receipts"],
@@ -369,6 +386,7 @@ def demo(work: Path, template: Path, jobs: int = 30) -> dict[str, Any]:
                          for h in fleet.hosts},
             "lost_job": lost_job, "lost_job_completed_on": results["hosts"].get(lost_job),
             "queue": queue, "dead_letter": dlq, "poison_job": poison,
+            "graceful_stops": graceful,
         }
     return summary
 
@@ -386,6 +404,8 @@ def check(summary: dict[str, Any]) -> list[str]:
         problems.append("the DLQ does not hold exactly the poison job with its reason")
     if summary["queue"] != {"visible": 0, "in_flight": 0}:
         problems.append("the job queue is not empty")
+    if not summary["graceful_stops"] or not all(summary["graceful_stops"].values()):
+        problems.append("an agent did not stop cleanly on SIGTERM")
     return problems
 
 
@@ -408,6 +428,8 @@ def main(argv: list[str] | None = None) -> int:
           "verify (PCR0, binding, output digest)")
     print("  per host:   " + ", ".join(f"{k} {v}" for k, v in summary["per_host"].items()))
     print(f"  lost job:   {summary['lost_job']} completed on {summary['lost_job_completed_on']}")
+    print("agents:       " + ", ".join(f"{name} {'stopped on SIGTERM' if ok else 'DID NOT STOP'}"
+                                       for name, ok in summary["graceful_stops"].items()))
     print(f"found in SQS: job queue {summary['queue']['visible']} visible, "
           f"{summary['queue']['in_flight']} in flight; dead-letter queue {len(dlq)} message(s)")
     for entry in dlq:

@@ -38,6 +38,10 @@ def test_the_poison_job_sits_in_the_dlq_with_its_reason(summary):
     assert summary["queue"] == {"visible": 0, "in_flight": 0}
 
 
+def test_surviving_agents_stop_cleanly_on_sigterm(summary):
+    assert summary["graceful_stops"] == {"host1": True, "host3": True}
+
+
 def test_the_demo_verdict_is_clean_and_catches_each_failure(summary):
     assert fleet_demo.check(summary) == []
     breakages = {
@@ -47,6 +51,7 @@ def test_the_demo_verdict_is_clean_and_catches_each_failure(summary):
         "the lost job 'completed' on the dead host": {"lost_job_completed_on": "host2"},
         "an empty DLQ": {"dead_letter": []},
         "a job left on the queue": {"queue": {"visible": 1, "in_flight": 0}},
+        "an agent ignoring SIGTERM": {"graceful_stops": {"host1": True, "host3": False}},
     }
     for what, change in breakages.items():
         broken = copy.deepcopy(summary)
