@@ -73,6 +73,15 @@ class JobOutcome:
     reason: str = ""
 
 
+def _http_status(exc: Exception) -> int | None:
+    response = getattr(exc, "response", None) or {}
+    status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    code = response.get("Error", {}).get("Code")
+    if status is None and isinstance(code, str) and code.isdigit():
+        return int(code)
+    return status if isinstance(status, int) else None
+
+
 def is_precondition_failed(exc: Exception) -> bool:
     response = getattr(exc, "response", None) or {}
     error = response.get("Error", {})
@@ -185,7 +194,8 @@ class Agent:
             self._release(handle)
             return JobOutcome(job.job_id, "refused", time.monotonic() - started,
                               reason=str(exc))
-        except (JobReleased, ClientError) as exc:
+        except Exception as exc:  # enclave busy or gone, S3 or SQS failing: another try later
+            LOG.warning("job %s released: %s: %s", job.job_id, type(exc).__name__, exc)
             self._release(handle)
             return JobOutcome(job.job_id, "released", time.monotonic() - started,
                               reason=str(exc))
@@ -235,7 +245,14 @@ class Agent:
         for name, uri in files.items():
             bucket, key = parse_s3_uri(uri)
             local = scratch / name
-            self.s3.download_file(bucket, key, str(local))
+            try:
+                self.s3.download_file(bucket, key, str(local))
+            except Exception as exc:
+                if _http_status(exc) in (403, 404):
+                    raise JobRefused(f"cannot read {uri} ({_http_status(exc)}): the job names "
+                                     "an object that is missing or not the host's to read") \
+                        from exc
+                raise
             remote = job.staged_name(name)
             with local.open("rb") as source:
                 client.upload(remote, source, local.stat().st_size)

@@ -225,3 +225,25 @@ def test_a_stopping_agent_takes_no_new_job(aws):
     agent.serve()
     assert agent.outcomes == []
     assert take(aws)
+
+
+def test_a_job_naming_a_missing_input_is_refused_with_the_object_named(aws):
+    s3, *_ = aws
+    job = Job(job_id="job-2", bundle=f"s3://{BUCKET}/encrypted-apps/app.sealed",
+              entrypoint="predict", inputs={"a.csv": f"s3://{BUCKET}/jobs/inputs/gone.csv"},
+              args=("a.csv",))
+    send(aws, job)
+    outcome = make_agent(aws, StandInRuntime()).handle(take(aws))
+    assert outcome.status == "refused" and "jobs/inputs/gone.csv" in outcome.reason
+
+
+def test_an_unexpected_failure_releases_the_job_and_the_agent_goes_on(aws):
+    send(aws, make_job())
+
+    class Broken(StandInRuntime):
+        def upload(self, path: str, source: Any, size: int) -> dict[str, Any]:
+            raise OSError("connection reset")
+
+    agent = make_agent(aws, Broken())
+    assert agent.handle(take(aws)).status == "released"
+    assert take(aws)  # at once, not after the visibility timeout
