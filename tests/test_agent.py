@@ -247,3 +247,20 @@ def test_an_unexpected_failure_releases_the_job_and_the_agent_goes_on(aws):
     agent = make_agent(aws, Broken())
     assert agent.handle(take(aws)).status == "released"
     assert take(aws)  # at once, not after the visibility timeout
+
+
+def test_the_heartbeat_keeps_a_long_job_hidden_and_stops_with_it(aws):
+    import time
+
+    from client.agent import Heartbeat
+
+    _, sqs, queue, _ = aws
+    send(aws, make_job())
+    [message] = sqs.receive_message(QueueUrl=queue, VisibilityTimeout=1)["Messages"]
+    with Heartbeat(sqs, queue, message["ReceiptHandle"], timeout=1):
+        deadline = time.monotonic() + 2.5  # over twice the visibility timeout
+        while time.monotonic() < deadline:
+            assert sqs.receive_message(QueueUrl=queue).get("Messages") is None
+            time.sleep(0.25)
+    time.sleep(1.3)
+    assert sqs.receive_message(QueueUrl=queue).get("Messages")  # no beat: it reappears
