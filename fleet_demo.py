@@ -358,21 +358,28 @@ def demo(work: Path, template: Path, jobs: int = 30) -> dict[str, Any]:
         for host in fleet.hosts:
             fleet.start_agent(host)
         victim = fleet.hosts[1]
+        s3 = fleet.client("s3")
+        from client.jobs import receipt_key
+
+        def committed() -> int:
+            count = 0
+            for job_id in job_ids:
+                try:
+                    s3.head_object(Bucket=BUCKET, Key=receipt_key(job_id))
+                    count += 1
+                except s3.exceptions.ClientError:
+                    pass
+            return count
+
+        # Midway: once a third of the jobs are done, while the victim is running one.
+        wait_until(lambda: committed() >= len(job_ids) // 3, 180, "a third of the jobs")
         lost_job = wait_until(lambda: running_job_of(victim, job_ids), 120,
                               f"{victim.name} to run a job")
         fleet.kill_host(victim)
         print(f"killed {victim.name} (agent and enclave, SIGKILL) while it ran job {lost_job}",
               flush=True)
-        s3 = fleet.client("s3")
-        from client.jobs import receipt_key
-
         def all_done() -> bool:
-            for job_id in job_ids:
-                try:
-                    s3.head_object(Bucket=BUCKET, Key=receipt_key(job_id))
-                except Exception:
-                    return False
-            return bool(dead_letters(fleet))
+            return committed() == len(job_ids) and bool(dead_letters(fleet))
 
         wait_until(all_done, 300, "every job's receipt and the poison job in the DLQ")
         results = count_results(fleet, job_ids)
