@@ -10,7 +10,7 @@ export PATH := $(ROOT)/$(VENV)/bin:$(ROOT)/node_modules/.bin:$(PATH)
 export JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION := 1
 export CDK_DISABLE_CLI_TELEMETRY := true
 
-.PHONY: setup synth test demo lint clean
+.PHONY: setup synth test demo fleet-demo lint clean
 
 setup: $(VENV)/.installed node_modules/.installed $(CHECKOV_VENV)/.installed
 
@@ -55,6 +55,11 @@ lint: setup
 demo: synth
 	@echo "demo: the runbook in local simulation (demo.py)"
 	@python demo.py
+
+# Three simulated hosts with agents on a moto S3/SQS, 30 jobs, one host killed midway.
+fleet-demo: synth
+	@echo "fleet-demo: the job queue across three simulated hosts (fleet_demo.py)"
+	@python fleet_demo.py
 
 # A running simulation keeps its processes' state under .sim: stop them before deleting it.
 clean:

@@ -55,6 +55,8 @@ def render_user_data(
     client_wheel_file: str,
     client_wheel_sha256: str,
     host_requirements_url: str,
+    job_queue_url: str = "",
+    bucket: str = "",
     template: str | None = None,
 ) -> str:
     """The host's bootstrap script. Pure: tests call it with plain strings for the asset URLs."""
@@ -69,6 +71,8 @@ def render_user_data(
         "client_wheel_file": client_wheel_file,
         "client_wheel_hash": client_wheel_sha256,
         "host_requirements_url": host_requirements_url,
+        "job_queue_url": job_queue_url,
+        "bucket": bucket,
     })
 
 
@@ -100,10 +104,17 @@ class EnclaveHost(Construct):
         host_config: Mapping[str, Any] | None = None,
         root_volume_gib: int = 30,
         machine_image: ec2.IMachineImage | None = None,
+        host_count_max: int | None = None,
+        job_queue_url: str | None = None,
+        bucket_name: str | None = None,
     ) -> None:
         super().__init__(scope, construct_id)
         if host_count < 0:
             raise ValueError(f"host_count={host_count} is invalid: expected 0 or more")
+        host_count_max = host_count if host_count_max is None else host_count_max
+        if host_count_max < max(host_count, 1):
+            raise ValueError(f"host_count_max={host_count_max} is invalid: expected at least "
+                             f"host_count ({host_count}) and at least 1")
         if enclave_cpu_count < 2 or enclave_cpu_count % 2:
             raise ValueError(f"enclave_cpu_count={enclave_cpu_count} is invalid: expected an even "
                              "number of 2 or more (enclaves take whole cores)")
@@ -190,6 +201,8 @@ class EnclaveHost(Construct):
             client_wheel_file=wheel.file_name,
             client_wheel_sha256=wheel.sha256,
             host_requirements_url=self.assets["requirements"].s3_object_url,
+            job_queue_url=job_queue_url or "",
+            bucket=bucket_name or "",
         )
         user_data = ec2.UserData.custom(self.user_data_script)
 
@@ -220,14 +233,14 @@ class EnclaveHost(Construct):
             vpc_subnets=vpc_subnets or ec2.SubnetSelection(
                 subnet_type=ec2.SubnetType.PRIVATE_WITH_EGRESS),
             launch_template=self.launch_template,
-            # Fixed size: more hosts is a number in the config, not a scaling policy.
+            # Between the configured bounds; the job queue's backlog moves it (JobQueue).
             min_capacity=host_count,
-            max_capacity=host_count,
+            max_capacity=host_count_max,
             # A new launch template version (new AMI, new user data) replaces hosts one by one.
             update_policy=autoscaling.UpdatePolicy.rolling_update(),
         )
         cdk.Validations.of(self.auto_scaling_group).acknowledge(cdk.Acknowledgment(
             id="AwsSolutions-AS3",
-            reason="Fixed-size group with no scaling policy; launches and terminations are in the "
-                   "group's activity history and EventBridge, with no subscriber for a topic.",
+            reason="Launches and terminations (scaling on the job backlog included) are in the "
+                   "group's activity history and EventBridge; no one subscribes to a topic.",
         ))

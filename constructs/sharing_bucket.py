@@ -20,6 +20,8 @@ from constructs.template_checks import acknowledge_checkov
 THIRD_PARTY_SID = "EnableThirdPartyAccess"
 THIRD_PARTY_PARTS_SID = "EnableThirdPartyMultipartParts"
 THIRD_PARTY_KEY_SID = "AllowThirdPartyUploadsThroughS3"
+JOBS_PREFIX = "jobs/"
+RESULTS_PREFIX = "results/"
 
 
 class SharingBucket(Construct):
@@ -193,3 +195,41 @@ class SharingBucket(Construct):
             resources=[self.key.key_arn],
             conditions={"StringEquals": {"kms:ViaService": f"s3.{stack.region}.amazonaws.com"}},
         ))
+
+    def grant_job_files(self, grantee: iam.IGrantable) -> None:
+        """What a fleet agent needs of the bucket: read jobs and their inputs under `jobs/`,
+        write results under `results/`, check whether a job's receipt is committed, and remove
+        only its own attempt's uploads when another attempt committed first."""
+        stack = cdk.Stack.of(self)
+        bucket = self.bucket
+        grants = {
+            "s3:GetObject": [f"{JOBS_PREFIX}*", f"{RESULTS_PREFIX}*/receipt.json"],
+            "s3:PutObject": [f"{RESULTS_PREFIX}*"],
+            "s3:DeleteObject": [f"{RESULTS_PREFIX}*/attempts/*"],
+        }
+        for action, patterns in grants.items():
+            grantee.grant_principal.add_to_principal_policy(iam.PolicyStatement(
+                actions=[action], resources=[bucket.arn_for_objects(p) for p in patterns]))
+        # Writes under SSE-KMS need a data key; only as S3 asks for one.
+        grantee.grant_principal.add_to_principal_policy(iam.PolicyStatement(
+            actions=["kms:GenerateDataKey"],
+            resources=[self.key.key_arn],
+            conditions={"StringEquals": {"kms:ViaService": f"s3.{stack.region}.amazonaws.com"}},
+        ))
+        if isinstance(grantee, Construct):
+            cfn_bucket = bucket.node.default_child
+            assert isinstance(cfn_bucket, s3.CfnBucket), bucket.node.path
+            bucket_id = stack.get_logical_id(cfn_bucket)
+            for pattern, reason in (
+                (f"{JOBS_PREFIX}*", "Reads jobs and their inputs: every object under 'jobs/'."),
+                (f"{RESULTS_PREFIX}*", "Writes job results: objects under 'results/' only."),
+                (f"{RESULTS_PREFIX}*/receipt.json",
+                 "Checks whether a job's result is committed: each job's receipt.json only."),
+                (f"{RESULTS_PREFIX}*/attempts/*",
+                 "Removes an attempt's uploads after another attempt committed first: "
+                 "objects under results/<job>/attempts/ only."),
+            ):
+                cdk.Validations.of(grantee).acknowledge(cdk.Acknowledgment(
+                    id=f"AwsSolutions-IAM5[Resource::<{bucket_id}.Arn>/{pattern}]",
+                    reason=reason + " Job ids are chosen at submission, so no narrower ARN exists.",
+                ))

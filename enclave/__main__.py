@@ -64,7 +64,8 @@ def simulation_argv(*, socket_path: str | os.PathLike[str], exchange: str | os.P
                     private: str | os.PathLike[str], nsm_device: str | os.PathLike[str],
                     kms_endpoint: str, policy: str | os.PathLike[str],
                     python: str = sys.executable, app_interpreter: str | None = None,
-                    app_site: str | os.PathLike[str] | None = None) -> list[str]:
+                    app_site: str | os.PathLike[str] | None = None,
+                    app_uid_base: int | None = None) -> list[str]:
     """`production_argv()` with only the transport, paths and endpoints replaced.
 
     Outside an image (plain simulation) the image's interpreter and packages may live elsewhere:
@@ -85,6 +86,8 @@ def simulation_argv(*, socket_path: str | os.PathLike[str], exchange: str | os.P
         argv += ["--app-interpreter", app_interpreter]
     if app_site is not None:
         argv += ["--app-site", str(app_site)]
+    if app_uid_base is not None:
+        argv += ["--app-uid-base", str(app_uid_base)]
     return argv
 
 
@@ -117,6 +120,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"the interpreter apps run with (default: the image's {IMAGE_PYTHON})")
     serve.add_argument("--app-site", default="/opt/enclave/site", metavar="DIR",
                        help="the image's packages, apps' PYTHONPATH (default /opt/enclave/site)")
+    serve.add_argument("--app-uid-base", type=int, default=61000, metavar="UID",
+                       help="first of the user ids runs get (default 61000). Only a simulation "
+                            "with several runtimes on one kernel needs another: an enclave has a "
+                            "kernel of its own, so its uids are its own")
     serve.add_argument("--max-connections", type=int, default=32)
     serve.add_argument("--max-upload-bytes", type=int, default=64 * GiB)
     serve.add_argument("--max-json-bytes", type=int, default=64 * KiB)
@@ -172,6 +179,7 @@ def config_from_args(args: argparse.Namespace) -> RuntimeConfig:
         header_timeout=args.header_timeout,
         io_timeout=args.io_timeout,
         max_active_runs=args.max_active_runs,
+        app_uid_base=args.app_uid_base,
     )
 
 

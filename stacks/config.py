@@ -61,7 +61,8 @@ CONTEXT_KEYS = (
     "EnclaveImagePrefix", "EncryptionKeyAlias", "AllowedImageMeasurements", "MeasurementsToKeep",
     "AllowedSignerPcr8", "ApplicationDirectory", "AppId", "CodeCommitRepositoryName",
     "UseExistingRepository", "HostRoleName", "HostRoleArn", "InstanceType", "EnclaveCpuCount",
-    "EnclaveMemoryMiB", "EifSizeMiB", "HostCount", "VpcId", "PrivateSubnetIds",
+    "EnclaveMemoryMiB", "EifSizeMiB", "HostCount", "HostCountMin", "HostCountMax",
+    "JobMaxReceiveCount", "JobBacklogPerHost", "VpcId", "PrivateSubnetIds",
     "AvailabilityZones", "VsockProxyPort", "EnclavePort", "MinimumAppVersion",
     "SourceConnectionArn", "SourceRepository", "SourceBranch",
 )
@@ -107,7 +108,7 @@ class Config:
     enclave_cpu_count: int
     enclave_memory_mib: int
     eif_size_mib: int | None
-    host_count: int
+    host_count: int  # the group's minimum: HostCountMin (HostCount is its older name)
     vpc_id: str | None
     private_subnet_ids: tuple[str, ...] = field(default=())
     availability_zones: tuple[str, ...] = field(default=())
@@ -119,6 +120,10 @@ class Config:
     source_connection_arn: str | None = None
     source_repository: str | None = None
     source_branch: str = "main"
+    # Fleet: the group scales between these on the job queue's backlog per host.
+    host_count_max: int = 1
+    job_max_receive_count: int = 3
+    job_backlog_per_host: int = 5
 
     @property
     def host_role_arn(self) -> str:
@@ -309,6 +314,14 @@ def load_config(context: Mapping[str, Any]) -> Config:
                     "false with SourceConnectionArn (the source is then the connected "
                     "repository, not CodeCommit)")
 
+    if r.raw("HostCount") is not None and r.raw("HostCountMin") is not None:
+        raise _fail("HostCount", r.raw("HostCount"),
+                    "not set together with HostCountMin (HostCount is its older name)")
+    host_min = r.integer("HostCountMin", r.integer("HostCount", 1, 0, 100), 0, 100)
+    host_max = r.integer("HostCountMax", max(host_min, 1), 1, 100)
+    if host_max < host_min:
+        raise _fail("HostCountMax", host_max, f"at least HostCountMin ({host_min})")
+
     app_directory = r.required("ApplicationDirectory", APP_DIR_RE,
                                "a folder name under src/ such as sample-inference",
                                "sample-inference")
@@ -347,7 +360,10 @@ def load_config(context: Mapping[str, Any]) -> Config:
         enclave_cpu_count=cpu_count,
         enclave_memory_mib=memory,
         eif_size_mib=eif_size,
-        host_count=r.integer("HostCount", 1, 0, 100),
+        host_count=host_min,
+        host_count_max=host_max,
+        job_max_receive_count=r.integer("JobMaxReceiveCount", 3, 1, 1000),
+        job_backlog_per_host=r.integer("JobBacklogPerHost", 5, 1, 10000),
         minimum_app_version=r.string("MinimumAppVersion", NUMERIC_VERSION_RE,
                                      "a dotted numeric version such as 1.2.0", optional=True),
         vpc_id=vpc_id,

@@ -8,6 +8,7 @@ from aws_cdk import aws_ec2 as ec2
 from constructs import Construct
 from constructs.enclave_host import EnclaveHost
 from constructs.host_network import HostNetwork
+from constructs.job_queue import JobQueue
 from constructs.sharing_bucket import SharingBucket
 from stacks.config import Config
 
@@ -31,6 +32,11 @@ class HostStack(cdk.Stack):
             upload_prefixes=prefixes,
             key_alias=host_key_alias(config),
         )
+        self.jobs = JobQueue(
+            self, "Jobs",
+            encryption_key=self.sharing.key,
+            max_receive_count=config.job_max_receive_count,
+        )
         self.network = HostNetwork(
             self, "Network",
             vpc_id=config.vpc_id,
@@ -45,6 +51,9 @@ class HostStack(cdk.Stack):
             vpc_subnets=self.network.subnets,
             instance_type=ec2.InstanceType(config.instance_type),
             host_count=config.host_count,
+            host_count_max=config.host_count_max,
+            job_queue_url=self.jobs.queue.queue_url,
+            bucket_name=config.host_bucket_name,
             enclave_cpu_count=config.enclave_cpu_count,
             enclave_memory_mib=config.enclave_memory_mib,
             enclave_key_arn=config.enclave_key_arn,
@@ -60,6 +69,10 @@ class HostStack(cdk.Stack):
             },
         )
         self.sharing.grant_read_uploads(self.host.role)
+        self.sharing.grant_job_files(self.host.role)
+        self.jobs.grant_consume(self.host.role)
+        self.jobs.scale_on_backlog(self.host.auto_scaling_group,
+                                   backlog_per_host=config.job_backlog_per_host)
         self.network.allow_endpoints_from(self.host.security_group)
 
         # Output ids are the names the runbook and the third party's configuration refer to.
@@ -71,6 +84,10 @@ class HostStack(cdk.Stack):
             "KeyAlias": (self.sharing.alias.alias_name, "Alias of the sharing bucket key"),
             "AutoScalingGroupName": (self.host.auto_scaling_group.auto_scaling_group_name,
                                      "Enclave hosts' Auto Scaling group"),
+            "JobQueueUrl": (self.jobs.queue.queue_url,
+                            "Job queue: `sealed-client jobs submit --queue-url`"),
+            "DeadLetterQueueUrl": (self.jobs.dead_letter_queue.queue_url,
+                                   "Jobs refused JobMaxReceiveCount times"),
             "RoleArn": (self.host.role.role_arn,
                         "Enclave host role: the principal the third party's enclave key trusts"),
         }

@@ -42,3 +42,13 @@ def resources_of_type(template: Template, resource_type: str) -> dict[str, dict]
 def only(mapping: dict[str, Any]) -> tuple[str, Any]:
     assert len(mapping) == 1, f"expected exactly one, found {sorted(mapping)}"
     return next(iter(mapping.items()))
+
+
+def user_data_text(stack: HostStack, token_text: str = "TOKEN") -> str:
+    """The host's user data with its asset locations resolved and each remaining reference
+    (the job queue's URL) written as `token_text`."""
+    resolved = stack.resolve(stack.host.user_data_script)
+    if isinstance(resolved, str):
+        return resolved
+    return "".join(part if isinstance(part, str) else token_text
+                   for part in resolved["Fn::Join"][1])

@@ -109,9 +109,15 @@ BAD_VALUES = [
     ("EnclaveMemoryMiB", "lots", "a whole number from 256 to 1048576"),
     ("EifSizeMiB", -1, "a whole number from 0 to 262144"),
     ("EifSizeMiB", 2000, "at least 4 x EifSizeMiB = 8000 MiB"),
-    ("HostCount", -1, "a whole number from 0 to 100"),
-    ("HostCount", 101, "a whole number from 0 to 100"),
-    ("HostCount", "one", "a whole number from 0 to 100"),
+    ("HostCountMin", -1, "a whole number from 0 to 100"),
+    ("HostCountMin", 101, "a whole number from 0 to 100"),
+    ("HostCountMin", "one", "a whole number from 0 to 100"),
+    ("HostCountMax", 0, "a whole number from 1 to 100"),
+    ("HostCountMax", 101, "a whole number from 1 to 100"),
+    ("HostCountMin", 4, "at least HostCountMin (4)"),
+    ("HostCount", 2, "not set together with HostCountMin"),
+    ("JobMaxReceiveCount", 0, "a whole number from 1 to 1000"),
+    ("JobBacklogPerHost", 0, "a whole number from 1 to 10000"),
     ("VpcId", "vpc-123", "a VPC id such as vpc-0123456789abcdef0"),
     ("VpcId", "vpc-0123456789ABCDEF0", "a VPC id such as vpc-0123456789abcdef0"),
     ("PrivateSubnetIds", ["subnet-bad"], "subnet ids such as subnet-0123456789abcdef0"),
@@ -139,7 +145,8 @@ def _shown(key: str, value: object) -> object:
 
 
 # A rule across two keys is reported under the key whose value has to change.
-REPORTED_UNDER = {("EifSizeMiB", 2000): ("EnclaveMemoryMiB", 4096)}
+REPORTED_UNDER = {("EifSizeMiB", 2000): ("EnclaveMemoryMiB", 4096),
+                  ("HostCountMin", 4): ("HostCountMax", 3)}
 
 
 def _id(case: tuple) -> str:
@@ -207,15 +214,17 @@ def test_cdk_json_example_context_loads(context):
 
 def test_defaults_apply_when_optional_keys_are_absent(context):
     for key in ("Region", "EncryptedAppPrefix", "EnclaveImagePrefix", "EncryptionKeyAlias",
-                "InstanceType", "EnclaveCpuCount", "EnclaveMemoryMiB", "HostCount",
-                "EnclaveKeyArn", "AppId"):
+                "InstanceType", "EnclaveCpuCount", "EnclaveMemoryMiB", "HostCountMin",
+                "HostCountMax", "JobMaxReceiveCount", "JobBacklogPerHost", "EnclaveKeyArn",
+                "AppId"):
         context.pop(key, None)
     config = load(context)
     assert (config.region, config.encrypted_app_prefix, config.enclave_image_prefix) == (
         "us-east-1", "encrypted-apps/", "enclave-images/")
     assert config.enclave_key_alias == "alias/enclavekey"
     assert (config.instance_type, config.enclave_cpu_count, config.enclave_memory_mib,
-            config.host_count) == ("c7g.xlarge", 2, 4096, 1)
+            config.host_count, config.host_count_max) == ("c7g.xlarge", 2, 4096, 1, 1)
+    assert (config.job_max_receive_count, config.job_backlog_per_host) == (3, 5)
     assert config.enclave_key_arn is None
     assert config.app_id == config.app_directory == "sample-inference"
     assert config.host_role_name == "sealed-enclave-host-example-ml-vendor"
@@ -223,9 +232,9 @@ def test_defaults_apply_when_optional_keys_are_absent(context):
 
 
 def test_command_line_strings_are_parsed(context):
-    config = load(context, HostCount="3", UseExistingRepository="true",
+    config = load(context, HostCountMin="3", HostCountMax="7", UseExistingRepository="true",
                   AllowedImageMeasurements=f"{PCR}, {'b' * 96}")
-    assert config.host_count == 3
+    assert (config.host_count, config.host_count_max) == (3, 7)
     assert config.use_existing_repository is True
     assert config.allowed_measurements == (PCR, "b" * 96)
 
@@ -383,3 +392,10 @@ def test_connection_with_an_imported_codecommit_repository_is_a_conflict(context
     with pytest.raises(ConfigError, match=r"UseExistingRepository=True is invalid"):
         load(context, SourceConnectionArn=CONNECTION, SourceRepository="org/app",
              UseExistingRepository=True)
+
+
+def test_host_count_is_the_older_name_of_host_count_min(context):
+    for key in ("HostCountMin", "HostCountMax"):
+        context.pop(key)
+    config = load(context, HostCount=2)
+    assert (config.host_count, config.host_count_max) == (2, 2)

@@ -23,6 +23,10 @@ EXPECTED_ACKNOWLEDGEMENTS = {
     ("HostStack/EnclaveHost/Role",
      "AwsSolutions-IAM5[Resource::<SharingBucketCD7BC718.Arn>/enclave-images/*]"),
     ("HostStack/EnclaveHost/Group", "AwsSolutions-AS3"),
+    ("HostStack/Jobs/DeadLetterQueue", "AwsSolutions-SQS3"),
+    *(("HostStack/EnclaveHost/Role", f"AwsSolutions-IAM5[Resource::<SharingBucketCD7BC718.Arn>/"
+       f"{path}]") for path in ("jobs/*", "results/*", "results/*/receipt.json",
+                                "results/*/attempts/*")),
 }
 
 VARIANTS = {
@@ -31,7 +35,7 @@ VARIANTS = {
     "imported VPC": {"VpcId": "vpc-0123456789abcdef0",
                      "PrivateSubnetIds": ["subnet-0123456789abcdef0"],
                      "AvailabilityZones": ["us-east-1a"]},
-    "three hosts, larger type": {"HostCount": 3, "InstanceType": "c7g.4xlarge",
+    "three hosts, larger type": {"HostCountMin": 3, "InstanceType": "c7g.4xlarge",
                                  "EnclaveCpuCount": 8, "EnclaveMemoryMiB": 16384},
 }
 

@@ -51,7 +51,7 @@ def template(default_stack) -> Template:
 
 # Every non-security setting changed at once, to show each one reaches the template.
 CUSTOM = {"HostBucketName": "another-sharing-bucket", "HostRoleName": "custom-host-role",
-          "InstanceType": "m7g.2xlarge", "EnclaveCpuCount": 4, "HostCount": 3,
+          "InstanceType": "m7g.2xlarge", "EnclaveCpuCount": 4, "HostCountMin": 3,
           "AvailabilityZones": ["us-east-1b", "us-east-1c"]}
 
 
@@ -307,26 +307,33 @@ def test_host_role_decrypts_with_the_enclave_key_only_by_its_arn(template):
                          "Action": "kms:Decrypt", "Resource": ENCLAVE_KEY_ARN}]
 
 
-def test_host_role_uses_the_sharing_key_only_through_s3(template):
+def test_host_role_uses_the_sharing_key_only_through_s3_and_sqs(template):
+    """S3 reads and (results) writes, and reading the job queue's messages; never directly."""
     key_arn = {"Fn::GetAtt": [sharing_key_id(template), "Arn"]}
     statements = [s for s in _kms_statements(host_role_statements(template))
                   if s["Resource"] == key_arn]
-    assert statements == [{"Effect": "Allow", "Action": "kms:Decrypt", "Resource": key_arn,
-                           "Condition": {"StringEquals": {
-                               "kms:ViaService": "s3.us-east-1.amazonaws.com"}}}]
+    assert sorted(statements, key=json.dumps) == sorted([
+        {"Effect": "Allow", "Action": ["kms:Decrypt", "kms:GenerateDataKey"],
+         "Resource": key_arn,
+         "Condition": {"StringEquals": {"kms:ViaService": "s3.us-east-1.amazonaws.com"}}},
+        {"Effect": "Allow", "Action": "kms:Decrypt", "Resource": key_arn,
+         "Condition": {"StringEquals": {"kms:ViaService": "sqs.us-east-1.amazonaws.com"}}},
+    ], key=json.dumps)
 
 
 def test_host_role_has_no_other_kms_permission(template):
     kms = _kms_statements(host_role_statements(template))
-    assert len(kms) == 2
-    assert all(as_list(s["Action"]) == ["kms:Decrypt"] for s in kms)
+    assert len(kms) == 3  # the enclave key; the sharing key through S3; through SQS
+    assert sorted(a for s in kms for a in as_list(s["Action"])) == [
+        "kms:Decrypt", "kms:Decrypt", "kms:Decrypt", "kms:GenerateDataKey"]
 
 
 def test_without_enclave_key_arn_there_is_no_enclave_decrypt(no_enclave_key):
     template, _ = no_enclave_key
     kms = _kms_statements(host_role_statements(template))
-    assert [s.get("Condition") for s in kms] == [
-        {"StringEquals": {"kms:ViaService": "s3.us-east-1.amazonaws.com"}}]
+    assert sorted(json.dumps(s.get("Condition")) for s in kms) == sorted(json.dumps(
+        {"StringEquals": {"kms:ViaService": f"{service}.us-east-1.amazonaws.com"}})
+        for service in ("s3", "sqs"))
 
 
 def test_without_enclave_key_arn_synth_warns_how_to_set_it(no_enclave_key):
@@ -340,21 +347,42 @@ def test_with_enclave_key_arn_there_is_no_warning(default_stack):
     Annotations.from_stack(stack).has_no_warning("*", Match.string_like_regexp("EnclaveKeyArn"))
 
 
-def test_host_role_reads_only_the_upload_prefixes_of_the_sharing_bucket(template):
+def test_host_role_reads_only_uploads_jobs_and_committed_receipts(template):
     bucket_arn = {"Fn::GetAtt": [sharing_bucket_id(template), "Arn"]}
     gets = [s for s in host_role_statements(template)
             if "s3:GetObject" in as_list(s["Action"]) and s.get("Sid") != "ReadClientAssets"]
+    readable = [f"/{prefix}*" for prefix in PREFIXES] + ["/jobs/*", "/results/*/receipt.json"]
     assert gets == [{"Effect": "Allow", "Action": "s3:GetObject", "Resource": [
-        {"Fn::Join": ["", [bucket_arn, f"/{prefix}*"]]} for prefix in sorted(PREFIXES)]}]
+        {"Fn::Join": ["", [bucket_arn, path]]} for path in sorted(readable)]}]
     assert {"Effect": "Allow", "Action": "s3:ListBucket", "Resource": bucket_arn} in (
         host_role_statements(template))
 
 
-def test_host_role_has_no_s3_write_or_wildcard_action(template):
+def test_host_role_writes_only_results_and_deletes_only_attempt_uploads(template):
+    bucket_arn = {"Fn::GetAtt": [sharing_bucket_id(template), "Arn"]}
+    writes = [s for s in host_role_statements(template)
+              if any(a.startswith(("s3:Put", "s3:Delete")) for a in as_list(s["Action"]))]
+    assert sorted(writes, key=json.dumps) == sorted([
+        {"Effect": "Allow", "Action": "s3:PutObject",
+         "Resource": {"Fn::Join": ["", [bucket_arn, "/results/*"]]}},
+        {"Effect": "Allow", "Action": "s3:DeleteObject",
+         "Resource": {"Fn::Join": ["", [bucket_arn, "/results/*/attempts/*"]]}},
+    ], key=json.dumps)
+
+
+def test_host_role_has_no_wildcard_action(template):
     for statement in host_role_statements(template):
         for action in as_list(statement["Action"]):
-            assert "*" not in action
-            assert not action.startswith(("s3:Put", "s3:Delete")), statement
+            assert "*" not in action, statement
+
+
+def test_host_role_consumes_the_job_queue_and_cannot_send_or_purge(template):
+    queue = logical_id(template, "AWS::SQS::Queue", "JobsQueue")
+    sqs = [s for s in host_role_statements(template)
+           if any(a.startswith("sqs:") for a in as_list(s["Action"]))]
+    assert sqs == [{"Effect": "Allow", "Resource": {"Fn::GetAtt": [queue, "Arn"]}, "Action": [
+        "sqs:ChangeMessageVisibility", "sqs:DeleteMessage", "sqs:GetQueueAttributes",
+        "sqs:GetQueueUrl", "sqs:ReceiveMessage"]}]
 
 
 def test_host_role_reads_exactly_the_client_asset_objects(template):
@@ -443,7 +471,7 @@ def test_group_launches_the_latest_launch_template_version(template):
     template.has_resource_properties("AWS::AutoScaling::AutoScalingGroup", {
         "LaunchTemplate": {"LaunchTemplateId": {"Ref": lt_id},
                            "Version": {"Fn::GetAtt": [lt_id, "LatestVersionNumber"]}},
-        "MinSize": "1", "MaxSize": "1",
+        "MinSize": "1", "MaxSize": "3",
     })
 
 
@@ -527,7 +555,8 @@ def test_imported_vpc_hosts_still_have_no_inbound_rule(imported_vpc):
 
 def test_outputs_are_the_names_the_runbook_uses(template):
     assert set(template.to_json()["Outputs"]) == {
-        "BucketName", "BucketArn", "KeyArn", "KeyAlias", "AutoScalingGroupName", "RoleArn"}
+        "BucketName", "BucketArn", "KeyArn", "KeyAlias", "AutoScalingGroupName", "RoleArn",
+        "JobQueueUrl", "DeadLetterQueueUrl"}
 
 
 def test_outputs_point_at_the_resources_they_name(template):

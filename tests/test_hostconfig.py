@@ -13,7 +13,7 @@ from pathlib import Path
 
 import boto3
 import pytest
-from host_app import REMOVE, build_host_stack
+from host_app import REMOVE, build_host_stack, user_data_text
 from moto import mock_aws
 
 from client import aws, hostconfig
@@ -145,7 +145,7 @@ def written_settings(script: str) -> str:
 def test_keys_the_user_data_writes_are_exactly_the_keys_the_client_reads(enclave_key):
     overrides = {"EnclaveKeyArn": REMOVE} if enclave_key == "not yet known" else {}
     _, stack = build_host_stack(**overrides)
-    text = written_settings(stack.resolve(stack.host.user_data_script))
+    text = written_settings(user_data_text(stack))
     assert set(json.loads(text)) == hostconfig.KEYS
     settings = parse_host_config(text)  # and every value has the type the client expects
     assert (settings.enclave_key_arn is None) == (enclave_key == "not yet known")

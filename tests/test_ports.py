@@ -13,7 +13,7 @@ import re
 import shlex
 
 import pytest
-from host_app import build_host_stack
+from host_app import build_host_stack, user_data_text
 
 from client.sim.jail import image_spec
 from constructs.sealing_pipeline import load_buildspec
@@ -29,7 +29,7 @@ PORTS = {"EnclavePort": 5123, "VsockProxyPort": 8123}
 @pytest.fixture(scope="module")
 def host_settings():
     _, stack = build_host_stack(**PORTS)
-    script = stack.resolve(stack.host.user_data_script)
+    script = user_data_text(stack)
     return json.loads(heredoc(script, "/etc/sealed-enclave/host.json"))
 
 

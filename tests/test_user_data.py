@@ -183,8 +183,14 @@ def test_launch_template_carries_the_rendered_script_with_config_values():
                                                      "00000000-0000-4000-8000-000000000001",
                                 EnclaveKeyArn="arn:aws:kms:eu-west-1:111111111111:key/"
                                               "00000000-0000-4000-8000-000000000002")
-    script = stack.resolve(stack.host.user_data_script)
-    assert isinstance(script, str), "asset locations should resolve to plain strings"
+    resolved = stack.resolve(stack.host.user_data_script)
+    # Asset locations resolve to plain strings; the job queue's URL (twice) is the only
+    # reference left for CloudFormation.
+    parts = resolved["Fn::Join"][1]
+    queue = stack.resolve(stack.jobs.queue.queue_url)
+    assert [part for part in parts if not isinstance(part, str)] == [queue, queue]
+    script = "".join(part if isinstance(part, str) else "QUEUE_URL" for part in parts)
+    assert "--queue-url 'QUEUE_URL' --bucket 'example-host-sharing-bucket-222222222222'" in script
     assert "memory_mib: 6144" in script
     assert "- {address: kms.eu-west-1.amazonaws.com, port: 443}" in script
     settings = json.loads(heredoc(script, "/etc/sealed-enclave/host.json"))
@@ -212,7 +218,7 @@ fi
 """
 
 
-def _sandbox(tmp_path: Path) -> tuple[Path, Path, dict[str, str]]:
+def _sandbox(tmp_path: Path, **overrides: Any) -> tuple[Path, Path, dict[str, str]]:
     root = tmp_path / "root"
     bin_dir = tmp_path / "bin"
     for directory in (root / "var" / "log", root / "usr" / "local" / "bin", bin_dir):
@@ -222,7 +228,7 @@ def _sandbox(tmp_path: Path) -> tuple[Path, Path, dict[str, str]]:
     for name, body in stubs.items():
         (bin_dir / name).write_text(body)
         (bin_dir / name).chmod(stat.S_IRWXU)
-    script = render()
+    script = render(**overrides)
     for prefix in ("/etc/", "/opt/", "/usr/local/bin/", "/var/log/"):
         script = script.replace(prefix, f"{root}{prefix}")
     (tmp_path / "user_data.sh").write_text(script)
@@ -282,3 +288,26 @@ def test_script_stops_at_the_first_failing_command(tmp_path):
 def test_rendered_script_fits_the_ec2_user_data_limit():
     # EC2 refuses user data over 16 KiB once base64-encoded.
     assert len(render().encode()) * 4 / 3 < 16 * 1024
+
+
+# ---- the fleet agent ----------------------------------------------------------------------------
+
+AGENT_UNIT = "/etc/systemd/system/sealed-enclave-agent.service"
+QUEUE_URL = "https://sqs.eu-west-1.amazonaws.com/222222222222/jobs"
+
+
+def test_agent_unit_runs_the_installed_agent_on_the_queue_and_bucket():
+    unit = heredoc(render(job_queue_url=QUEUE_URL, bucket="sharing"), AGENT_UNIT)
+    assert (f"ExecStart=/opt/sealed-enclave/venv/bin/sealed-client agent --queue-url "
+            f"'{QUEUE_URL}' --bucket 'sharing' --region 'eu-west-1'") in unit
+    assert "KillSignal=SIGTERM" in unit and "User=ec2-user" in unit  # never root
+
+
+def test_agent_is_enabled_only_with_a_queue(tmp_path):
+    for queue, enabled in ((QUEUE_URL, 1), ("", 0)):
+        root, script, env = _sandbox(tmp_path / str(enabled), job_queue_url=queue,
+                                     bucket="sharing")
+        done = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stdout + done.stderr
+        calls = (root / "calls.log").read_text().splitlines()
+        assert calls.count("systemctl enable --now sealed-enclave-agent.service") == enabled

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from client.api import RuntimeClient
 from client.errors import EnclaveError, UsageError
 from client.output import emit
 from client.target import resolve_target
@@ -36,11 +37,10 @@ def register(subparsers: argparse._SubParsersAction,
     parser.set_defaults(func=receipt_command)
 
 
-def receipt_command(args: argparse.Namespace) -> int:
-    target = resolve_target(args)
+def fetch_receipt_file(client: RuntimeClient, run_id: str) -> dict[str, Any]:
+    """The receipt file's content for `run_id`, bound to a fresh nonce of ours."""
     nonce = secrets.token_bytes(NONCE_BYTES)
-    with target.client(timeout=args.timeout) as client:
-        answer = client.receipt(args.run_id, nonce)
+    answer = client.receipt(run_id, nonce)
     receipt, document = answer.get("receipt"), answer.get("document")
     if not isinstance(receipt, dict) or not isinstance(document, str):
         raise EnclaveError("the runtime's receipt answer lacks `receipt` or `document`; check "
@@ -49,8 +49,16 @@ def receipt_command(args: argparse.Namespace) -> int:
         base64.b64decode(document, validate=True)
     except ValueError as exc:
         raise EnclaveError("the runtime's receipt document is not base64") from exc
-    bundle: dict[str, Any] = {"format": RECEIPT_FILE_FORMAT, "nonce": nonce.hex(),
-                              "receipt": receipt, "document": document}
+    return {"format": RECEIPT_FILE_FORMAT, "nonce": nonce.hex(), "receipt": receipt,
+            "document": document}
+
+
+def receipt_command(args: argparse.Namespace) -> int:
+    target = resolve_target(args)
+    with target.client(timeout=args.timeout) as client:
+        bundle = fetch_receipt_file(client, args.run_id)
+    receipt = bundle["receipt"]
+    nonce = bytes.fromhex(bundle["nonce"])
     text = json.dumps(bundle, indent=2, sort_keys=True) + "\n"
     if args.output is None:
         sys.stdout.write(text)

@@ -69,6 +69,10 @@ def register(subparsers: argparse._SubParsersAction,
     up.add_argument("--minimum-app-version", metavar="VERSION",
                     help="refuse bundles below this version (default: cdk.json "
                          "MinimumAppVersion, else none)")
+    up.add_argument("--app-uid-base", type=int, metavar="UID",
+                    help="first user id of this runtime's runs (default: the runtime's). Give "
+                         "each simulation on one machine its own range: a run's start kills "
+                         "every process of its uid, as it may in an enclave with its own kernel")
     up.add_argument("--jail", action="store_true",
                     help="run the image's own command in an emulated enclave (Linux namespaces; "
                          "needs root): docs/emulation.md")
@@ -194,14 +198,15 @@ def runtime_healthy(socket_path: Path) -> bool:
 
 def runtime_command(socket_path: Path, state_dir: Path, nsm_socket: Path, kms_endpoint: str,
                     policy: Path, private: Path | None = None,
-                    app_site: Path | None = None) -> list[str]:
+                    app_site: Path | None = None, app_uid_base: int | None = None) -> list[str]:
     """The image's own command with the transport, paths and endpoints swapped (one source)."""
     from enclave.__main__ import simulation_argv
 
     return simulation_argv(socket_path=socket_path, exchange=state_dir / "exchange",
                            private=private or state_dir / "private", nsm_device=nsm_socket,
                            kms_endpoint=kms_endpoint, policy=policy,
-                           app_interpreter=app_interpreter(), app_site=app_site)
+                           app_interpreter=app_interpreter(), app_site=app_site,
+                           app_uid_base=app_uid_base)
 
 
 def app_interpreter() -> str:
@@ -333,7 +338,7 @@ def up_command(args: argparse.Namespace) -> int:
             private = private_root()
             started["runtime"] = spawn("runtime", runtime_command(
                 runtime_socket, state_dir, nsm_socket, kms_endpoint, policy_file, private,
-                image_site()), state_dir)
+                image_site(), args.app_uid_base), state_dir)
             started["runtime"]["private_root"] = str(private)
             wait_for(started["runtime"], lambda: runtime_healthy(runtime_socket), "the runtime")
         started["runtime"]["socket"] = str(runtime_socket)

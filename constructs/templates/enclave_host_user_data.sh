@@ -69,4 +69,31 @@ exec /opt/sealed-enclave/venv/bin/sealed-client "$@"
 WRAPPER
 chmod 0755 /usr/local/bin/sealed-client
 
+# The fleet agent (`sealed-client agent`): takes jobs from the queue and runs them in the
+# enclave. SIGTERM (stop, shutdown, a scale-in) lets it finish or release its current job.
+install -d -m 0755 /etc/systemd/system
+cat > /etc/systemd/system/sealed-enclave-agent.service <<'AGENT'
+[Unit]
+Description=Sealed enclave fleet agent (job queue to enclave)
+After=network-online.target nitro-enclaves-allocator.service
+Wants=network-online.target
+
+[Service]
+User=ec2-user
+Group=ne
+ExecStart=/opt/sealed-enclave/venv/bin/sealed-client agent --queue-url '{{job_queue_url}}' --bucket '{{bucket}}' --region '{{region}}'
+Restart=always
+RestartSec=5
+KillSignal=SIGTERM
+TimeoutStopSec=120
+NoNewPrivileges=true
+
+[Install]
+WantedBy=multi-user.target
+AGENT
+systemctl daemon-reload
+if [ -n '{{job_queue_url}}' ]; then
+  systemctl enable --now sealed-enclave-agent.service
+fi
+
 echo "enclave host bootstrap complete"
