@@ -120,10 +120,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"the interpreter apps run with (default: the image's {IMAGE_PYTHON})")
     serve.add_argument("--app-site", default="/opt/enclave/site", metavar="DIR",
                        help="the image's packages, apps' PYTHONPATH (default /opt/enclave/site)")
-    serve.add_argument("--app-uid-base", type=int, default=61000, metavar="UID",
-                       help="first of the user ids runs get (default 61000). Only a simulation "
-                            "with several runtimes on one kernel needs another: an enclave has a "
-                            "kernel of its own, so its uids are its own")
+    serve.add_argument("--app-uid-base", type=int, default=None, metavar="UID",
+                       help="first of the user ids runs get (default: a random 4096-aligned "
+                            "block above 2^20, so runtimes sharing a kernel, as simulations do, "
+                            "never share app users)")
     serve.add_argument("--max-connections", type=int, default=32)
     serve.add_argument("--max-upload-bytes", type=int, default=64 * GiB)
     serve.add_argument("--max-json-bytes", type=int, default=64 * KiB)

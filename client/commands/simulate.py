@@ -70,9 +70,8 @@ def register(subparsers: argparse._SubParsersAction,
                     help="refuse bundles below this version (default: cdk.json "
                          "MinimumAppVersion, else none)")
     up.add_argument("--app-uid-base", type=int, metavar="UID",
-                    help="first user id of this runtime's runs (default: the runtime's). Give "
-                         "each simulation on one machine its own range: a run's start kills "
-                         "every process of its uid, as it may in an enclave with its own kernel")
+                    help="first user id of this runtime's runs (default: the runtime draws a "
+                         "random block, so simulations on one machine never share app users)")
     up.add_argument("--jail", action="store_true",
                     help="run the image's own command in an emulated enclave (Linux namespaces; "
                          "needs root): docs/emulation.md")
