@@ -45,7 +45,12 @@ from enclave.runner import (
     _default_unseal,
     attested_kms_key_provider_factory,
 )
-from enclave.services import ServiceError, ServiceManager, ServiceRequest
+from enclave.services import (
+    RUNTIME_ERROR_HEADER,
+    ServiceError,
+    ServiceManager,
+    ServiceRequest,
+)
 
 NONCE_MAX_BYTES = 512
 MAX_RUN_ARGS = 32
@@ -723,7 +728,17 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self._send_json(200, service.view())
 
     def _service_http(self, params: dict, query: dict) -> None:
-        """Forward one request to the service: its path and query as sent, its body as is."""
+        """Forward one request to the service: its path and query as sent, its body as is.
+
+        An error the runtime gives itself carries RUNTIME_ERROR_HEADER, which a service cannot
+        set (only its status, Content-Type and body are passed on)."""
+        try:
+            self._forward(params)
+        except (ApiError, ServiceError) as exc:
+            self._close_if_body_unread()
+            self._send_error(exc.status, exc.code, exc.message, {RUNTIME_ERROR_HEADER: exc.code})
+
+    def _forward(self, params: dict) -> None:
         service = self._service(params)
         spec = service.spec
         limit = spec.max_request_bytes if spec is not None else 0

@@ -65,6 +65,9 @@ MAX_SERVICES = 4
 MAX_KEPT_SERVICES = 100
 # Request headers passed on to the app; everything else (the host's own headers) stays out.
 FORWARDED_HEADERS = ("Content-Type", "Accept")
+# Set by the runtime on an error it gives for a forwarded request itself; a service cannot set it
+# (only its status, Content-Type and body are passed on), so the client can tell the two apart.
+RUNTIME_ERROR_HEADER = "Sealed-Runtime-Error"
 _READY_POLL_SECONDS = 0.02
 _SLOT_WAIT_SECONDS = 1.0
 _READ_CHUNK = 64 * 1024
