@@ -462,3 +462,49 @@ def test_a_run_entrypoint_cannot_carry_a_service_spec() -> None:
     raw["entrypoints"]["wait"]["service"] = {}
     with pytest.raises(ManifestError, match="only allowed with"):
         parse_manifest(json.dumps(raw).encode())
+
+
+def test_plaintext_a_dead_runtime_left_in_a_service_directory_is_wiped_at_start(
+        tmp_path: Path) -> None:
+    from runtime_harness import traversable_dir
+
+    base = traversable_dir(tmp_path)
+    leftover = base / "sealed" / "svc-deadbeef" / "app"
+    leftover.mkdir(parents=True)
+    (leftover / "model.bin").write_bytes(b"weights")
+    runtime = start_runtime(tmp_path, exchange_root=base / "exchange",
+                            private_root=base / "sealed")
+    try:
+        assert os.listdir(runtime.config.private_root) == []
+    finally:
+        stop_runtime(runtime)
+
+
+def test_credentials_are_never_shown_or_logged(rt: Runtime, tmp_path: Path) -> None:
+    seal_service(rt, tmp_path)
+    view = start_service(rt)
+    _, listed, _ = rt.request("GET", "/v1/services")
+    _, logs, _ = rt.request("GET", "/v1/logs")
+    shown = json.dumps([view, listed, logs])
+    assert CREDENTIALS["secret_access_key"] not in shown
+    assert CREDENTIALS["access_key_id"] not in shown
+
+
+@needs_root
+def test_service_cannot_open_the_nsm_device(rt: Runtime, tmp_path: Path) -> None:
+    from enclave.isolation import restrict_device
+
+    # A socket standing for /dev/nsm (the simulation's NSM is one), restricted as at start-up.
+    nsm_path = str(rt.config.private_root.parent / "nsm.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(nsm_path)
+    listener.listen(1)
+    os.chmod(nsm_path, 0o777)
+    restrict_device(nsm_path)
+    try:
+        seal_service(rt, tmp_path)
+        view = start_service(rt)
+        status, raw = call(rt, view["id"], "/peek", json.dumps([nsm_path]).encode())
+        assert json.loads(raw) == {nsm_path: "denied: PermissionError"}
+    finally:
+        listener.close()
