@@ -418,10 +418,10 @@ class ServiceManager:
                     if service.state == READY:
                         service.state = RESTARTING  # no new request reaches a dying process
                 _kill_group(process.pid)
+                process.wait()  # reaped first: a zombie still counts as a process of its user
                 if user is not None and not kill_user(user.uid):
                     self.events.add(f"service {service.id}: processes of its user survived "
                                     "the kill")
-                process.wait()
             if outcome == STOPPED:
                 return STOPPED, None
             service.count(served=False, error=outcome)
