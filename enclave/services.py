@@ -22,6 +22,7 @@ import os
 import secrets
 import shutil
 import socket
+import stat
 import subprocess
 import tempfile
 import threading
@@ -118,6 +119,7 @@ class Service:
     bundle_sha256: str | None = None
     spec: ServiceSpec | None = None
     # Internal.
+    uid: int | None = field(default=None, repr=False)  # its user's, when isolated
     private_dir: Path | None = field(default=None, repr=False)
     socket_path: str | None = field(default=None, repr=False)
     slots: threading.BoundedSemaphore | None = field(default=None, repr=False)
@@ -162,20 +164,40 @@ class Service:
                 self.last_error = error
 
 
-class _ServiceSocketConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float) -> None:
-        super().__init__("service", timeout=timeout)
-        self.socket_path = path
+def connect_service_socket(path: str, owner: int | None, timeout: float) -> socket.socket:
+    """Connect, as the runtime, to the socket the service made, and only to that one.
 
-    def connect(self) -> None:
+    The service owns the directory its socket is in, so it could put a link there instead,
+    naming another service's socket or the runtime's own: the runtime (root) would then carry
+    the host's requests wherever the app chose. The name is opened without following a link,
+    must be a socket of the service's own user, and that very inode is connected to.
+    """
+    fd = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISSOCK(st.st_mode) or (owner is not None and st.st_uid != owner):
+            raise ConnectionRefusedError(f"{SOCKET_NAME} is not a socket of the service's own")
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
+        sock.settimeout(timeout)
         try:
-            sock.connect(self.socket_path)
+            sock.connect(f"/proc/self/fd/{fd}")
         except OSError:
             sock.close()
             raise
-        self.sock = sock
+        return sock
+    finally:
+        os.close(fd)
+
+
+class _ServiceSocketConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, owner: int | None, timeout: float) -> None:
+        super().__init__("service", timeout=timeout)
+        self.socket_path = path
+        self.owner = owner
+        self.seconds = timeout
+
+    def connect(self) -> None:
+        self.sock = connect_service_socket(self.socket_path, self.owner, self.seconds)
 
 
 class ServiceManager:
@@ -288,7 +310,7 @@ class ServiceManager:
                   target: str, headers: dict[str, str], body: bytes) -> Answer:
         timeout = float(spec.request_timeout_seconds)
         deadline = time.monotonic() + timeout
-        conn = _ServiceSocketConnection(path, timeout)
+        conn = _ServiceSocketConnection(path, service.uid, timeout)
         sent = {name: headers[name] for name in FORWARDED_HEADERS if name in headers}
         sent["Connection"] = "close"
         try:
@@ -370,6 +392,7 @@ class ServiceManager:
             service.slots = threading.BoundedSemaphore(entry.service.max_concurrent_requests)
             if user is not None:
                 chown_tree(private, user)
+                service.uid = user.uid
             final, error = self._serve(service, entry.service, argv, app_dir, private, user)
         except _Cancelled:
             final, error = STOPPED, None
@@ -471,7 +494,7 @@ class ServiceManager:
                 return STOPPED
             if process.poll() is not None:
                 return f"the service exited with status {process.returncode} before it was ready"
-            if _accepts(str(socket_path)):
+            if _accepts(str(socket_path), service.uid):
                 service.socket_path = str(socket_path)
                 return None
             if time.monotonic() >= deadline:
@@ -498,15 +521,9 @@ class ServiceManager:
             del self._services[service.id]
 
 
-def _accepts(path: str) -> bool:
-    if not os.path.exists(path):
-        return False
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+def _accepts(path: str, owner: int | None) -> bool:
     try:
-        probe.settimeout(0.5)
-        probe.connect(path)
+        connect_service_socket(path, owner, 0.5).close()
         return True
     except OSError:
         return False
-    finally:
-        probe.close()

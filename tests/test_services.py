@@ -78,6 +78,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
                     time.sleep(60)
                 os._exit(0)
             out = b"forked"
+        elif self.path == "/redirect":  # swap its own socket for a link to another one
+            mine = os.environ["SEALED_SERVICE_SOCKET"]
+            os.rename(mine, mine + ".old")
+            os.symlink(body.decode(), mine)
+            out = b"redirected"
         elif self.path == "/peek":
             out = json.dumps({t: probe(t) for t in json.loads(body)}).encode()
         else:
@@ -373,6 +378,18 @@ def test_service_cannot_reach_another_services_socket_or_files(rt: Runtime,
     report = json.loads(raw)
     assert report == {p: "denied: PermissionError" for p in probes}
     assert call(rt, victim["id"], "/echo")[0] == 200
+
+
+def test_service_cannot_redirect_the_runtime_to_another_socket(rt: Runtime,
+                                                              tmp_path: Path) -> None:
+    seal_service(rt, tmp_path)
+    victim = start_service(rt)
+    attacker = start_service(rt)
+    target = whoami(rt, victim["id"])["socket"]
+    assert call(rt, attacker["id"], "/redirect", target.encode())[1] == b"redirected"
+    status, error = call(rt, attacker["id"], "/whoami", method="GET")
+    assert status == 502 and error["error"]["code"] == "service_failed"  # not the victim's answer
+    assert wait_state(rt, victim["id"], lambda s: True)["requests_served"] == 1  # whoami only
 
 
 @needs_root
