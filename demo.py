@@ -176,6 +176,23 @@ class Demo:
                   "--input", f"{DATASET.name}={DATASET}", "--output",
                   f"predictions.csv={result}"], env=host)
 
+        self.step("Enclave User: start the sample's `serve` entrypoint as a service: unsealed "
+                  "once, the model answers many requests")
+        started = self.run([*client, "service", "start", "-f", bundle.name, "-s", "serve"],
+                           env=host, quiet=True)
+        service_id = started.stdout.strip()
+        print(f"  service {service_id} ready")
+        with DATASET.open(newline="") as handle:
+            patients = [{k: (v if k == "patient_id" else float(v)) for k, v in row.items()}
+                        for _, row in zip(range(3), csv.DictReader(handle), strict=False)]
+        for patient in patients[:2]:
+            self.run([*client, "service", "call", service_id, "--path", "/predict", "--json",
+                      json.dumps(patient)], env=host)
+        self.run([*client, "service", "call", service_id, "--path", "/predict", "--json",
+                  json.dumps({"patients": patients, "threshold": 0.3})], env=host)
+        self.run([*client, "service", "status", service_id], env=host)
+        self.run([*client, "service", "stop", service_id], env=host)
+
         self.step("Hostile host: a bundle sealed under a key of the host's own is refused by the "
                   "image before any KMS request")
         own_key = self.host_owned_key(state)

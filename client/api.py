@@ -27,6 +27,7 @@ from client.errors import (
     TimeoutExpired,
     UsageError,
 )
+from enclave.services import RUNTIME_ERROR_HEADER
 
 DEFAULT_PORT = 5005
 DEFAULT_TIMEOUT = 30.0
@@ -35,6 +36,13 @@ AREAS = ("inbox", "outbox")
 MAX_JSON_RESPONSE = 64 << 20  # control answers are small; never buffer without bound
 
 Progress = Callable[[int], None]  # called with the number of bytes moved so far
+
+
+@dataclass(frozen=True)
+class ServiceAnswer:
+    status: int
+    content_type: str
+    body: bytes
 
 
 @dataclass(frozen=True)
@@ -180,8 +188,12 @@ class RuntimeClient:
                             "retry, and check `python -m client logs` if it persists")
 
     def _send(self, method: str, url: str, *, body: bytes | None = None,
-              headers: dict[str, str] | None = None) -> http.client.HTTPResponse:
-        """Send one request and return its response, retrying once on a stale keep-alive."""
+              headers: dict[str, str] | None = None,
+              early_answer: bool = False) -> http.client.HTTPResponse:
+        """Send one request and return its response, retrying once on a stale keep-alive.
+
+        With `early_answer`, a connection closed while the body was still being sent is read
+        for the answer the server may have given before reading it (a refused size)."""
         for attempt in (1, 2):
             conn = self._connection()
             reused = conn.sock is not None
@@ -189,6 +201,11 @@ class RuntimeClient:
                 conn.request(method, url, body=body, headers=headers or {})
                 return conn.getresponse()
             except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
+                if early_answer and body and not isinstance(exc, http.client.RemoteDisconnected):
+                    try:
+                        return conn.getresponse()
+                    except (OSError, http.client.HTTPException):
+                        pass
                 # The server may close an idle keep-alive connection between our requests; then
                 # the request was never read and sending it again is safe. On a fresh
                 # connection the server may have acted on it (a run started): never resend.
@@ -356,6 +373,47 @@ class RuntimeClient:
 
     def cancel_run(self, run_id: str) -> dict[str, Any]:
         return self._json("DELETE", f"/v1/runs/{quote(run_id, safe='')}")
+
+    # -- services ----------------------------------------------------------------------
+
+    def start_service(self, *, bundle: str, entrypoint: str,
+                      credentials: dict[str, str] | None) -> dict[str, Any]:
+        payload = {"bundle": check_remote_path(bundle), "entrypoint": entrypoint,
+                   "credentials": credentials}
+        return self._json("POST", "/v1/services", payload)
+
+    def get_service(self, service_id: str) -> dict[str, Any]:
+        return self._json("GET", f"/v1/services/{quote(service_id, safe='')}")
+
+    def list_services(self) -> builtins.list[dict[str, Any]]:
+        return list(self._json("GET", "/v1/services").get("services", []))
+
+    def stop_service(self, service_id: str) -> dict[str, Any]:
+        return self._json("DELETE", f"/v1/services/{quote(service_id, safe='')}")
+
+    def service_request(self, service_id: str, method: str, target: str, body: bytes = b"",
+                        headers: dict[str, str] | None = None) -> ServiceAnswer:
+        """One request to a service, `target` being its path and query (`/predict?x=1`).
+
+        The service's own answer comes back whatever its status; an error the runtime itself
+        gave (limits, timeout, a crashed service) raises like any other API error.
+        """
+        if not target.startswith("/"):
+            raise UsageError(f"the service path {target!r} must start with '/'")
+        url = f"/v1/services/{quote(service_id, safe='')}/http{target}"
+        sent = dict(headers or {})
+        if body or method in ("POST", "PUT"):
+            sent["Content-Length"] = str(len(body))
+        response = self._send(method, url, body=body or None, headers=sent, early_answer=True)
+        if response.status >= 400 and response.getheader(RUNTIME_ERROR_HEADER):
+            self._check(response)
+        try:
+            data = response.read(MAX_JSON_RESPONSE + 1)
+        except (OSError, http.client.HTTPException) as exc:
+            raise self._transport_error(exc) from exc
+        return ServiceAnswer(response.status,
+                             response.getheader("Content-Type") or "application/octet-stream",
+                             data)
 
     def attestation(self, nonce: bytes, user_data: bytes | None = None) -> bytes:
         payload = {"nonce": nonce.hex()}

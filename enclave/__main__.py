@@ -318,6 +318,8 @@ def serve(args: argparse.Namespace) -> int:
         server.serve_forever(poll_interval=0.2)
     finally:
         server.runner.shutdown(timeout=10)  # cancel runs, so their plaintext is wiped
+        if server.services is not None:
+            server.services.shutdown(timeout=10)  # stop services, wiping theirs
         server.server_close()
         if args.unix:
             try:

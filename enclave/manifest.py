@@ -45,6 +45,15 @@ DEFAULT_OUTPUT_MAX_BYTES = 65536
 DEFAULT_TIME_LIMIT_SECONDS = 300
 DEFAULT_CONCURRENT_RUNS = 1
 
+# A service entrypoint's limits (`ServiceSpec`): lower and upper bounds, and defaults.
+MAX_SERVICE_CONCURRENT_REQUESTS = 64
+MAX_SERVICE_BODY_BYTES = 16 * 1024 * 1024
+MAX_SERVICE_REQUEST_TIMEOUT_SECONDS = 3600
+MAX_SERVICE_READY_TIMEOUT_SECONDS = 3600
+MAX_SERVICE_RESTARTS = 100
+RESTART_POLICIES = ("never", "on-failure")
+ENTRYPOINT_KINDS = ("run", "service")
+
 # Also what the bundle's encryption context must hold (enclave/sealing.py).
 APP_ID_PATTERN = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
 APP_VERSION_PATTERN = re.compile(r"[0-9A-Za-z.+_-]{1,64}")
@@ -91,12 +100,31 @@ class ArgSpec:
 
 
 @dataclass(frozen=True)
+class ServiceSpec:
+    """What the owner allows the host to send a service, and how the runtime keeps it up."""
+
+    max_concurrent_requests: int = 4
+    max_request_bytes: int = 64 * 1024
+    max_response_bytes: int = 64 * 1024
+    request_timeout_seconds: int = 30
+    ready_timeout_seconds: int = 60
+    restart: str = "never"  # or "on-failure": restart after an unbidden exit, max_restarts times
+    max_restarts: int = 0
+
+
+@dataclass(frozen=True)
 class Entrypoint:
-    """A command the owner fixed; the host only fills in `args`, positionally."""
+    """A command the owner fixed; the host only fills in `args`, positionally.
+
+    A `service` entrypoint is a long-lived HTTP/1.1 server on the Unix socket named by
+    SEALED_SERVICE_SOCKET; it takes no arguments and has a `service` spec instead.
+    """
 
     name: str
     command: tuple[str, ...]
     args: tuple[ArgSpec, ...]
+    kind: str = "run"
+    service: ServiceSpec | None = None
 
     @property
     def min_args(self) -> int:
@@ -335,7 +363,11 @@ def _output_from(raw: Any) -> OutputPolicy:
 def _entrypoint_from(name: str, raw: Any) -> Entrypoint:
     where = f"entrypoints.{name}"
     _str(name, "entrypoint name", _ENTRYPOINT_NAME, "lowercase [a-z][a-z0-9_-]{0,62}")
-    obj = _fields(raw, where, {"command"}, {"args"})
+    obj = _fields(raw, where, {"command"}, {"args", "kind", "service"})
+    kind = obj.get("kind", "run")
+    if kind not in ENTRYPOINT_KINDS:
+        raise ManifestError(f"{where}.kind must be one of {', '.join(ENTRYPOINT_KINDS)}, "
+                            f"got {kind!r}")
     command = obj["command"]
     if not isinstance(command, list) or not command:
         raise ManifestError(f"{where}.command must be a non-empty list of strings")
@@ -373,7 +405,46 @@ def _entrypoint_from(name: str, raw: Any) -> Entrypoint:
                 "put optional arguments last"
             )
         optional_seen = optional_seen or spec.optional
-    return Entrypoint(name=name, command=tuple(command), args=args)
+    service = None
+    if kind == "service":
+        if args:
+            raise ManifestError(f"{where}: a service takes no arguments; it reads requests")
+        service = _service_from(obj.get("service", {}), f"{where}.service")
+    elif "service" in obj:
+        raise ManifestError(f"{where}.service is only allowed with \"kind\": \"service\"")
+    return Entrypoint(name=name, command=tuple(command), args=args, kind=kind, service=service)
+
+
+def _service_from(raw: Any, where: str) -> ServiceSpec:
+    fields = {"max_concurrent_requests", "max_request_bytes", "max_response_bytes",
+              "request_timeout_seconds", "ready_timeout_seconds", "restart", "max_restarts"}
+    obj = _fields(raw, where, set(), fields)
+    default = ServiceSpec()
+    restart = obj.get("restart", default.restart)
+    if restart not in RESTART_POLICIES:
+        raise ManifestError(f"{where}.restart must be one of {', '.join(RESTART_POLICIES)}, "
+                            f"got {restart!r}")
+    max_restarts = _int(obj.get("max_restarts", default.max_restarts), f"{where}.max_restarts",
+                        0, MAX_SERVICE_RESTARTS)
+    if restart == "never" and max_restarts:
+        raise ManifestError(f"{where}.max_restarts needs \"restart\": \"on-failure\"")
+    return ServiceSpec(
+        max_concurrent_requests=_int(
+            obj.get("max_concurrent_requests", default.max_concurrent_requests),
+            f"{where}.max_concurrent_requests", 1, MAX_SERVICE_CONCURRENT_REQUESTS),
+        max_request_bytes=_int(obj.get("max_request_bytes", default.max_request_bytes),
+                               f"{where}.max_request_bytes", 0, MAX_SERVICE_BODY_BYTES),
+        max_response_bytes=_int(obj.get("max_response_bytes", default.max_response_bytes),
+                                f"{where}.max_response_bytes", 0, MAX_SERVICE_BODY_BYTES),
+        request_timeout_seconds=_int(
+            obj.get("request_timeout_seconds", default.request_timeout_seconds),
+            f"{where}.request_timeout_seconds", 1, MAX_SERVICE_REQUEST_TIMEOUT_SECONDS),
+        ready_timeout_seconds=_int(
+            obj.get("ready_timeout_seconds", default.ready_timeout_seconds),
+            f"{where}.ready_timeout_seconds", 1, MAX_SERVICE_READY_TIMEOUT_SECONDS),
+        restart=restart,
+        max_restarts=max_restarts,
+    )
 
 
 def _check_program(program: str, where: str) -> None:

@@ -271,6 +271,57 @@ class _BundleReader:
         return self._digest.hexdigest()
 
 
+def unseal_checked(exchange: ExchangeArea, policy: ImagePolicy | None,
+                   key_provider_factory: KeyProviderFactory, unseal: Unseal, *, bundle: str,
+                   credentials: Credentials | None, target: Path, cancelled: threading.Event,
+                   events: EventLog, label: str) -> tuple[Manifest, str]:
+    """Unseal an inbox bundle into `target` the one way runs and services both use: the image
+    policy decides from the header before any KMS request. Returns (manifest, bundle sha256)."""
+    if policy is None:
+        raise _RunFailure("this runtime was started without an image policy and runs "
+                          "nothing; the image build writes /opt/enclave/policy.json")
+    with exchange.open_read(INBOX, bundle) as raw:
+        # The image's policy decides from the header alone, before any KMS request. The same
+        # open file is then decrypted (an upload never rewrites a file in place, it replaces
+        # it), and the key provider checks the context again just before KMS.
+        header = read_bundle_header(raw, bundle)
+        try:
+            key_arn = policy.check_header(header.data_keys, header.encryption_context)
+        except BundleRefused as exc:
+            events.add(f"{label}: bundle refused by the image policy")
+            raise _RunFailure(f"bundle {bundle!r} refused: {exc}") from exc
+        raw.seek(0)
+        key_provider = key_provider_factory(credentials, key_arn, policy)
+        reader = _BundleReader(raw, cancelled)
+        try:
+            manifest = unseal(reader, target, key_provider=key_provider,
+                              expected_app_id=header.encryption_context.get("app_id"))
+        except _Cancelled:
+            raise
+        except Exception as exc:
+            if cancelled.is_set():
+                raise _Cancelled() from exc
+            message = str(exc) or exc.__class__.__name__
+            raise _RunFailure(f"unsealing {bundle!r} failed: {message}") from exc
+        return manifest, reader.hexdigest()
+
+
+def app_environment(config: RuntimeConfig, home: Path, tmp: Path) -> dict[str, str]:
+    """The whole environment an application starts with: nothing of the runtime's own."""
+    return {
+        "PATH": config.app_path,
+        "HOME": str(home),
+        "TMPDIR": str(tmp),
+        "LANG": "C.UTF-8",
+        "LC_ALL": "C.UTF-8",
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "PYTHONNOUSERSITE": "1",
+        "PYTHONUNBUFFERED": "1",
+        # The image's packages (containers/requirements-app.txt).
+        "PYTHONPATH": config.app_site,
+    }
+
+
 class Runner:
     """Accepts runs, executes each in its own worker thread, keeps their records."""
 
@@ -289,7 +340,6 @@ class Runner:
         self.policy = config.image_policy
         self._key_provider_factory = key_provider_factory
         self._unseal = unseal
-        self._app_path = config.app_path
         self._jobs: dict[str, Job] = {}
         self._lock = threading.Lock()
         # concurrent_runs as last seen in each bundle's manifest, keyed by inbox path.
@@ -318,6 +368,11 @@ class Runner:
                 events.add("a private directory left by an earlier runtime could not be removed")
 
     # -- public --------------------------------------------------------------------------------
+
+    @property
+    def users(self) -> UserPool | None:
+        """The pool of application users, shared with services (None when not isolated)."""
+        return self._users
 
     def submit(self, request: RunRequest) -> Job:
         entry = self.exchange.stat(INBOX, request.bundle)  # confined; raises ExchangeError
@@ -448,33 +503,10 @@ class Runner:
                             + (f": {error}" if error and job.exit_code is None else ""))
 
     def _unseal_into(self, job: Job, request: RunRequest, app_dir: Path) -> Manifest:
-        if self.policy is None:
-            raise _RunFailure("this runtime was started without an image policy and runs "
-                              "nothing; the image build writes /opt/enclave/policy.json")
-        with self.exchange.open_read(INBOX, request.bundle) as raw:
-            # The image's policy decides from the header alone, before any KMS request. The same
-            # open file is then decrypted (an upload never rewrites a file in place, it replaces
-            # it), and the key provider checks the context again just before KMS.
-            header = read_bundle_header(raw, request.bundle)
-            try:
-                key_arn = self.policy.check_header(header.data_keys, header.encryption_context)
-            except BundleRefused as exc:
-                self.events.add(f"run {job.id}: bundle refused by the image policy")
-                raise _RunFailure(f"bundle {request.bundle!r} refused: {exc}") from exc
-            raw.seek(0)
-            key_provider = self._key_provider_factory(request.credentials, key_arn, self.policy)
-            reader = _BundleReader(raw, job.cancel_requested)
-            try:
-                manifest = self._unseal(reader, app_dir, key_provider=key_provider,
-                                        expected_app_id=header.encryption_context.get("app_id"))
-            except _Cancelled:
-                raise
-            except Exception as exc:
-                if job.cancel_requested.is_set():
-                    raise _Cancelled() from exc
-                message = str(exc) or exc.__class__.__name__
-                raise _RunFailure(f"unsealing {request.bundle!r} failed: {message}") from exc
-            job.bundle_sha256 = reader.hexdigest()
+        manifest, job.bundle_sha256 = unseal_checked(
+            self.exchange, self.policy, self._key_provider_factory, self._unseal,
+            bundle=request.bundle, credentials=request.credentials, target=app_dir,
+            cancelled=job.cancel_requested, events=self.events, label=f"run {job.id}")
         job.app_id, job.app_version = manifest.app_id, manifest.app_version
         if job.cancel_requested.is_set():
             raise _Cancelled()
@@ -488,6 +520,9 @@ class Runner:
         outputs privately, and only what it wrote is published to the outbox after the run.
         """
         entry = manifest.entrypoint(job.entrypoint)
+        if entry.kind != "run":
+            raise _RunFailure(f"entrypoint {job.entrypoint!r} is a {entry.kind}: start it with "
+                              f"`python -m client service start -s {job.entrypoint}`")
         inputs, outputs = private / "in", private / "out"
         inputs.mkdir(mode=0o700)
         outputs.mkdir(mode=0o700)
@@ -568,18 +603,7 @@ class Runner:
             directory.mkdir(mode=0o700)
             if user is not None:
                 os.chown(directory, user.uid, user.gid)
-        env = {
-            "PATH": self._app_path,
-            "HOME": str(home),
-            "TMPDIR": str(tmp),
-            "LANG": "C.UTF-8",
-            "LC_ALL": "C.UTF-8",
-            "PYTHONDONTWRITEBYTECODE": "1",
-            "PYTHONNOUSERSITE": "1",
-            "PYTHONUNBUFFERED": "1",
-            # The image's packages (containers/requirements-app.txt).
-            "PYTHONPATH": self.config.app_site,
-        }
+        env = app_environment(self.config, home, tmp)
         # argv[0] is the image's interpreter (app_argv), by absolute path; the starter is the
         # same interpreter, running as the app's user.
         starter = argv[0]

@@ -42,7 +42,14 @@ from enclave.runner import (
     Runner,
     RunRefused,
     RunRequest,
+    _default_unseal,
     attested_kms_key_provider_factory,
+)
+from enclave.services import (
+    RUNTIME_ERROR_HEADER,
+    ServiceError,
+    ServiceManager,
+    ServiceRequest,
 )
 
 NONCE_MAX_BYTES = 512
@@ -91,6 +98,12 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/v1/runs/{id}", "run_get"),
     Route("DELETE", "/v1/runs/{id}", "run_cancel"),
     Route("POST", "/v1/runs/{id}/receipt", "run_receipt"),
+    Route("POST", "/v1/services", "service_start"),
+    Route("GET", "/v1/services", "service_list"),
+    Route("GET", "/v1/services/{id}", "service_get"),
+    Route("DELETE", "/v1/services/{id}", "service_stop"),
+    *(Route(method, "/v1/services/{id}/http/{path}", "service_http")
+      for method in ("GET", "POST", "PUT", "DELETE")),
     Route("POST", "/v1/attestation", "attestation"),
     Route("GET", "/v1/logs", "logs"),
 )
@@ -125,12 +138,14 @@ class RuntimeServer(socketserver.BaseServer):
     """Serves the API on an already-bound socket; `serve_forever()` / `shutdown()` as usual."""
 
     def __init__(self, sock: socket.socket, *, config: RuntimeConfig, exchange: ExchangeArea,
-                 runner: Runner, events: EventLog, nsm: Any) -> None:
+                 runner: Runner, events: EventLog, nsm: Any,
+                 services: ServiceManager | None = None) -> None:
         super().__init__(sock.getsockname(), _Handler)
         self.socket = sock
         self.config = config
         self.exchange = exchange
         self.runner = runner
+        self.services = services
         self.events = events
         self.nsm = nsm
         self._slots = threading.BoundedSemaphore(config.max_connections)
@@ -356,7 +371,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 self._send_error(exc.status, exc.code, exc.message, {"Allow": allowed})
             else:
                 self._send_error(exc.status, exc.code, exc.message)
-        except (ExchangeError, RunRefused) as exc:
+        except (ExchangeError, RunRefused, ServiceError) as exc:
             self._close_if_body_unread()
             self._send_error(exc.status, exc.code, exc.message)
         except (BrokenPipeError, ConnectionResetError, TimeoutError):
@@ -660,6 +675,102 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         document = self._attest(nonce=nonce, user_data=receipt_user_data(receipt))
         self._send_json(200, {"document": document, "receipt": receipt})
 
+    # -- services ------------------------------------------------------------------------------
+
+    def _service_manager(self) -> ServiceManager:
+        if self.server.services is None:
+            raise ApiError(503, "services_unavailable", "this runtime serves no services")
+        return self.server.services
+
+    def _service(self, params: dict) -> Any:
+        service_id = params["id"]
+        manager = self._service_manager()
+        service = manager.get(service_id) if _RUN_ID.fullmatch(service_id) else None
+        if service is None:
+            raise ApiError(404, "not_found",
+                           f"no service {service_id!r}; list services with GET /v1/services")
+        return service
+
+    def _service_start(self, params: dict, query: dict) -> None:
+        self._only_query(query, set())
+        body = self._json_body({
+            "bundle": (str, True),
+            "entrypoint": (str, True),
+            "credentials": (dict, False),
+        })
+        split_relative(body["bundle"])
+        if not _ENTRYPOINT.fullmatch(body["entrypoint"]):
+            raise ApiError(400, "bad_field", "entrypoint must be a name like 'serve' "
+                                             "(letters, digits, '_' or '-')")
+        service = self._service_manager().start(ServiceRequest(
+            bundle="/".join(split_relative(body["bundle"])),
+            entrypoint=body["entrypoint"],
+            credentials=_credentials(body["credentials"]),
+        ))
+        self._send_json(202, {"id": service.id, "state": service.state})
+
+    def _service_list(self, params: dict, query: dict) -> None:
+        self._only_query(query, set())
+        self._no_body()
+        services = self._service_manager().list()
+        self._send_json(200, {"services": [service.view() for service in services]})
+
+    def _service_get(self, params: dict, query: dict) -> None:
+        self._only_query(query, set())
+        self._no_body()
+        self._send_json(200, self._service(params).view())
+
+    def _service_stop(self, params: dict, query: dict) -> None:
+        self._only_query(query, set())
+        self._no_body()
+        service = self._service(params)
+        self._service_manager().stop(service.id)
+        self._send_json(200, service.view())
+
+    def _service_http(self, params: dict, query: dict) -> None:
+        """Forward one request to the service: its path and query as sent, its body as is.
+
+        An error the runtime gives itself carries RUNTIME_ERROR_HEADER, which a service cannot
+        set (only its status, Content-Type and body are passed on)."""
+        try:
+            self._forward(params)
+        except (ApiError, ServiceError) as exc:
+            self._close_if_body_unread()
+            self._send_error(exc.status, exc.code, exc.message, {RUNTIME_ERROR_HEADER: exc.code})
+
+    def _forward(self, params: dict) -> None:
+        service = self._service(params)
+        spec = service.spec
+        limit = spec.max_request_bytes if spec is not None else 0
+        length = self._content_length() or 0
+        if length > limit:
+            # A small refused body is read away (the client may still be sending it), a large
+            # one ends the connection: the runtime never buffers what the manifest refuses.
+            service.count(served=False, error="request too large")
+            raise ApiError(413, "request_too_large",
+                           f"the request body is {length} bytes; the service's manifest "
+                           f"allows {limit}")
+        body = self.rfile.read(length) if length else b""
+        self._body_pending = False
+        if len(body) != length:
+            self.close_connection = True
+            raise ApiError(400, "bad_request", "the body ended before Content-Length bytes")
+        prefix = f"/v1/services/{service.id}/http"
+        target = self.path[len(prefix):]
+        if not target.startswith("/"):
+            target = "/" + target
+        headers = {name: value for name in ("Content-Type", "Accept")
+                   if (value := self.headers.get(name)) is not None}
+        answer = self._service_manager().forward(service.id, self.command, target, headers, body)
+        self.send_response(answer.status)
+        self.send_header("Content-Type", answer.content_type)
+        self.send_header("Content-Length", str(len(answer.body)))
+        self.send_header("Cache-Control", "no-store")
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(answer.body)
+
     def _attestation(self, params: dict, query: dict) -> None:
         self._only_query(query, set())
         body = self._json_body({"nonce": (str, True), "user_data": (str, False)})
@@ -775,8 +886,11 @@ def make_server(
     if unseal is not None:
         runner_kwargs["unseal"] = unseal
     runner = Runner(config, exchange, events, **runner_kwargs)
+    services = ServiceManager(config, exchange, events, users=runner.users,
+                              key_provider_factory=factory,
+                              unseal=unseal if unseal is not None else _default_unseal)
     server = RuntimeServer(sock, config=config, exchange=exchange, runner=runner, events=events,
-                           nsm=nsm)
+                           nsm=nsm, services=services)
     events.add(f"runtime {config.version} serving")
     return server
 

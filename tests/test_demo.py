@@ -39,6 +39,13 @@ def test_demo_runs_the_sample_on_the_hosts_data_and_pulls_the_result(demo_run):
     assert len(lines) == len(data_rows)
 
 
+def test_demo_calls_the_sample_as_a_service_and_stops_it(demo_run):
+    result, _ = demo_run
+    assert result.stdout.count('"risk_probability"') >= 2
+    assert "requests served 3, errors 0" in result.stdout
+    assert ": stopped" in result.stdout
+
+
 def test_demo_shows_the_host_denied_by_the_key_policy(demo_run):
     result, work = demo_run
     assert "explicitly denied by DenyDecryptWithoutAttestation" in result.stdout

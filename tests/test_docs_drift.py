@@ -37,6 +37,7 @@ DEMO_STEPS = (
     ("pushes the", "push the sealed application"),
     ("runs the `predict` entrypoint", "`predict` entrypoint"),
     ("signed receipt", "the run's receipt"),
+    ("`serve` entrypoint", "`serve` entrypoint as a service"),
     ("Hostile host", "Hostile host"),
     ("cannot decrypt the bundle", "decrypting the bundle directly is denied"),
     ("stops the simulation", "stop the simulation"),

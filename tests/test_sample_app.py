@@ -156,3 +156,42 @@ def test_non_numeric_feature_names_the_line(tmp_path):
 def test_wrong_argument_count_prints_usage():
     done = run_app("only-one")
     assert done.returncode == 2 and "usage" in done.stderr
+
+
+def test_serve_answers_predict_with_the_same_numbers_as_the_batch_app(tmp_path):
+    import http.client
+    import os
+    import socket
+    import time
+
+    out = tmp_path / "predictions.csv"
+    assert run_app(HOST_DATA, out).returncode == 0
+    batch = read_rows(out)[:3]
+    rows = read_rows(HOST_DATA)[:3]
+    patients = [{k: (v if k == "patient_id" else float(v)) for k, v in r.items()} for r in rows]
+    path = f"/tmp/sample-serve-{os.getpid()}.sock"
+    server = subprocess.Popen([sys.executable, str(APP / "serve.py")], cwd=tmp_path,
+                              env={**os.environ, "SEALED_SERVICE_SOCKET": path,
+                                   "PYTHONDONTWRITEBYTECODE": "1"})
+    try:
+        deadline = time.monotonic() + 30
+        while not os.path.exists(path):
+            assert time.monotonic() < deadline and server.poll() is None, "serve.py did not listen"
+            time.sleep(0.05)
+        conn = http.client.HTTPConnection("localhost")
+        conn.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        conn.sock.connect(path)
+        conn.request("POST", "/predict", body=json.dumps({"patients": patients}),
+                     headers={"Content-Type": "application/json"})
+        answer = json.loads(conn.getresponse().read())
+        conn.request("POST", "/predict", body=b'{"patients": [{"age": "old"}]}')
+        refused = conn.getresponse()
+        assert refused.status == 400 and b"lacks" in refused.read()
+    finally:
+        server.kill()
+        server.wait()
+        if os.path.exists(path):
+            os.unlink(path)
+    served = [(p["patient_id"], f"{p['risk_probability']:.4f}", str(p["high_risk"]))
+              for p in answer["predictions"]]
+    assert served == [(b["patient_id"], b["risk_probability"], b["high_risk"]) for b in batch]
