@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from enclave.app_process import APPEXEC_SOURCE, app_environment, kill_group, wipe
 from enclave.config import RuntimeConfig
 from enclave.events import EventLog
 from enclave.exchange import INBOX, ExchangeArea, ExchangeError, IsADirectory
@@ -38,16 +39,12 @@ from enclave.image import app_argv
 from enclave.isolation import AppUser, UserPool, chown_tree, kill_user
 from enclave.manifest import ManifestError, ServiceSpec
 from enclave.runner import (
-    APPEXEC_SOURCE,
     Credentials,
     KeyProviderFactory,
     RunRefused,
     Unseal,
     _Cancelled,
-    _kill_group,
     _RunFailure,
-    _wipe,
-    app_environment,
     unseal_checked,
 )
 
@@ -217,7 +214,7 @@ class ServiceManager:
         self._lock = threading.Lock()
         # Plaintext left by a runtime that died while serving goes first.
         for stale in Path(config.private_root).glob("svc-*"):
-            if not _wipe(stale):
+            if not wipe(stale):
                 events.add("a service directory left by an earlier runtime could not be removed")
 
     # -- public --------------------------------------------------------------------------------
@@ -409,7 +406,7 @@ class ServiceManager:
             service.socket_path = None
             if user is not None:
                 kill_user(user.uid)  # before the wipe: nothing of the service may write any more
-            wiped = _wipe(private) if private is not None else True
+            wiped = wipe(private) if private is not None else True
             if user is not None and self._users is not None:
                 self._users.release(user)
             if not wiped:
@@ -440,7 +437,7 @@ class ServiceManager:
                 with self._lock:
                     if service.state == READY:
                         service.state = RESTARTING  # no new request reaches a dying process
-                _kill_group(process.pid)
+                kill_group(process.pid)
                 process.wait()  # reaped first: a zombie still counts as a process of its user
                 if user is not None and not kill_user(user.uid):
                     self.events.add(f"service {service.id}: processes of its user survived "

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from runtime_harness import Runtime, start_runtime, stop_runtime
 
-from enclave.runner import WITHHELD_LINE
+from enclave.app_process import WITHHELD_LINE
 from enclave.sealing import seal_directory
 
 SECRET_SOURCE_LINE = 'raise ValueError("proprietary threshold " + str(0.8731))'
