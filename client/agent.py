@@ -15,7 +15,6 @@ that itself: the queue's policy is the one place the limit lives.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import secrets
@@ -29,6 +28,7 @@ from typing import Any
 
 from client.api import ApiError, RuntimeClient
 from client.commands.receipt import fetch_receipt_file
+from client.commands.verify_receipt import file_sha256
 from client.errors import ClientError
 from client.jobs import (
     Job,
@@ -302,7 +302,7 @@ class Agent:
                 client.download("outbox", job.staged_name(name), sink)
             key = attempt_prefix(job.job_id, attempt) + name
             self.s3.upload_file(str(local), self.settings.bucket, key)
-            uploaded[name] = {"key": key, "sha256": _sha256(local)}
+            uploaded[name] = {"key": key, "sha256": file_sha256(local)}
         return uploaded
 
     def _clean(self, client: RuntimeClient, files: list[tuple[str, str]]) -> None:
@@ -333,11 +333,3 @@ class Agent:
                                                ReceiptHandle=receipt_handle, VisibilityTimeout=0)
         except Exception as exc:  # it reappears after its timeout anyway
             LOG.warning("could not release a message: %s", exc)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()

@@ -56,7 +56,7 @@ from enclave.exchange import (
 from enclave.image import app_argv
 from enclave.isolation import AppUser, UserPool, chown_tree, isolation_available, kill_user
 from enclave.manifest import Manifest, ManifestError
-from enclave.policy import KMS_PROVIDER_ID, BundleRefused, ImagePolicy
+from enclave.policy import BundleRefused, ImagePolicy
 from enclave.receipt import RECEIPT_FORMAT
 
 UNSEALING = "unsealing"
@@ -224,12 +224,6 @@ def read_bundle_header(stream: BinaryIO, name: str) -> BundleHeader:
                      _text(info)))
     return BundleHeader(tuple(keys), {_text(k): _text(v)
                                       for k, v in header.encryption_context.items()})
-
-
-def bundle_kms_key_arns(stream: BinaryIO, name: str) -> list[str]:
-    """The KMS key ARNs a sealed bundle's header names, read without decrypting anything."""
-    header = read_bundle_header(stream, name)
-    return [info for provider, info in header.data_keys if provider == KMS_PROVIDER_ID]
 
 
 def _text(value: Any) -> str:

@@ -505,11 +505,11 @@ def _factory(tmp_path: Path):
 
 
 def test_bundle_header_names_its_kms_key(kms_sealed_bundle) -> None:
-    from enclave.runner import bundle_kms_key_arns
+    from enclave.runner import read_bundle_header
 
     bundle, arn = kms_sealed_bundle
     with open(bundle, "rb") as f:
-        assert bundle_kms_key_arns(f, "kms.sealed") == [arn]
+        assert read_bundle_header(f, "kms.sealed").data_keys == (("aws-kms", arn),)
 
 
 def _policy_for(arn: str):
