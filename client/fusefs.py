@@ -7,9 +7,10 @@ has no partial writes, so this is the only way to give programs ordinary file se
 runtime's own temp-and-rename keeps a half-written file from ever appearing in the enclave.
 
 Errors map to the errno a program expects: ENOENT, EROFS (outbox), EACCES (the fixed top level),
-EISDIR, ENOTDIR, ENOTEMPTY, EEXIST, EINVAL (names the runtime refuses), EXDEV (rename: `mv`
+EISDIR, ENOTDIR, ENOTEMPTY, EEXIST, EINVAL (names the runtime refuses), ENAMETOOLONG, EFBIG and
+ENOSPC (the runtime's limits), EOVERFLOW (a directory too large to list), EXDEV (rename: `mv`
 falls back to copy and delete), EPERM (links, devices, a change of mode or owner), EIO (server or
-transport failure).
+transport failure). The runtime's error codes decide, through `ERRNO_BY_CODE`.
 """
 
 from __future__ import annotations
@@ -24,12 +25,13 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import mfusepy as fuse
 
 from client.api import ApiError, RuntimeClient
 from client.errors import ClientError, NotFoundError, UsageError
+from enclave.exchange import MAX_NAME_BYTES, MAX_PATH_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -37,36 +39,44 @@ AREAS = {"inbox": True, "outbox": False}  # area -> writable by the host
 MAX_READ = 1 << 20
 
 
+# The runtime's error codes (enclave/exchange.py, enclave/server.py) and the errno each means.
+# Decided by the code alone, never by the message's text.
+ERRNO_BY_CODE = {
+    "not_found": errno.ENOENT,
+    "bad_path": errno.EINVAL,  # a name the runtime refuses (reserved, control character...)
+    "read_only": errno.EROFS,
+    "not_regular_file": errno.EACCES,  # a link, a device, a file with several hard links
+    "exists": errno.EEXIST,
+    "not_empty": errno.ENOTEMPTY,
+    "is_a_directory": errno.EISDIR,
+    "too_many_entries": errno.EOVERFLOW,  # a directory too large to list, not a large file
+    "payload_too_large": errno.EFBIG,
+    "insufficient_storage": errno.ENOSPC,
+}
+# For codes this table does not know (a newer runtime's): the HTTP status decides.
+ERRNO_BY_STATUS = {401: errno.EACCES, 403: errno.EACCES, 404: errno.ENOENT, 409: errno.EEXIST,
+                   413: errno.EFBIG, 507: errno.ENOSPC}
+
+
 def errno_for(exc: Exception) -> int:
     """The errno a program should see for a failed runtime call."""
-    if isinstance(exc, NotFoundError):
-        return errno.ENOENT
     if isinstance(exc, ApiError):
-        message = str(exc).lower()
-        if exc.code == "bad_path":
-            if "not a directory" in message:
-                return errno.ENOTDIR
-            if "too long" in message:
-                return errno.ENAMETOOLONG
-            return errno.EINVAL
-        if exc.code == "not_empty":
-            return errno.ENOTEMPTY
-        if exc.code == "is_a_directory":
-            return errno.EISDIR
-        if exc.http_status == 409:
-            return errno.EEXIST
-        if exc.http_status in (401, 403):
-            return errno.EACCES
-        if exc.http_status == 413:
-            return errno.EFBIG
-        if exc.http_status == 507:
-            return errno.ENOSPC
-        if 400 <= exc.http_status < 500:
-            return errno.EINVAL
-        return errno.EIO
+        fallback = errno.EINVAL if 400 <= exc.http_status < 500 else errno.EIO
+        return ERRNO_BY_CODE.get(exc.code, ERRNO_BY_STATUS.get(exc.http_status, fallback))
+    if isinstance(exc, NotFoundError):  # nothing answers at the runtime's address
+        return errno.ENOENT
     if isinstance(exc, UsageError):
         return errno.EINVAL
     return errno.EIO
+
+
+def check_name_length(relative: str) -> None:
+    """ENAMETOOLONG for a name or path over the runtime's limits, which the runtime itself only
+    reports as a refused path (`bad_path`): the same limits, checked before asking it."""
+    encoded = relative.encode("utf-8", "surrogateescape")
+    if len(encoded) > MAX_PATH_BYTES or any(len(part) > MAX_NAME_BYTES
+                                            for part in encoded.split(b"/")):
+        raise fuse.FuseOSError(errno.ENAMETOOLONG)
 
 
 def split_mount_path(path: str) -> tuple[str | None, str]:
@@ -76,7 +86,9 @@ def split_mount_path(path: str) -> tuple[str | None, str]:
         return None, ""
     if parts[0] not in AREAS:
         raise fuse.FuseOSError(errno.ENOENT)
-    return parts[0], "/".join(parts[1:])
+    relative = "/".join(parts[1:])
+    check_name_length(relative)
+    return parts[0], relative
 
 
 @dataclass
@@ -89,7 +101,13 @@ class Handle:
     append: bool = False
 
 
-class ExchangeFs(fuse.Operations):
+if TYPE_CHECKING:  # mfusepy ships no type information: check the class as a plain one
+    _Operations = object
+else:
+    _Operations = fuse.Operations
+
+
+class ExchangeFs(_Operations):
     use_ns = True
 
     def __init__(self, client: RuntimeClient, *, staging_dir: str | None = None) -> None:
@@ -209,9 +227,7 @@ class ExchangeFs(fuse.Operations):
         info = self._call(self.client.stat, area, relative)
         if info.get("type") != "dir":
             raise fuse.FuseOSError(errno.ENOTDIR)
-        if self._call(self.client.list, area, relative):
-            raise fuse.FuseOSError(errno.ENOTEMPTY)
-        self._call(self.client.delete, area, relative)
+        self._call(self.client.delete, area, relative)  # the runtime refuses one not empty
         return 0
 
     def unlink(self, path: str) -> int:
@@ -224,7 +240,8 @@ class ExchangeFs(fuse.Operations):
 
     def statfs(self, path: str) -> dict[str, int]:
         return {"f_bsize": 4096, "f_frsize": 4096, "f_blocks": 1 << 20, "f_bfree": 1 << 19,
-                "f_bavail": 1 << 19, "f_files": 1 << 16, "f_ffree": 1 << 15, "f_namemax": 255}
+                "f_bavail": 1 << 19, "f_files": 1 << 16, "f_ffree": 1 << 15,
+                "f_namemax": MAX_NAME_BYTES}
 
     # -- files -------------------------------------------------------------------------------
 
@@ -263,8 +280,9 @@ class ExchangeFs(fuse.Operations):
         handle = self._handle(fh)
         if handle.temp is not None:
             return os.pread(handle.temp.fileno(), size, offset)
-        return self._call(self.client.read_range, handle.area, handle.relative, offset,
-                          min(size, MAX_READ))
+        data: bytes = self._call(self.client.read_range, handle.area, handle.relative, offset,
+                                 min(size, MAX_READ))
+        return data
 
     def write(self, path: str, data: bytes, offset: int, fh: int) -> int:
         handle = self._handle(fh)
