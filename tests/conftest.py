@@ -54,3 +54,20 @@ def synthesized_cdk_out(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def third_party_template_path(synthesized_cdk_out: Path) -> Path:
     return synthesized_cdk_out / "ThirdPartyStack.template.json"
+
+
+@pytest.fixture
+def exchange_runtime(tmp_path):
+    """The real runtime server on a Unix socket (tests/runtime_harness.py), for client tests."""
+    from tests.runtime_harness import start_runtime, stop_runtime
+
+    runtime = start_runtime(tmp_path)
+    yield runtime
+    stop_runtime(runtime)
+
+
+def pytest_collection_modifyitems(items):
+    """A test that needs a real FUSE mount (it asks for `fuse_usable`) carries the `fuse` mark."""
+    for item in items:
+        if "fuse_usable" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.fuse)
