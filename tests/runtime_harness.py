@@ -80,8 +80,9 @@ class Runtime:
     socket_path: str
     server: RuntimeServer
     config: RuntimeConfig
-    nsm: FakeNsm
+    nsm: Any
     key_provider: FakeKmsKeyProvider
+    credentials: list[dict | None]  # what each key request was given, in order
 
     @property
     def inbox(self) -> Path:
@@ -151,7 +152,8 @@ def traversable_dir(tmp_path: Path) -> Path:
     return base
 
 
-def start_runtime(tmp_path: Path, **overrides: Any) -> Runtime:
+def start_runtime(tmp_path: Path, *, nsm: Any = None, **overrides: Any) -> Runtime:
+    """The real server in a thread; `nsm` replaces FakeNsm (e.g. one signing real documents)."""
     base = traversable_dir(tmp_path)
     settings: dict[str, Any] = {
         "exchange_root": base / "exchange",
@@ -167,14 +169,19 @@ def start_runtime(tmp_path: Path, **overrides: Any) -> Runtime:
     socket_path = f"/tmp/rt-{os.getpid()}-{id(config):x}.sock"
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.bind(socket_path)
-    nsm = FakeNsm()
+    nsm = nsm if nsm is not None else FakeNsm()
     key_provider = FakeKmsKeyProvider()
-    server = make_server(sock, config=config, nsm=nsm,
-                         key_provider_factory=lambda credentials, key_arn, policy: key_provider)
+    credentials_seen: list[dict | None] = []
+
+    def key_provider_factory(credentials: Any, key_arn: str, policy: Any) -> FakeKmsKeyProvider:
+        credentials_seen.append(credentials)
+        return key_provider
+
+    server = make_server(sock, config=config, nsm=nsm, key_provider_factory=key_provider_factory)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
                               daemon=True)
     thread.start()
-    return Runtime(socket_path, server, config, nsm, key_provider)
+    return Runtime(socket_path, server, config, nsm, key_provider, credentials_seen)
 
 
 def stop_runtime(runtime: Runtime) -> None:
