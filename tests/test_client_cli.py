@@ -1,4 +1,8 @@
-"""`python -m client`: parsing, exit-code mapping, and each command against a stand-in runtime."""
+"""`python -m client`: parsing, exit-code mapping, and each command against the real runtime.
+
+The runtime server (tests/runtime_harness.py) runs in this process on a Unix socket; runs are
+real sealed apps (APP below), attestation documents are signed by the development PKI.
+"""
 
 from __future__ import annotations
 
@@ -22,7 +26,8 @@ from client.errors import (
     UsageError,
     VerificationError,
 )
-from tests.fake_runtime import FakeRuntime
+from enclave.sealing import seal_directory
+from tests.runtime_harness import Runtime, start_runtime, stop_runtime
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 RUNBOOK_COMMANDS = {"proxy", "enclave", "sync", "push", "pull", "run", "attest", "status", "logs",
@@ -41,13 +46,51 @@ def isolated(tmp_path, monkeypatch):
 
 
 @pytest.fixture
-def runtime(tmp_path):
-    with FakeRuntime(tmp_path / "area", tmp_path / "rt.sock") as fake:
-        yield fake
+def runtime(exchange_runtime):
+    return exchange_runtime
 
 
-def sock(runtime) -> list[str]:
-    return ["--socket", str(runtime.socket_path)]
+def sock(runtime: Runtime) -> list[str]:
+    return ["--socket", runtime.socket_path]
+
+
+APP = """\
+import os, signal, sys, time
+
+mode = sys.argv[1]
+if mode == "predict":
+    with open(sys.argv[2]) as f, open(sys.argv[3], "w") as out:
+        out.write(f.read() + sys.argv[4])
+    print("prediction: 0.93")
+elif mode == "fail":
+    print("prediction: none", file=sys.stderr)
+    sys.exit(3)
+elif mode == "sleep":
+    time.sleep(20)
+elif mode == "killed":
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def seal_client_app(rt: Runtime, tmp_path: Path, name: str = "app.sealed") -> str:
+    """A real sealed app in the inbox: predict (input, output, value), fail, sleep, killed."""
+    entry = {"command": ["python3", "app.py"], "args": []}
+    entrypoints = {mode: {**entry, "command": ["python3", "app.py", mode]}
+                   for mode in ("fail", "sleep", "killed")}
+    entrypoints["predict"] = {"command": ["python3", "app.py", "predict"],
+                              "args": [{"name": "data", "kind": "input"},
+                                       {"name": "result", "kind": "output"},
+                                       {"name": "threshold", "kind": "value"}]}
+    source = tmp_path / f"src-{name}"
+    source.mkdir()
+    (source / "manifest.json").write_text(json.dumps({
+        "format": 1, "app_id": "test-app", "app_version": "1.0.0", "entrypoints": entrypoints,
+        "output": {"stdout": True, "stderr": True, "max_bytes": 4096},
+        "time_limit_seconds": 30, "concurrent_runs": 4}))
+    (source / "app.py").write_text(APP)
+    with open(rt.inbox / name, "wb") as out:
+        seal_directory(source, out, key_provider=rt.key_provider)
+    return name
 
 
 # -- parsing and exit codes ------------------------------------------------------------------------
@@ -129,7 +172,7 @@ def test_push_then_pull_round_trip(runtime, tmp_path, capsys):
     assert cli.main([*sock(runtime), "--json", "push", str(tmp_path / "in.bin"), "d.bin"]) == 0
     pushed = json.loads(capsys.readouterr().out)
     assert pushed["remote"] == "inbox/d.bin" and pushed["size"] == len(data)
-    (runtime.root / "outbox" / "r.bin").write_bytes(data[::-1])
+    (runtime.outbox / "r.bin").write_bytes(data[::-1])
     out = tmp_path / "out"
     out.mkdir()
     assert cli.main([*sock(runtime), "pull", "r.bin", str(out)]) == 0
@@ -138,17 +181,21 @@ def test_push_then_pull_round_trip(runtime, tmp_path, capsys):
 
 def test_push_default_name_and_directory_destination(runtime, tmp_path):
     (tmp_path / "a.csv").write_text("x")
-    (runtime.root / "inbox" / "sub").mkdir()
+    (runtime.inbox / "sub").mkdir()
     assert cli.main([*sock(runtime), "push", str(tmp_path / "a.csv")]) == 0
     assert cli.main([*sock(runtime), "push", str(tmp_path / "a.csv"), "inbox/sub/"]) == 0
-    assert (runtime.root / "inbox" / "a.csv").exists()
-    assert (runtime.root / "inbox" / "sub" / "a.csv").exists()
+    assert (runtime.inbox / "a.csv").exists()
+    assert (runtime.inbox / "sub" / "a.csv").exists()
 
 
-def test_push_into_outbox_is_refused_before_sending(runtime, tmp_path, capsys):
+def test_push_into_outbox_is_refused_before_sending(runtime, tmp_path, monkeypatch):
+    def no_upload(*args, **kwargs):
+        raise AssertionError("the upload was sent")
+
+    monkeypatch.setattr("client.api.RuntimeClient.upload", no_upload)
     (tmp_path / "a").write_text("x")
     assert cli.main([*sock(runtime), "push", str(tmp_path / "a"), "outbox/a"]) == ExitStatus.USAGE
-    assert not any(m == "PUT" for m, _ in runtime.requests)
+    assert os.listdir(runtime.outbox) == []
 
 
 def test_push_traversal_name_is_refused(runtime, tmp_path):
@@ -168,8 +215,9 @@ def test_pull_missing_remote_is_not_found_and_leaves_no_file(runtime, tmp_path, 
 
 
 def test_pull_interrupted_leaves_no_partial_file(runtime, tmp_path, monkeypatch):
-    (runtime.root / "outbox" / "big.bin").write_bytes(b"z" * 3_000_000)
+    (runtime.outbox / "big.bin").write_bytes(b"z" * 3_000_000)
 
+    # The runtime does not break a download on request: the client's download fails midway.
     def broken_download(self, area, path, sink, **kwargs):
         sink.write(b"partial")
         raise EnclaveError("connection lost")
@@ -182,7 +230,7 @@ def test_pull_interrupted_leaves_no_partial_file(runtime, tmp_path, monkeypatch)
 
 
 def test_pull_to_stdout(runtime, capsysbinary):
-    (runtime.root / "outbox" / "r.txt").write_bytes(b"result\n")
+    (runtime.outbox / "r.txt").write_bytes(b"result\n")
     assert cli.main([*sock(runtime), "pull", "r.txt", "-"]) == 0
     assert capsysbinary.readouterr().out == b"result\n"
 
@@ -190,34 +238,35 @@ def test_pull_to_stdout(runtime, capsysbinary):
 # -- run, status, logs -----------------------------------------------------------------------------
 
 
-def test_run_sends_host_credentials_and_exits_with_app_code(runtime, capsys):
-    (runtime.root / "inbox" / "app.sealed").write_bytes(b"sealed")
-    runtime.run_script = ["unsealing", "running", "failed"]
-    runtime.run_exit_code = 3
-    code = cli.main([*sock(runtime), "run", "-f", "app.sealed", "-s", "predict",
-                     "-a", "data.csv 'out/r.json'", "--", "0.5"])
-    assert code == 3
-    request = runtime.run_requests[-1]
-    assert request["args"] == ["data.csv", "out/r.json", "0.5"]
-    assert request["credentials"] == {"access_key_id": "AKIAHOSTTEST",
-                                      "secret_access_key": "host-secret",
-                                      "session_token": "host-token"}
-    assert "region" not in request and "expected_app_id" not in request
+@pytest.fixture
+def app(runtime, tmp_path):
+    return seal_client_app(runtime, tmp_path)
+
+
+def test_run_sends_host_credentials_and_exits_with_app_code(runtime, app, capsys):
+    (runtime.inbox / "data.csv").write_text("rows;")
+    code = cli.main([*sock(runtime), "run", "-f", app, "-s", "predict",
+                     "-a", "data.csv 'r.json'", "--", "0.5"])
     captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert (runtime.outbox / "r.json").read_text() == "rows;0.5"
+    used = runtime.credentials[-1]
+    assert (used.access_key_id, used.secret_access_key, used.session_token) == \
+        ("AKIAHOSTTEST", "host-secret", "host-token")
     assert "prediction: 0.93" in captured.out
-    assert "running" in captured.err and "failed" in captured.err
+    assert "succeeded" in captured.err
 
 
-def test_run_success_is_zero(runtime):
-    (runtime.root / "inbox" / "app.sealed").write_bytes(b"sealed")
-    assert cli.main([*sock(runtime), "run", "-f", "inbox/app.sealed", "-s", "predict"]) == 0
+def test_failing_app_exits_with_its_own_code(runtime, app, capsys):
+    assert cli.main([*sock(runtime), "run", "-f", "inbox/app.sealed", "-s", "fail"]) == 3
+    assert "failed" in capsys.readouterr().err
 
 
-def test_run_no_wait_prints_id(runtime, capsys):
-    (runtime.root / "inbox" / "app.sealed").write_bytes(b"sealed")
-    assert cli.main([*sock(runtime), "--json", "run", "-f", "app.sealed", "-s", "p",
+def test_run_no_wait_prints_id(runtime, app, capsys):
+    assert cli.main([*sock(runtime), "--json", "run", "-f", app, "-s", "fail",
                      "--no-wait"]) == 0
-    assert json.loads(capsys.readouterr().out)["id"] == "r1"
+    run_id = json.loads(capsys.readouterr().out)["id"]
+    assert runtime.wait_run(run_id)["exit_code"] == 3
 
 
 def test_run_missing_bundle_is_not_found(runtime):
@@ -225,20 +274,22 @@ def test_run_missing_bundle_is_not_found(runtime):
         ExitStatus.NOT_FOUND
 
 
-def test_run_wait_timeout_is_exit_7(runtime):
-    (runtime.root / "inbox" / "app.sealed").write_bytes(b"sealed")
-    runtime.run_script = ["running"] * 100
-    assert cli.main([*sock(runtime), "run", "-f", "app.sealed", "-s", "p",
+def test_run_wait_timeout_is_exit_7(runtime, app, capsys):
+    assert cli.main([*sock(runtime), "run", "-f", app, "-s", "sleep",
                      "--wait-timeout", "0.2"]) == ExitStatus.TIMEOUT
-
-
-def test_status_lists_runs_as_json(runtime, capsys):
-    (runtime.root / "inbox" / "app.sealed").write_bytes(b"sealed")
-    cli.main([*sock(runtime), "run", "-f", "app.sealed", "-s", "p", "--no-wait"])
     capsys.readouterr()
     assert cli.main([*sock(runtime), "--json", "status"]) == 0
+    (run,) = json.loads(capsys.readouterr().out)["runs"]
+    assert cli.main([*sock(runtime), "status", run["id"], "--cancel"]) == 0
+    assert runtime.wait_run(run["id"])["state"] == "cancelled"
+
+
+def test_status_lists_runs_as_json(runtime, app, capsys):
+    cli.main([*sock(runtime), "--json", "run", "-f", app, "-s", "fail", "--no-wait"])
+    run_id = json.loads(capsys.readouterr().out)["id"]
+    assert cli.main([*sock(runtime), "--json", "status"]) == 0
     data = json.loads(capsys.readouterr().out)
-    assert data["found_by"] == "--socket" and data["runs"][0]["id"] == "r1"
+    assert data["found_by"] == "--socket" and data["runs"][0]["id"] == run_id
 
 
 def test_status_of_unknown_run_is_not_found(runtime):
@@ -247,38 +298,43 @@ def test_status_of_unknown_run_is_not_found(runtime):
 
 def test_logs_prints_lines(runtime, capsys):
     assert cli.main([*sock(runtime), "logs"]) == 0
-    assert capsys.readouterr().out.splitlines() == ["runtime started", "run r1 succeeded"]
+    assert any(line.endswith("serving") for line in capsys.readouterr().out.splitlines())
 
 
 # -- attest ----------------------------------------------------------------------------------------
 
 
+class SigningNsm:
+    """An NSM answering with real-format documents from the development PKI; `replay_nonce`
+    makes it answer with a document for another nonce, as a replaying runtime would."""
+
+    def __init__(self, pki, pcrs):
+        self.pki = pki
+        self.pcrs = pcrs
+        self.replay_nonce = None
+        self.nonces = []
+
+    def attestation(self, *, user_data=None, nonce=None, public_key=None):
+        from client.sim.nsm import build_attestation_document
+
+        self.nonces.append(nonce)
+        return build_attestation_document(self.pki, pcrs=self.pcrs, module_id="i-sim",
+                                          nonce=self.replay_nonce or nonce, user_data=user_data,
+                                          public_key=public_key)
+
+
 @pytest.fixture
-def signing_runtime(runtime, tmp_path):
-    """The stand-in runtime answering with real-format documents from the development PKI."""
+def signing_runtime(tmp_path):
+    """The real runtime whose NSM signs with the development PKI."""
     from client.sim import pki as sim_pki
-    from client.sim.nsm import build_attestation_document
 
     pki = sim_pki.load_or_create(tmp_path / "sim")
-    pcrs = {i: bytes([i + 1]) * 48 for i in range(3)}
-    original = runtime.dispatch
-
-    def dispatch(h, method):
-        if h.path == "/v1/attestation":
-            request = runtime.read_json(h)
-            nonce = bytes.fromhex(runtime.replay_nonce or request["nonce"])
-            runtime.document = build_attestation_document(pki, pcrs=pcrs, module_id="i-sim",
-                                                          nonce=nonce)
-            import base64
-            return runtime.send_json(h, 200, {"document":
-                                              base64.b64encode(runtime.document).decode()})
-        return original(h, method)
-
-    runtime.dispatch = dispatch
-    runtime.replay_nonce = None
-    runtime.pcrs = pcrs
+    nsm = SigningNsm(pki, {i: bytes([i + 1]) * 48 for i in range(3)})
+    runtime = start_runtime(tmp_path, nsm=nsm)
+    runtime.pcrs = nsm.pcrs
     runtime.root_pem = tmp_path / "sim" / "pki" / "root.pem"
-    return runtime
+    yield runtime
+    stop_runtime(runtime)
 
 
 def attest_args(rt, *extra):
@@ -299,7 +355,7 @@ def test_attest_wrong_pcr0_fails_with_exit_3(signing_runtime):
 
 def test_attest_replayed_document_fails(signing_runtime):
     rt = signing_runtime
-    rt.replay_nonce = "00" * 32  # the runtime answers with a document for another nonce
+    rt.nsm.replay_nonce = bytes(32)  # the runtime answers with a document for another nonce
     assert cli.main(attest_args(rt, "--expect-pcr0", rt.pcrs[0].hex())) == \
         ExitStatus.VERIFICATION_FAILED
 
@@ -326,21 +382,13 @@ def test_attest_measurements_file_in_nitro_cli_format(signing_runtime, tmp_path)
     assert cli.main(attest_args(rt, "--eif", str(eif))) == ExitStatus.VERIFICATION_FAILED
 
 
-def test_attest_sends_a_new_32_byte_nonce_each_time(signing_runtime, runtime):
+def test_attest_sends_a_new_32_byte_nonce_each_time(signing_runtime):
     rt = signing_runtime
-    nonces = []
-    original = rt.read_json
-
-    def record(h):
-        request = original(h)
-        nonces.append(request["nonce"])
-        return request
-
-    rt.read_json = record
     for _ in range(2):
         cli.main(attest_args(rt, "--expect-pcr0", rt.pcrs[0].hex()))
+    nonces = rt.nsm.nonces
     assert len(nonces) == 2 and nonces[0] != nonces[1]
-    assert all(len(bytes.fromhex(n)) == 32 for n in nonces)
+    assert all(len(n) == 32 for n in nonces)
 
 
 def test_terminal_escape_sequences_in_app_output_are_neutralised():
@@ -375,17 +423,12 @@ def test_progress_line_only_on_a_terminal():
     assert pipe.getvalue() == ""
 
 
-def test_run_killed_by_a_signal_exits_like_a_shell(runtime):
-    (runtime.root / "inbox" / "app.sealed").write_bytes(b"sealed")
-    runtime.run_script = ["failed"]
-    runtime.run_exit_code = -9
-    assert cli.main([*sock(runtime), "run", "-f", "app.sealed", "-s", "p"]) == 137
+def test_run_killed_by_a_signal_exits_like_a_shell(runtime, app):
+    assert cli.main([*sock(runtime), "run", "-f", app, "-s", "killed"]) == 137
 
 
-def test_run_failing_before_the_app_ran_is_an_enclave_error(runtime, monkeypatch, capsys):
-    (runtime.root / "inbox" / "app.sealed").write_bytes(b"sealed")
-    runtime.run_script = ["failed"]
-    runtime.run_exit_code = None
+def test_run_failing_before_the_app_ran_is_an_enclave_error(runtime, capsys):
+    (runtime.inbox / "app.sealed").write_bytes(b"not a sealed bundle")
     assert cli.main([*sock(runtime), "run", "-f", "app.sealed", "-s", "p"]) == \
         ExitStatus.ENCLAVE_ERROR
 
