@@ -188,12 +188,12 @@ class RuntimeClient:
                             "retry, and check `python -m client logs` if it persists")
 
     def _send(self, method: str, url: str, *, body: bytes | None = None,
-              headers: dict[str, str] | None = None,
-              early_answer: bool = False) -> http.client.HTTPResponse:
+              headers: dict[str, str] | None = None) -> http.client.HTTPResponse:
         """Send one request and return its response, retrying once on a stale keep-alive.
 
-        With `early_answer`, a connection closed while the body was still being sent is read
-        for the answer the server may have given before reading it (a refused size)."""
+        A connection closed while the request was still being sent is read for the answer the
+        server may have given before reading it: a refused size, or `busy` when it already
+        serves as many connections as it may (it answers at once and closes)."""
         for attempt in (1, 2):
             conn = self._connection()
             reused = conn.sock is not None
@@ -201,7 +201,7 @@ class RuntimeClient:
                 conn.request(method, url, body=body, headers=headers or {})
                 return conn.getresponse()
             except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
-                if early_answer and body and not isinstance(exc, http.client.RemoteDisconnected):
+                if not isinstance(exc, http.client.RemoteDisconnected):
                     try:
                         return conn.getresponse()
                     except (OSError, http.client.HTTPException):
@@ -404,7 +404,7 @@ class RuntimeClient:
         sent = dict(headers or {})
         if body or method in ("POST", "PUT"):
             sent["Content-Length"] = str(len(body))
-        response = self._send(method, url, body=body or None, headers=sent, early_answer=True)
+        response = self._send(method, url, body=body or None, headers=sent)
         if response.status >= 400 and response.getheader(RUNTIME_ERROR_HEADER):
             self._check(response)
         try:

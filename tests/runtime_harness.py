@@ -9,11 +9,13 @@ raw AES key: a key of the host's own, which the image policy must refuse.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
 import shutil
 import socket
+import subprocess
 import tempfile
 import threading
 import time
@@ -21,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
 from aws_encryption_sdk.identifiers import EncryptionKeyType, WrappingAlgorithm
 from aws_encryption_sdk.internal.crypto.wrapping_keys import WrappingKey
 from aws_encryption_sdk.key_providers.raw import RawMasterKeyProvider
@@ -192,3 +195,22 @@ def stop_runtime(runtime: Runtime) -> None:
         os.unlink(runtime.socket_path)
     except FileNotFoundError:
         pass
+
+
+@contextlib.contextmanager
+def small_tmpfs(tmp_path: Path, size: str) -> Any:
+    """A tmpfs of `size` to put an exchange area on and fill; mounting it needs root.
+
+    Skips where it cannot be mounted; in CI (CI=true) fails instead."""
+    where = traversable_dir(tmp_path) / "exchange"
+    where.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs",
+                           str(where)], capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI must fill a small file system: mount failed: {done.stderr}")
+        pytest.skip(f"needs to mount a tmpfs (root): {done.stderr.strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)

@@ -19,7 +19,7 @@ import pytest
 
 from client.cli import main
 from client.errors import ExitStatus
-from tests.runtime_harness import Runtime, start_runtime, stop_runtime
+from tests.runtime_harness import Runtime, small_tmpfs, start_runtime, stop_runtime
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -347,25 +347,6 @@ def runtime_with(tmp_path: Path, **overrides):
         stop_runtime(runtime)
 
 
-@contextlib.contextmanager
-def small_file_system(tmp_path: Path, size: str):
-    """A tmpfs of `size` for the exchange area, to fill it; mounting needs root."""
-    from tests.runtime_harness import traversable_dir
-
-    where = traversable_dir(tmp_path) / "exchange"
-    where.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs",
-                           str(where)], capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI must fill a small file system: mount failed: {done.stderr}")
-        pytest.skip(f"needs to mount a tmpfs (root): {done.stderr.strip()}")
-    try:
-        yield where
-    finally:
-        subprocess.run(["umount", "-l", str(where)], check=False)
-
-
 def test_name_over_the_runtimes_limit_is_enametoolong(mounted):
     runtime, mnt = mounted
     expect_errno(errno.ENAMETOOLONG, open, mnt / "inbox" / ("n" * 256), "w")
@@ -408,7 +389,7 @@ def test_file_over_the_upload_limit_is_efbig(fuse_usable, state_dir, tmp_path):
 
 
 def test_full_exchange_area_is_enospc(fuse_usable, state_dir, tmp_path):
-    with small_file_system(tmp_path, "256k") as exchange, \
+    with small_tmpfs(tmp_path, "256k") as exchange, \
             runtime_with(tmp_path, exchange_root=exchange) as runtime, \
             mount(runtime, tmp_path / "mnt") as mnt:
         with pytest.raises(OSError) as info:
