@@ -45,7 +45,7 @@ ERRNO_BY_CODE = {
     "not_found": errno.ENOENT,
     "bad_path": errno.EINVAL,  # a name the runtime refuses (reserved, control character...)
     "read_only": errno.EROFS,
-    "not_regular_file": errno.EACCES,  # a link, a device, a file with several hard links
+    "not_regular_file": errno.EACCES,  # a device, FIFO or socket; a file with several links
     "exists": errno.EEXIST,
     "not_empty": errno.ENOTEMPTY,
     "is_a_directory": errno.EISDIR,
