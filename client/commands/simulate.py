@@ -133,7 +133,7 @@ def new_principal(arn: str) -> dict[str, str]:
 
 
 def register_principals(state_dir: Path, principals: dict[str, dict[str, str]]) -> None:
-    from client.sim.kms import register_principal
+    from client.sim.kms.state import register_principal
 
     for principal in principals.values():
         register_principal(state_dir, principal["access_key_id"], principal["arn"])

@@ -1,222 +1,30 @@
-"""A local KMS endpoint: the KMS JSON 1.1 protocol over HTTP on loopback, for the simulation.
-
-boto3 talks to it with `endpoint_url=http://127.0.0.1:<port>`, exactly as it talks to
-`kms.<region>.amazonaws.com` in production (`X-Amz-Target: TrentService.<Operation>`, JSON bodies,
-blobs in base64, errors as `{"__type": ..., "message": ...}` with status 400). Operations:
-CreateKey, CreateAlias, ListAliases, DescribeKey, GetKeyPolicy, PutKeyPolicy, GenerateDataKey,
-Encrypt, Decrypt — the last two with or without `Recipient`.
-
-What it enforces, like KMS: every key-scoped call is evaluated against the key policy
-(`client/sim/policy.py`) for the calling principal, with the condition keys KMS sets:
-`kms:EncryptionContext:<k>`, `kms:EncryptionContextKeys`, `kms:CallerAccount`, `aws:PrincipalArn`,
-and, for a `Recipient`, `kms:RecipientAttestation:ImageSha384` (PCR0, lowercase hex) and
-`kms:RecipientAttestation:PCR<n>`. The attestation document is verified against the development
-root (debug documents included, so the policy is what refuses their zero PCRs), and the answer to a
-`Recipient` is real CMS EnvelopedData to the document's public key (`CiphertextForRecipient`, no
-`Plaintext`), so the enclave's production code path runs unchanged. Keys are regional and
-belong to the local KMS's one account, as in KMS: a key ARN naming another region than the
-endpoint's is `NotFoundException: Invalid arn <region>`, and one naming another account (or a key
-created in another region) `NotFoundException: Key '<arn>' does not exist`.
-
-What it does not do: SigV4 signatures are not verified (there are no secrets to check them
-against). Callers are identified by the access key id in the Authorization header, mapped to
-principal ARNs in `<state>/principals.json` ({"AKID...": "arn:aws:iam::...:role/..."}); an
-unknown access key is refused. Key material lives in `<state>/kms/keys.json` (mode 0600), shared by
-every process using the same state dir. Nothing here protects real data.
-
-Ciphertext blobs: b"SIMKMS1" || len(key id) (1 byte) || key id || 12-byte nonce || AES-256-GCM
-ciphertext+tag, with AAD = key id || canonical JSON of the encryption context.
-
-    python -m client.sim.kms --port 0 --state DIR    (prints the bound port)
-"""
+"""The local KMS's operations: each call resolves the key, evaluates its key policy for the
+caller with the condition keys KMS sets, and answers as KMS does."""
 
 from __future__ import annotations
 
-import argparse
 import base64
 import binascii
-import contextlib
 import datetime as dt
-import fcntl
-import hashlib
-import http.server
 import json
 import os
 import re
-import sys
-import threading
 import uuid
-from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
-
-from asn1crypto import cms
-from cryptography.hazmat.primitives import hashes, padding, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.hazmat.primitives.asymmetric.padding import MGF1, OAEP
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from client.attestation import verify_attestation
 from client.errors import VerificationError
 from client.sim import pki as sim_pki
+from client.sim.kms.blobs import blob_key_id, open_blob, seal_blob
+from client.sim.kms.envelope import envelope_for_recipient
+from client.sim.kms.fault import KmsFault
+from client.sim.kms.state import DEFAULT_ACCOUNT, KmsState, locked
 from client.sim.policy import PolicyError, Request, evaluate
 
-DEFAULT_ACCOUNT = "111111111111"
-DEFAULT_REGION = "us-east-1"
-BLOB_MAGIC = b"SIMKMS1"
-MAX_BODY_BYTES = 1024 * 1024
 MAX_PLAINTEXT_BYTES = 4096
 RECIPIENT_ALGORITHM = "RSAES_OAEP_SHA_256"
-CREDENTIAL_RE = re.compile(r"Credential=([A-Z0-9]+)/\d{8}/([a-z0-9-]+)/kms/aws4_request")
 IMAGE_KEY = "kms:RecipientAttestation:ImageSha384"
-_thread_lock = threading.Lock()
-
-
-class KmsFault(Exception):
-    """An error answered to the caller as `{"__type": kind, "message": message}`."""
-
-    def __init__(self, kind: str, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.kind = kind
-        self.status = status
-
-
-# ---- state ---------------------------------------------------------------------------------
-
-
-def register_principal(state_dir: Path, access_key_id: str, principal_arn: str) -> None:
-    """Map an access key id to the principal ARN the simulation treats its caller as."""
-    path = Path(state_dir) / "principals.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with _locked(Path(state_dir)):
-        principals = json.loads(path.read_text()) if path.exists() else {}
-        principals[access_key_id] = principal_arn
-        _atomic_write(path, json.dumps(principals, indent=2, sort_keys=True).encode())
-
-
-@contextlib.contextmanager
-def _locked(state_dir: Path) -> Iterator[None]:
-    (state_dir / "kms").mkdir(parents=True, exist_ok=True, mode=0o700)
-    with _thread_lock, open(state_dir / "kms" / ".lock", "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-    os.replace(tmp, path)
-
-
-class KmsState:
-    """keys.json: {"account", "keys": {id: {...}}, "aliases": {name: id}}; read per request."""
-
-    def __init__(self, state_dir: Path) -> None:
-        self.state_dir = Path(state_dir)
-        self.path = self.state_dir / "kms" / "keys.json"
-
-    def load(self) -> dict[str, Any]:
-        if not self.path.exists():
-            return {"account": DEFAULT_ACCOUNT, "keys": {}, "aliases": {}}
-        return json.loads(self.path.read_text())
-
-    def save(self, data: dict[str, Any]) -> None:
-        _atomic_write(self.path, json.dumps(data, indent=2, sort_keys=True).encode())
-
-    def principals(self) -> dict[str, str]:
-        path = self.state_dir / "principals.json"
-        return json.loads(path.read_text()) if path.exists() else {}
-
-
-# ---- the CMS answer to a Recipient ---------------------------------------------------------
-
-
-def envelope_for_recipient(plaintext: bytes, public_key_der: bytes) -> bytes:
-    """CMS EnvelopedData as KMS builds it: one KeyTransRecipientInfo v2 identified by
-    SHA-256(DER SPKI), RSAES-OAEP-SHA256/MGF1-SHA256, AES-256-CBC content."""
-    public_key = serialization.load_der_public_key(public_key_der)
-    if not isinstance(public_key, rsa.RSAPublicKey) or public_key.key_size < 2048:
-        raise KmsFault("ValidationException",
-                       "the attestation document's public_key must be an RSA key of at least "
-                       "2048 bits in DER SubjectPublicKeyInfo form")
-    spki = public_key.public_bytes(serialization.Encoding.DER,
-                                   serialization.PublicFormat.SubjectPublicKeyInfo)
-    content_key, iv = os.urandom(32), os.urandom(16)
-    padder = padding.PKCS7(128).padder()
-    padded = padder.update(plaintext) + padder.finalize()
-    encryptor = Cipher(algorithms.AES(content_key), modes.CBC(iv)).encryptor()
-    encrypted_content = encryptor.update(padded) + encryptor.finalize()
-    encrypted_key = public_key.encrypt(
-        content_key, OAEP(mgf=MGF1(algorithm=hashes.SHA256()), algorithm=hashes.SHA256(),
-                          label=None))
-    recipient = cms.KeyTransRecipientInfo({
-        "version": "v2",
-        "rid": cms.RecipientIdentifier(name="subject_key_identifier",
-                                       value=hashlib.sha256(spki).digest()),
-        "key_encryption_algorithm": {
-            "algorithm": "rsaes_oaep",
-            "parameters": {
-                "hash_algorithm": {"algorithm": "sha256"},
-                "mask_gen_algorithm": {"algorithm": "mgf1",
-                                       "parameters": {"algorithm": "sha256"}},
-                "p_source_algorithm": {"algorithm": "p_specified", "parameters": b""},
-            },
-        },
-        "encrypted_key": encrypted_key,
-    })
-    enveloped = cms.EnvelopedData({
-        "version": "v2",
-        "recipient_infos": [cms.RecipientInfo(name="ktri", value=recipient)],
-        "encrypted_content_info": {
-            "content_type": "data",
-            "content_encryption_algorithm": {"algorithm": "aes256_cbc", "parameters": iv},
-            "encrypted_content": encrypted_content,
-        },
-    })
-    return cms.ContentInfo({"content_type": "enveloped_data", "content": enveloped}).dump()
-
-
-# ---- ciphertext blobs ----------------------------------------------------------------------
-
-
-def _context_aad(key_id: str, context: dict[str, str]) -> bytes:
-    return key_id.encode() + b"\x00" + json.dumps(context, sort_keys=True,
-                                                  separators=(",", ":")).encode()
-
-
-def seal_blob(key_id: str, material: bytes, plaintext: bytes, context: dict[str, str]) -> bytes:
-    nonce = os.urandom(12)
-    sealed = AESGCM(material).encrypt(nonce, plaintext, _context_aad(key_id, context))
-    return BLOB_MAGIC + bytes([len(key_id)]) + key_id.encode() + nonce + sealed
-
-
-def blob_key_id(blob: bytes) -> str:
-    if not blob.startswith(BLOB_MAGIC) or len(blob) < len(BLOB_MAGIC) + 1:
-        raise KmsFault("InvalidCiphertextException", "the ciphertext was not produced by this "
-                                                     "local KMS")
-    length = blob[len(BLOB_MAGIC)]
-    start = len(BLOB_MAGIC) + 1
-    return blob[start:start + length].decode(errors="replace")
-
-
-def open_blob(key_id: str, material: bytes, blob: bytes, context: dict[str, str]) -> bytes:
-    start = len(BLOB_MAGIC) + 1 + len(key_id.encode())
-    nonce, sealed = blob[start:start + 12], blob[start + 12:]
-    try:
-        return AESGCM(material).decrypt(nonce, sealed, _context_aad(key_id, context))
-    except Exception:  # InvalidTag, or a truncated blob
-        raise KmsFault("InvalidCiphertextException",
-                       "the ciphertext does not decrypt under this key with this encryption "
-                       "context") from None
-
-
-# ---- the service ---------------------------------------------------------------------------
 
 
 class LocalKms:
@@ -236,13 +44,13 @@ class LocalKms:
             raise KmsFault("UnsupportedOperationException",
                            f"the local KMS does not implement {operation}; it supports "
                            f"{', '.join(self.OPERATIONS)}")
-        with _locked(self.state_dir):
+        with locked(self.state_dir):
             principals = self.state.principals()
             if not access_key_id or access_key_id not in principals:
                 raise KmsFault("UnrecognizedClientException",
                                f"access key {access_key_id or '(none)'} is not registered in "
                                f"{self.state_dir / 'principals.json'}; register it with "
-                               "client.sim.kms.register_principal")
+                               "client.sim.kms.state.register_principal")
             data = self.state.load()
             caller = principals[access_key_id]
             handler = getattr(self, "_" + re.sub(r"(?<!^)([A-Z])", r"_\1", operation).lower())
@@ -495,103 +303,3 @@ def _b64(value: Any, name: str) -> bytes:
 
 def _b64e(data: bytes) -> str:
     return base64.b64encode(data).decode()
-
-
-# ---- HTTP ----------------------------------------------------------------------------------
-
-
-class _Handler(http.server.BaseHTTPRequestHandler):
-    server: KmsHttpServer
-    protocol_version = "HTTP/1.1"
-
-    def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
-        operation, outcome = "?", "ok"
-        try:
-            target = self.headers.get("X-Amz-Target", "")
-            operation = target.split(".", 1)[-1] or "?"
-            if not target.startswith("TrentService."):
-                raise KmsFault("UnknownOperationException",
-                               f"X-Amz-Target {target!r} is not TrentService.<Operation>")
-            length = int(self.headers.get("Content-Length") or 0)
-            if not 0 <= length <= MAX_BODY_BYTES:
-                raise KmsFault("ValidationException", "request body too large")
-            raw = self.rfile.read(length)
-            body = json.loads(raw or b"{}")
-            if not isinstance(body, dict):
-                raise KmsFault("SerializationException", "the request body is not a JSON object")
-            match = CREDENTIAL_RE.search(self.headers.get("Authorization", ""))
-            access_key = match.group(1) if match else None
-            region = match.group(2) if match else DEFAULT_REGION
-            response = self.server.kms.call(target.split(".", 1)[1], body, access_key, region)
-            self._reply(200, response)
-        except KmsFault as fault:
-            outcome = fault.kind
-            self._reply(fault.status, {"__type": fault.kind, "message": str(fault)})
-        except (ValueError, json.JSONDecodeError) as exc:
-            self._reply(400, {"__type": "SerializationException", "message": str(exc)})
-        except Exception as exc:  # the server keeps serving; the caller learns it failed
-            outcome = "KMSInternalException"
-            self._reply(500, {"__type": "KMSInternalException",
-                              "message": f"local KMS failure: {type(exc).__name__}: {exc}"})
-        finally:
-            # One audit line per request (operation and outcome, never keys or data), as
-            # CloudTrail would record it: the simulation's log shows what reached KMS.
-            print(f"request {operation} {outcome}", flush=True)
-
-    def _reply(self, status: int, payload: dict[str, Any]) -> None:
-        data = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/x-amz-json-1.1")
-        self.send_header("Content-Length", str(len(data)))
-        self.send_header("x-amzn-RequestId", str(uuid.uuid4()))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-        # silent: request lines carry nothing useful and headers carry credentials
-        return
-
-
-class KmsHttpServer(http.server.ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self, address: tuple[str, int], kms: LocalKms) -> None:
-        self.kms = kms
-        super().__init__(address, _Handler)
-
-
-def make_kms_server(host: str, port: int, *, state_dir: Path) -> KmsHttpServer:
-    """A ready-to-serve local KMS bound to (host, port); port 0 picks a free one
-    (`server.server_address[1]`). Call `serve_forever()`; stop with `shutdown()`."""
-    return KmsHttpServer((host, port), LocalKms(Path(state_dir)))
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m client.sim.kms",
-                                     description="Local KMS endpoint for the simulation.")
-    parser.add_argument("--port", type=int, default=0, help="TCP port on 127.0.0.1 (0: any)")
-    parser.add_argument("--state", required=True, help="simulation state directory")
-    parser.add_argument("--tls-certificate", metavar="PEM",
-                        help="serve HTTPS with this certificate (the emulated enclave's KMS)")
-    parser.add_argument("--tls-key", metavar="PEM", help="private key of --tls-certificate")
-    args = parser.parse_args(argv)
-    server = make_kms_server("127.0.0.1", args.port, state_dir=Path(args.state))
-    if args.tls_certificate:
-        import ssl
-
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
-        context.load_cert_chain(args.tls_certificate, args.tls_key)
-        server.socket = context.wrap_socket(server.socket, server_side=True)
-    print(server.server_address[1], flush=True)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
