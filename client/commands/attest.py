@@ -31,7 +31,7 @@ NONCE_BYTES = 32
 PCR_KEY = re.compile(r"^PCR(\d{1,2})$")
 
 
-def register(subparsers: argparse._SubParsersAction,
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
              parents: list[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "attest", parents=parents, help="verify the enclave's attestation for a fresh nonce",

@@ -34,7 +34,7 @@ from client.output import emit
 from enclave.receipt import receipt_user_data
 
 
-def register(subparsers: argparse._SubParsersAction,
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
              parents: list[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser("jobs", parents=parents, help="fleet jobs: submit, status, "
                                    "list, results", description=__doc__.split("\n\n")[0])

@@ -28,7 +28,7 @@ SHOWN_PCRS = (0, 1, 2, 8)  # image, kernel+boot, application, signing certificat
 MAX_DOCUMENT_BYTES = 64 * 1024
 
 
-def register(subparsers: argparse._SubParsersAction,
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
              parents: list[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "verify-attestation", parents=parents,

@@ -28,7 +28,7 @@ from enclave.receipt import receipt_user_data
 MAX_RECEIPT_FILE_BYTES = 1024 * 1024
 
 
-def register(subparsers: argparse._SubParsersAction,
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
              parents: list[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "verify-receipt", parents=parents,

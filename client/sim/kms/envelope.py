@@ -56,4 +56,6 @@ def envelope_for_recipient(plaintext: bytes, public_key_der: bytes) -> bytes:
             "encrypted_content": encrypted_content,
         },
     })
-    return cms.ContentInfo({"content_type": "enveloped_data", "content": enveloped}).dump()
+    encoded: bytes = cms.ContentInfo({"content_type": "enveloped_data",
+                                      "content": enveloped}).dump()
+    return encoded

@@ -10,6 +10,7 @@ import json
 import os
 import re
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,25 +26,31 @@ from client.sim.policy import PolicyError, Request, evaluate
 MAX_PLAINTEXT_BYTES = 4096
 RECIPIENT_ALGORITHM = "RSAES_OAEP_SHA_256"
 IMAGE_KEY = "kms:RecipientAttestation:ImageSha384"
+# An operation: (state, request body, caller's principal ARN, endpoint region) -> response.
+Handler = Callable[[dict[str, Any], dict[str, Any], str, str], dict[str, Any]]
 
 
 class LocalKms:
     """Operation handlers: `call(operation, body, access_key_id, region) -> response dict`."""
 
-    OPERATIONS = ("CreateKey", "CreateAlias", "ListAliases", "DescribeKey", "GetKeyPolicy",
-                  "PutKeyPolicy", "GenerateDataKey", "Encrypt", "Decrypt")
-
     def __init__(self, state_dir: Path) -> None:
         self.state_dir = Path(state_dir)
         self.state = KmsState(self.state_dir)
         self.root_pem = sim_pki.load_root_pem(self.state_dir)
+        self._handlers: dict[str, Handler] = {
+            "CreateKey": self._create_key, "CreateAlias": self._create_alias,
+            "ListAliases": self._list_aliases, "DescribeKey": self._describe_key,
+            "GetKeyPolicy": self._get_key_policy, "PutKeyPolicy": self._put_key_policy,
+            "GenerateDataKey": self._generate_data_key, "Encrypt": self._encrypt,
+            "Decrypt": self._decrypt,
+        }
 
     def call(self, operation: str, body: dict[str, Any], access_key_id: str | None,
              region: str) -> dict[str, Any]:
-        if operation not in self.OPERATIONS:
+        if operation not in self._handlers:
             raise KmsFault("UnsupportedOperationException",
                            f"the local KMS does not implement {operation}; it supports "
-                           f"{', '.join(self.OPERATIONS)}")
+                           f"{', '.join(self._handlers)}")
         with locked(self.state_dir):
             principals = self.state.principals()
             if not access_key_id or access_key_id not in principals:
@@ -53,8 +60,7 @@ class LocalKms:
                                "client.sim.kms.state.register_principal")
             data = self.state.load()
             caller = principals[access_key_id]
-            handler = getattr(self, "_" + re.sub(r"(?<!^)([A-Z])", r"_\1", operation).lower())
-            response = handler(data, body, caller, region)
+            response = self._handlers[operation](data, body, caller, region)
             self.state.save(data)
             return response
 
@@ -88,7 +94,7 @@ class LocalKms:
                 raise KmsFault("NotFoundException",
                                f"Alias arn:aws:kms:{region}:{account}:{key_id} is not found.")
             key_id = alias
-        key = data["keys"].get(key_id)
+        key: dict[str, Any] | None = data["keys"].get(key_id)
         if key is None or key["arn"].split(":")[3] != region:
             raise KmsFault("NotFoundException",
                            f"Key 'arn:aws:kms:{region}:{account}:key/{key_id}' does not exist")
@@ -160,7 +166,8 @@ class LocalKms:
 
     # -- operations
 
-    def _create_key(self, data, body, caller, region):
+    def _create_key(self, data: dict[str, Any], body: dict[str, Any], caller: str,
+                    region: str) -> dict[str, Any]:
         key_id = str(uuid.uuid4())
         account = data.get("account", DEFAULT_ACCOUNT)
         policy = body.get("Policy") or json.dumps({"Version": "2012-10-17", "Statement": [{
@@ -175,7 +182,8 @@ class LocalKms:
         data["keys"][key_id] = key
         return {"KeyMetadata": self._metadata(key)}
 
-    def _create_alias(self, data, body, caller, region):
+    def _create_alias(self, data: dict[str, Any], body: dict[str, Any], caller: str,
+                      region: str) -> dict[str, Any]:
         name = body.get("AliasName")
         if not isinstance(name, str) or not re.fullmatch(r"alias/[A-Za-z0-9/_-]{1,250}", name):
             raise KmsFault("ValidationException", f"AliasName {name!r} must be alias/<name>")
@@ -188,7 +196,8 @@ class LocalKms:
         data["aliases"][name] = key["id"]
         return {}
 
-    def _list_aliases(self, data, body, caller, region):
+    def _list_aliases(self, data: dict[str, Any], body: dict[str, Any], caller: str,
+                      region: str) -> dict[str, Any]:
         account = data.get("account", DEFAULT_ACCOUNT)
         aliases = [{"AliasName": name, "AliasArn": f"arn:aws:kms:{region}:{account}:{name}",
                     "TargetKeyId": key_id} for name, key_id in sorted(data["aliases"].items())]
@@ -197,17 +206,20 @@ class LocalKms:
             aliases = [a for a in aliases if a["TargetKeyId"] == wanted]
         return {"Aliases": aliases, "Truncated": False}
 
-    def _describe_key(self, data, body, caller, region):
+    def _describe_key(self, data: dict[str, Any], body: dict[str, Any], caller: str,
+                      region: str) -> dict[str, Any]:
         key = self._resolve(data, body.get("KeyId"), region)
         self._authorize(key, caller, "kms:DescribeKey")
         return {"KeyMetadata": self._metadata(key)}
 
-    def _get_key_policy(self, data, body, caller, region):
+    def _get_key_policy(self, data: dict[str, Any], body: dict[str, Any], caller: str,
+                        region: str) -> dict[str, Any]:
         key = self._resolve(data, body.get("KeyId"), region)
         self._authorize(key, caller, "kms:GetKeyPolicy")
         return {"Policy": key["policy"], "PolicyName": "default"}
 
-    def _put_key_policy(self, data, body, caller, region):
+    def _put_key_policy(self, data: dict[str, Any], body: dict[str, Any], caller: str,
+                        region: str) -> dict[str, Any]:
         key = self._resolve(data, body.get("KeyId"), region)
         if body.get("PolicyName", "default") != "default":
             raise KmsFault("ValidationException", "PolicyName must be default")
@@ -217,7 +229,8 @@ class LocalKms:
         key["policy"] = policy
         return {}
 
-    def _generate_data_key(self, data, body, caller, region):
+    def _generate_data_key(self, data: dict[str, Any], body: dict[str, Any], caller: str,
+                           region: str) -> dict[str, Any]:
         key = self._resolve(data, body.get("KeyId"), region)
         context = self._context(body)
         size = {"AES_256": 32, "AES_128": 16}.get(body.get("KeySpec") or "", None)
@@ -240,7 +253,8 @@ class LocalKms:
             response["Plaintext"] = _b64e(plaintext)
         return response
 
-    def _encrypt(self, data, body, caller, region):
+    def _encrypt(self, data: dict[str, Any], body: dict[str, Any], caller: str,
+                 region: str) -> dict[str, Any]:
         key = self._resolve(data, body.get("KeyId"), region)
         context = self._context(body)
         plaintext = _b64(body.get("Plaintext"), "Plaintext")
@@ -252,7 +266,8 @@ class LocalKms:
         return {"KeyId": key["arn"], "CiphertextBlob": _b64e(blob),
                 "EncryptionAlgorithm": "SYMMETRIC_DEFAULT"}
 
-    def _decrypt(self, data, body, caller, region):
+    def _decrypt(self, data: dict[str, Any], body: dict[str, Any], caller: str,
+                 region: str) -> dict[str, Any]:
         blob = _b64(body.get("CiphertextBlob"), "CiphertextBlob")
         key = self._resolve(data, blob_key_id(blob), region)
         if body.get("KeyId") and self._resolve(data, body["KeyId"], region)["id"] != key["id"]:

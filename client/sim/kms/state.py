@@ -57,7 +57,8 @@ class KmsState:
     def load(self) -> dict[str, Any]:
         if not self.path.exists():
             return {"account": DEFAULT_ACCOUNT, "keys": {}, "aliases": {}}
-        return json.loads(self.path.read_text())
+        data: dict[str, Any] = json.loads(self.path.read_text())
+        return data
 
     def save(self, data: dict[str, Any]) -> None:
         atomic_write(self.path, json.dumps(data, indent=2, sort_keys=True).encode())
