@@ -222,7 +222,15 @@ class RuntimeClient:
         raw = response.read(64 * 1024)
         raise error_from_response(response.status, raw)
 
-    def _json(self, method: str, url: str, payload: Any = None) -> Any:
+    def _json(self, method: str, url: str, payload: Any = None) -> dict[str, Any]:
+        """The runtime's answer to a request, a JSON object."""
+        result = self._json_value(method, url, payload)
+        if not isinstance(result, dict):
+            raise EnclaveError(f"the enclave runtime's answer to {method} {url} is not a JSON "
+                               "object; is --socket/--cid pointing at the runtime?")
+        return result
+
+    def _json_value(self, method: str, url: str, payload: Any = None) -> Any:
         body = None
         headers = {}
         if payload is not None:
@@ -295,7 +303,10 @@ class RuntimeClient:
         except (OSError, http.client.HTTPException) as exc:
             raise self._transport_error(exc) from exc
         self._check(response)
-        return json.loads(response.read() or b"{}")
+        answer = json.loads(response.read() or b"{}")
+        if not isinstance(answer, dict):
+            raise EnclaveError(f"the enclave runtime's answer to PUT {url} is not a JSON object")
+        return answer
 
     def download(self, area: str, path: str, sink: BinaryIO, *, offset: int = 0,
                  progress: Progress | None = None) -> int:
@@ -366,7 +377,7 @@ class RuntimeClient:
         return self._json("GET", f"/v1/runs/{quote(run_id, safe='')}")
 
     def list_runs(self) -> builtins.list[dict[str, Any]]:
-        result = self._json("GET", "/v1/runs")
+        result = self._json_value("GET", "/v1/runs")
         if isinstance(result, dict):
             return list(result.get("runs", []))
         return list(result)

@@ -209,24 +209,50 @@ def _split_cose_sign1(document: bytes) -> tuple[bytes, bytes, bytes]:
 
 
 def _parse_payload(payload: bytes) -> dict[str, Any]:
+    """The payload's fields, each checked for type and shape; anything else is refused."""
+    doc = _payload_map(payload)
+    return {
+        "module_id": _module_id(doc),
+        "digest": _digest(doc),
+        "timestamp": _timestamp(doc),
+        "pcrs": _pcrs(doc),
+        "certificate": _certificate(doc),
+        "cabundle": _cabundle(doc),
+        **_optional_bytes(doc),
+    }
+
+
+def _payload_map(payload: bytes) -> dict[Any, Any]:
     try:
         doc = cbor2.loads(payload)
     except Exception as exc:
         raise VerificationError(f"the attestation payload is not CBOR: {exc}") from None
     if not isinstance(doc, dict):
         raise VerificationError("the attestation payload is not a map")
-    out: dict[str, Any] = {}
+    return doc
+
+
+def _module_id(doc: dict[Any, Any]) -> str:
     module_id = doc.get("module_id")
     if not isinstance(module_id, str) or not module_id:
         raise VerificationError("the attestation payload has no module_id")
-    out["module_id"] = module_id
+    return module_id
+
+
+def _digest(doc: dict[Any, Any]) -> str:
     if doc.get("digest") != "SHA384":
         raise VerificationError(f"the attestation digest is {doc.get('digest')!r}, expected SHA384")
-    out["digest"] = "SHA384"
+    return "SHA384"
+
+
+def _timestamp(doc: dict[Any, Any]) -> int:
     timestamp = doc.get("timestamp")
     if not isinstance(timestamp, int) or isinstance(timestamp, bool) or timestamp <= 0:
         raise VerificationError("the attestation payload has no valid timestamp")
-    out["timestamp"] = timestamp
+    return timestamp
+
+
+def _pcrs(doc: dict[Any, Any]) -> dict[int, bytes]:
     pcrs = doc.get("pcrs")
     if not isinstance(pcrs, dict) or not pcrs:
         raise VerificationError("the attestation payload has no pcrs map")
@@ -237,16 +263,27 @@ def _parse_payload(payload: bytes) -> dict[str, Any]:
         if not isinstance(value, bytes) or len(value) != SHA384_BYTES:
             raise VerificationError(f"PCR{index} is not a {SHA384_BYTES}-byte SHA-384 value")
         clean[index] = value
-    out["pcrs"] = clean
+    return clean
+
+
+def _certificate(doc: dict[Any, Any]) -> bytes:
     certificate = doc.get("certificate")
-    cabundle = doc.get("cabundle")
     if not isinstance(certificate, bytes) or not certificate:
         raise VerificationError("the attestation payload has no signing certificate")
+    return certificate
+
+
+def _cabundle(doc: dict[Any, Any]) -> list[bytes]:
+    cabundle = doc.get("cabundle")
     if (not isinstance(cabundle, list) or not cabundle
             or not all(isinstance(c, bytes) and c for c in cabundle)):
         raise VerificationError("the attestation payload has no cabundle of DER certificates")
-    out["certificate"] = certificate
-    out["cabundle"] = cabundle
+    return cabundle
+
+
+def _optional_bytes(doc: dict[Any, Any]) -> dict[str, bytes | None]:
+    """public_key, user_data, nonce: bytes or absent."""
+    out: dict[str, bytes | None] = {}
     for name in OPTIONAL_BYTES_FIELDS:
         value = doc.get(name)
         if value is not None and not isinstance(value, bytes):

@@ -175,8 +175,8 @@ def get_region(explicit: str | None = None, imds: Imds | None = None) -> str:
             pass
     import boto3
 
-    region = boto3.Session().region_name
-    if region:
-        return region
+    session_region = boto3.Session().region_name
+    if isinstance(session_region, str) and session_region:
+        return session_region
     raise AwsError("no AWS region known: not on EC2 and none configured; pass --region or set "
                    "AWS_REGION")

@@ -14,9 +14,9 @@ class ExitStatus(enum.IntEnum):
 
     OK = 0
     ERROR = 1  # an unexpected failure; the message says what happened
-    USAGE = 2  # bad command line or configuration
+    USAGE = 2  # bad command line or configuration (client/attestation_inputs.py: bad hex)
     VERIFICATION_FAILED = 3  # an attestation document or measurement did not verify
-    NOT_FOUND = 4  # no enclave, no simulation, no such file or job
+    NOT_FOUND = 4  # no enclave, no simulation, no such file or job, an unreadable file
     ENCLAVE_ERROR = 5  # the enclave runtime refused the request or failed
     AWS_ERROR = 6  # an AWS/KMS/S3 call failed or was denied
     TIMEOUT = 7  # a wait or a run exceeded its time limit

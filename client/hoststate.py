@@ -31,9 +31,10 @@ def state_dir() -> Path:
 
 def read_json(name: str) -> dict[str, Any] | None:
     try:
-        return json.loads((state_dir() / name).read_text())
+        data = json.loads((state_dir() / name).read_text())
     except (FileNotFoundError, ValueError):
         return None
+    return data if isinstance(data, dict) else None
 
 
 def write_json(name: str, value: dict[str, Any]) -> Path:

@@ -28,12 +28,16 @@ def load_state(directory: Path | None = None) -> dict[str, Any] | None:
     """The recorded state, or None when no simulation was started here."""
     path = (directory or sim_dir()) / STATE_FILE
     try:
-        return json.loads(path.read_text())
+        state = json.loads(path.read_text())
     except FileNotFoundError:
         return None
     except ValueError as exc:
         raise UsageError(f"{path} is not valid JSON ({exc}); run `python -m client simulate down` "
                          "to clean it up, then `simulate up`") from exc
+    if not isinstance(state, dict):
+        raise UsageError(f"{path} is not a JSON object; run `python -m client simulate down` "
+                         "to clean it up, then `simulate up`")
+    return state
 
 
 def save_state(state: dict[str, Any], directory: Path | None = None) -> Path:

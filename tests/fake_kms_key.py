@@ -3,7 +3,7 @@
 The image policy (enclave/policy.py) accepts only data keys whose provider is `aws-kms` and whose
 key info is a pinned KMS key ARN, exactly what KMS-sealed bundles carry. This master key produces
 such data keys without a KMS endpoint: it wraps them with a local AES-GCM key, bound to the
-encryption context. The attested path itself is tested against the local KMS (client/sim/kms.py).
+encryption context. The attested path itself is tested against the local KMS (client/sim/kms/).
 """
 
 from __future__ import annotations

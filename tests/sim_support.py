@@ -11,7 +11,8 @@ from pathlib import Path
 
 import boto3
 
-from client.sim.kms import make_kms_server, register_principal
+from client.sim.kms.server import make_kms_server
+from client.sim.kms.state import register_principal
 from client.sim.nsm import serve_nsm
 from enclave.nsm import NsmClient
 

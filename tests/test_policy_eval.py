@@ -1,9 +1,15 @@
-"""The local KMS key-policy evaluator: operator by operator, and attacks on the project shape."""
+"""The local KMS key-policy evaluator: the key policy the synthesized ThirdPartyStack template
+holds, decided and attacked; then operator by operator."""
 
 from __future__ import annotations
 
+import copy
+from pathlib import Path
+from typing import Any
+
 import pytest
 
+from client.sim.image import ENCLAVE_KEY_LOGICAL_ID
 from client.sim.policy import (
     PolicyError,
     Request,
@@ -11,39 +17,53 @@ from client.sim.policy import (
     evaluate,
     principal_matches,
 )
-from client.sim.template import resolve_intrinsics
+from client.sim.template import key_policy_from_template
+from pipeline.allowlist import add_measurement
 
-HOST = "arn:aws:iam::222222222222:role/EnclaveHostRole"
-HOST_SESSION = "arn:aws:sts::222222222222:assumed-role/EnclaveHostRole/i-0abc"
+# What cdk.json's context makes of the enclave key's policy: the key's account (the third
+# party's), the host role HostStack creates in the host account, the app id.
+KEY_ACCOUNT = "111111111111"
+REGION = "us-east-1"
+HOST = "arn:aws:iam::222222222222:role/sealed-enclave-host-example-ml-vendor"
+HOST_SESSION = "arn:aws:sts::222222222222:assumed-role/sealed-enclave-host-example-ml-vendor/i-0abc"
+APP_ID = "sample-inference"
 OTHER = "arn:aws:iam::333333333333:role/Other"
-KEY = "arn:aws:kms:us-east-1:111111111111:key/0000"
+KEY = f"arn:aws:kms:{REGION}:{KEY_ACCOUNT}:key/0000"
 GOOD = "a" * 96
 BAD = "b" * 96
 IMAGE = "kms:RecipientAttestation:ImageSha384"
 
+# Every test below that reads the template synthesizes the CDK app once per session.
+template = pytest.mark.cdk
 
-def project_shaped_policy(images: list[str]) -> dict:
-    """Same shape as constructs/enclave_key.py writes: Allow with conditions, two Denies."""
-    return {"Version": "2012-10-17", "Statement": [
-        {"Sid": "EnableKeyAdministration", "Effect": "Allow",
-         "Principal": {"AWS": "arn:aws:iam::111111111111:root"}, "Action": "kms:*",
-         "Resource": "*"},
-        {"Sid": "AllowAttestedEnclaveDecrypt", "Effect": "Allow", "Principal": {"AWS": HOST},
-         "Action": "kms:Decrypt", "Resource": "*",
-         "Condition": {"StringEquals": {IMAGE: images, "kms:EncryptionContext:app_id": "app"}}},
-        {"Sid": "DenyDecryptWithoutAttestation", "Effect": "Deny", "Principal": {"AWS": HOST},
-         "Action": "kms:Decrypt", "Resource": "*", "Condition": {"Null": {IMAGE: "true"}}},
-        {"Sid": "DenyDecryptUnlistedImage", "Effect": "Deny", "Principal": {"AWS": HOST},
-         "Action": "kms:Decrypt", "Resource": "*",
-         "Condition": {"StringNotEquals": {IMAGE: images}}},
-    ]}
+
+@pytest.fixture(scope="module")
+def template_policy(third_party_template_path: Path) -> dict[str, Any]:
+    """The enclave key's policy as the ThirdPartyStack template defines it (no image allowed
+    yet), read as the simulation reads it."""
+    return key_policy_from_template(third_party_template_path,
+                                    logical_id_prefix=ENCLAVE_KEY_LOGICAL_ID,
+                                    account=KEY_ACCOUNT, region=REGION)
+
+
+def allowing(policy: dict[str, Any], *images: str) -> dict[str, Any]:
+    """The policy with `images` allowed by the pipeline's own function, as a release does."""
+    for image in images:
+        policy = add_measurement(policy, image, keep=len(images))
+    return policy
+
+
+@pytest.fixture
+def policy(template_policy: dict[str, Any]) -> dict[str, Any]:
+    """The template's policy after the pipeline allowed the image GOOD."""
+    return allowing(template_policy, GOOD)
 
 
 def decrypt(principal: str = HOST, **context) -> Request:
     return Request(principal, "kms:Decrypt", KEY, context)
 
 
-def ctx(image: str | None = GOOD, app_id: str | None = "app") -> dict:
+def ctx(image: str | None = GOOD, app_id: str | None = APP_ID) -> dict:
     out = {}
     if image is not None:
         out[IMAGE] = image
@@ -52,118 +72,129 @@ def ctx(image: str | None = GOOD, app_id: str | None = "app") -> dict:
     return out
 
 
-def stack_policy(images: list[str]) -> dict:
-    """The policy constructs/enclave_key.py writes, with the KMS guide's IgnoreCase operators."""
-    import aws_cdk as cdk
-
-    from constructs.enclave_key import key_policy
-
-    document = key_policy(administrator_account="111111111111", host_principal_arn=HOST,
-                          app_id="app", measurements=images, signer_pcr8=None)
-    return resolve_intrinsics(cdk.Stack().resolve(document.to_json()),
-                              {"AWS::Partition": "aws"})
-
-
 # ---- the policy the stack writes, decided as KMS would ---------------------------------------
 
 
-def test_stack_policy_uses_the_ignore_case_operators_this_evaluator_decides() -> None:
-    operators = {op for s in stack_policy([GOOD])["Statement"] for op in s.get("Condition", {})}
-    assert {"StringEqualsIgnoreCase", "StringNotEqualsIgnoreCase"} <= operators
+@template
+def test_template_policy_uses_the_ignore_case_operators_this_evaluator_decides(
+        template_policy) -> None:
+    operators = {op for s in template_policy["Statement"] for op in s.get("Condition", {})}
+    assert {"StringEqualsIgnoreCase", "StringNotEqualsIgnoreCase", "Null"} <= operators
 
 
+@template
 @pytest.mark.parametrize("image,app_id,allowed", [
-    (GOOD, "app", True),
-    (GOOD.upper(), "app", True),  # a digest's case carries no meaning
-    (BAD, "app", False),
-    ("0" * 96, "app", False),  # debug mode
-    (None, "app", False),  # the parent instance, no attestation
-    (GOOD, "APP", False),  # the app id is compared exactly
+    (GOOD, APP_ID, True),
+    (GOOD.upper(), APP_ID, True),  # a digest's case carries no meaning
+    (BAD, APP_ID, False),
+    ("0" * 96, APP_ID, False),  # debug mode
+    (None, APP_ID, False),  # the parent instance, no attestation
+    (GOOD, APP_ID.upper(), False),  # the app id is compared exactly
+    (GOOD, "other-app", False),
     (GOOD, None, False),
 ])
-def test_stack_policy_decides_host_decrypts(image, app_id, allowed) -> None:
-    decision = evaluate(stack_policy([GOOD]), decrypt(**ctx(image, app_id)))
+def test_template_policy_decides_host_decrypts(policy, image, app_id, allowed) -> None:
+    decision = evaluate(policy, decrypt(**ctx(image, app_id)))
     assert decision.allowed is allowed, decision
 
 
-def test_stack_policy_with_no_image_yet_allows_no_attestation() -> None:
+@template
+def test_template_policy_with_no_image_yet_allows_no_attestation(template_policy) -> None:
     # An attested ImageSha384 is 96 hex digits, in any case: never the placeholder, folded or not.
-    policy = stack_policy([])
     for image in (GOOD, GOOD.upper(), "0" * 96):
-        assert not evaluate(policy, decrypt(**ctx(image))).allowed
+        assert not evaluate(template_policy, decrypt(**ctx(image))).allowed
 
 
-# ---- the project's policy shape, attacked --------------------------------------------------
+# ---- the template's policy, attacked -------------------------------------------------------
 
 
-def test_allowed_image_with_right_context_is_allowed() -> None:
-    decision = evaluate(project_shaped_policy([GOOD]), decrypt(**ctx()))
+@template
+def test_allowed_image_with_right_context_is_allowed(policy) -> None:
+    decision = evaluate(policy, decrypt(**ctx()))
     assert decision.allowed and decision.statement == "AllowAttestedEnclaveDecrypt"
 
 
-def test_assumed_role_session_of_the_host_role_is_allowed() -> None:
-    assert evaluate(project_shaped_policy([GOOD]), decrypt(HOST_SESSION, **ctx())).allowed
+@template
+def test_assumed_role_session_of_the_host_role_is_allowed(policy) -> None:
+    assert evaluate(policy, decrypt(HOST_SESSION, **ctx())).allowed
 
 
-def test_request_without_attestation_is_explicitly_denied() -> None:
-    decision = evaluate(project_shaped_policy([GOOD]), decrypt(**ctx(image=None)))
+@template
+def test_request_without_attestation_is_explicitly_denied(policy) -> None:
+    decision = evaluate(policy, decrypt(**ctx(image=None)))
     assert not decision.allowed and decision.statement == "DenyDecryptWithoutAttestation"
 
 
-def test_unlisted_image_is_explicitly_denied() -> None:
-    decision = evaluate(project_shaped_policy([GOOD]), decrypt(**ctx(image=BAD)))
+@template
+def test_unlisted_image_is_explicitly_denied(policy) -> None:
+    decision = evaluate(policy, decrypt(**ctx(image=BAD)))
     assert not decision.allowed and decision.statement == "DenyDecryptUnlistedImage"
 
 
-def test_debug_mode_zero_image_is_denied() -> None:
-    decision = evaluate(project_shaped_policy([GOOD]), decrypt(**ctx(image="0" * 96)))
-    assert not decision.allowed
+@template
+def test_debug_mode_zero_image_is_explicitly_denied(policy) -> None:
+    decision = evaluate(policy, decrypt(**ctx(image="0" * 96)))
+    assert not decision.allowed and decision.statement == "DenyDecryptUnlistedImage"
 
 
-def test_wrong_encryption_context_is_not_allowed() -> None:
-    decision = evaluate(project_shaped_policy([GOOD]), decrypt(**ctx(app_id="other")))
+@template
+def test_wrong_encryption_context_is_not_allowed(policy) -> None:
+    decision = evaluate(policy, decrypt(**ctx(app_id="other")))
     assert not decision.allowed and "implicit" in decision.reason
 
 
-def test_missing_encryption_context_is_not_allowed() -> None:
-    assert not evaluate(project_shaped_policy([GOOD]), decrypt(**ctx(app_id=None))).allowed
+@template
+def test_missing_encryption_context_is_not_allowed(policy) -> None:
+    assert not evaluate(policy, decrypt(**ctx(app_id=None))).allowed
 
 
-def test_encryption_context_key_differing_in_case_is_a_different_key() -> None:
-    context = {IMAGE: GOOD, "kms:EncryptionContext:APP_ID": "app"}
-    assert not evaluate(project_shaped_policy([GOOD]), decrypt(**context)).allowed
+@template
+def test_encryption_context_key_differing_in_case_is_a_different_key(policy) -> None:
+    context = {IMAGE: GOOD, "kms:EncryptionContext:APP_ID": APP_ID}
+    assert not evaluate(policy, decrypt(**context)).allowed
 
 
-def test_condition_key_prefix_is_case_insensitive() -> None:
-    context = {IMAGE.upper(): GOOD, "KMS:encryptioncontext:app_id": "app"}
-    assert evaluate(project_shaped_policy([GOOD]), decrypt(**context)).allowed
+@template
+def test_condition_key_prefix_is_case_insensitive(policy) -> None:
+    context = {IMAGE.upper(): GOOD, "KMS:encryptioncontext:app_id": APP_ID}
+    assert evaluate(policy, decrypt(**context)).allowed
 
 
-def test_any_of_several_allowed_images_is_allowed() -> None:
-    policy = project_shaped_policy([BAD, GOOD])
+@template
+def test_any_of_several_allowed_images_is_allowed(template_policy) -> None:
+    policy = allowing(template_policy, BAD, GOOD)
     assert evaluate(policy, decrypt(**ctx(image=GOOD))).allowed
     assert evaluate(policy, decrypt(**ctx(image=BAD))).allowed
 
 
-def test_other_principal_gets_implicit_deny() -> None:
-    assert not evaluate(project_shaped_policy([GOOD]), decrypt(OTHER, **ctx())).allowed
+@template
+def test_other_principal_gets_implicit_deny(policy) -> None:
+    assert not evaluate(policy, decrypt(OTHER, **ctx())).allowed
 
 
-def test_key_administrator_account_may_decrypt_without_attestation() -> None:
-    admin = "arn:aws:iam::111111111111:role/Pipeline"
-    assert evaluate(project_shaped_policy([GOOD]), decrypt(admin, **ctx(image=None))).allowed
+@template
+def test_key_administrator_account_may_decrypt_without_attestation(policy) -> None:
+    admin = f"arn:aws:iam::{KEY_ACCOUNT}:role/Pipeline"
+    assert evaluate(policy, decrypt(admin, **ctx(image=None))).allowed
 
 
-def test_deny_wins_over_an_allow_in_the_same_policy() -> None:
-    policy = project_shaped_policy([GOOD])
-    policy["Statement"].append({"Sid": "Broad", "Effect": "Allow", "Principal": "*",
-                                "Action": "kms:*", "Resource": "*"})
-    assert not evaluate(policy, decrypt(**ctx(image=BAD))).allowed
+@template
+def test_deny_wins_over_an_allow_in_the_same_policy(policy) -> None:
+    broadened = copy.deepcopy(policy)
+    broadened["Statement"].append({"Sid": "Broad", "Effect": "Allow", "Principal": "*",
+                                   "Action": "kms:*", "Resource": "*"})
+    assert not evaluate(broadened, decrypt(**ctx(image=BAD))).allowed
 
 
-def test_other_action_is_not_allowed_by_a_decrypt_statement() -> None:
-    request = Request(HOST, "kms:Encrypt", KEY, ctx())
-    assert not evaluate(project_shaped_policy([GOOD]), request).allowed
+@template
+@pytest.mark.parametrize("action", ["kms:Encrypt", "kms:GenerateDataKey", "kms:PutKeyPolicy",
+                                    "kms:ReEncryptFrom"])
+def test_host_is_denied_every_other_use_of_the_key(policy, action) -> None:
+    decision = evaluate(policy, Request(HOST, action, KEY, ctx()))
+    assert not decision.allowed and decision.statement == "DenyHostAnyOtherKeyUse"
+
+
+# ---- statement elements, on small policies -------------------------------------------------
 
 
 def test_action_names_match_case_insensitively_with_wildcards() -> None:

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from runtime_harness import TEST_POLICY_BYTES as POLICY
 
 from client.sim import pki as sim_pki
-from client.sim.kms import envelope_for_recipient
+from client.sim.kms.envelope import envelope_for_recipient
 from client.sim.measure import simulated_pcrs
 from client.sim.nsm import build_attestation_document
 from enclave.cms import decrypt_enveloped_data, parse_enveloped_data, spki_sha256
@@ -193,7 +193,7 @@ def test_module_entry_point_prints_its_port_and_serves(tmp_path: Path) -> None:
         stdout=subprocess.PIPE, text=True, cwd=PROJECT_ROOT)
     try:
         port = int(process.stdout.readline())
-        from client.sim.kms import register_principal
+        from client.sim.kms.state import register_principal
         register_principal(tmp_path, OWNER_KEY, "arn:aws:iam::111111111111:role/X")
         client = kms_client(f"http://127.0.0.1:{port}", OWNER_KEY)
         assert client.create_key()["KeyMetadata"]["KeyId"]

@@ -118,7 +118,8 @@ def test_base64_file_is_accepted(att3: Path, tmp_path: Path) -> None:
 
 
 def test_missing_file_exits_4(tmp_path: Path, capsys) -> None:
-    assert main(["verify-attestation", str(tmp_path / "nope")]) == ExitStatus.NOT_FOUND
+    assert main(["verify-attestation", str(tmp_path / "nope"), "--any-image"]) == \
+        ExitStatus.NOT_FOUND
     assert "no attestation document" in capsys.readouterr().err
 
 
@@ -159,3 +160,62 @@ def test_documented_example_runs_as_documented(fixtures_dir: Path, capsys) -> No
     assert block[:4] == ["python", "-m", "client", "verify-attestation"]
     argv = [arg.replace("../shared/fixtures", str(fixtures_dir)) for arg in block[3:]]
     assert main(argv) == 0
+
+
+# ---- the same mistake, the same answer, in every command that checks a document -------------
+
+# Each command with the options it needs to get as far as its inputs; FILE need not exist, the
+# command line is checked first.
+DOCUMENT_COMMANDS = {
+    "attest": ["attest"],
+    "verify-attestation": ["verify-attestation", "missing.cbor"],
+    "verify-receipt": ["verify-receipt", "missing.json"],
+    "jobs results": ["jobs", "results", "job-1", "-o", "out", "--bucket", "bucket"],
+}
+GOOD_PCR = f"0={ATT3_PCR0}"
+
+
+@pytest.mark.parametrize("command", DOCUMENT_COMMANDS)
+@pytest.mark.parametrize("root", ["absent.pem", "."], ids=["missing", "directory"])
+def test_unreadable_root_exits_4_with_one_message_in_every_command(
+        command: str, root: str, tmp_path: Path, capsys) -> None:
+    path = tmp_path / root
+    status = main([*DOCUMENT_COMMANDS[command], "--expect-pcr", GOOD_PCR, "--root", str(path)])
+    err = capsys.readouterr().err
+    assert status == ExitStatus.NOT_FOUND, err
+    assert err.startswith(f"error: cannot read the root certificate {path}: "), err
+    assert err.rstrip().endswith("give a readable PEM file of the root to trust"), err
+    assert len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("command", DOCUMENT_COMMANDS)
+@pytest.mark.parametrize(("option", "value", "message"), [
+    ("--expect-pcr", "0=" + "zz" * 48, "error: --expect-pcr '0=" + "zz" * 48 + "': '"),
+    ("--expect-pcr", "0=abcd", "error: --expect-pcr '0=abcd': 'abcd' has 4 hex digits; a PCR "
+                                "(SHA-384) has 96"),
+    ("--expect-pcr", "32=" + "0" * 96, "error: --expect-pcr '32=" + "0" * 96 + "' is not N=HEX"),
+    ("--expect-pcr", "0" * 96, "error: --expect-pcr '" + "0" * 96 + "' is not N=HEX"),
+], ids=["not-hex", "short", "index", "no-index"])
+def test_malformed_pcr_exits_2_with_one_message_in_every_command(
+        command: str, option: str, value: str, message: str, tmp_path: Path, capsys,
+        monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    status = main([*DOCUMENT_COMMANDS[command], option, value])
+    err = capsys.readouterr().err
+    assert status == ExitStatus.USAGE, err
+    assert err.startswith(message), err
+    assert len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("command", ["verify-attestation", "verify-receipt"])
+def test_malformed_nonce_exits_2_with_the_message_attest_gives_its_user_data(
+        command: str, tmp_path: Path, capsys, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main([*DOCUMENT_COMMANDS[command], "--expect-pcr", GOOD_PCR, "--nonce", "0g"]) == \
+        ExitStatus.USAGE
+    nonce_error = capsys.readouterr().err
+    assert main(["attest", "--expect-pcr", GOOD_PCR, "--user-data", "0g"]) == ExitStatus.USAGE
+    user_data_error = capsys.readouterr().err
+    assert nonce_error == ("error: --nonce '0g' is not hex; give an even number of hex digits, "
+                           "e.g. 01ab\n")
+    assert user_data_error == nonce_error.replace("--nonce", "--user-data")

@@ -25,7 +25,7 @@ QUEUE_ENV = "SEALED_JOB_QUEUE_URL"
 BUCKET_ENV = "SEALED_JOB_BUCKET"
 
 
-def register(subparsers: argparse._SubParsersAction,
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
              parents: list[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "agent", parents=parents, help="run fleet jobs from the SQS queue in this host's enclave",

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from client import hoststate
-from client.attestation import SHA384_BYTES, verify_attestation
+from client.attestation import verify_attestation
+from client.attestation_inputs import load_root, parse_hex, parse_pcr_expectation, parse_pcr_value
 from client.errors import NotFoundError, UsageError, VerificationError
 from client.output import emit
 from client.target import resolve_target
@@ -30,7 +31,7 @@ NONCE_BYTES = 32
 PCR_KEY = re.compile(r"^PCR(\d{1,2})$")
 
 
-def register(subparsers: argparse._SubParsersAction,
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
              parents: list[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "attest", parents=parents, help="verify the enclave's attestation for a fresh nonce",
@@ -59,20 +60,6 @@ def register(subparsers: argparse._SubParsersAction,
     parser.set_defaults(func=attest_command)
 
 
-def parse_hex(value: str, what: str, *, pcr: bool = True) -> bytes:
-    text = value.strip().lower().removeprefix("0x")
-    try:
-        raw = bytes.fromhex(text)
-    except ValueError as exc:
-        hint = ("give the value as printed by `nitro-cli describe-eif` or the measurements JSON"
-                if pcr else "give an even number of hex digits, e.g. 01ab")
-        raise UsageError(f"{what} {value!r} is not hex; {hint}") from exc
-    if pcr and len(raw) != SHA384_BYTES:
-        raise UsageError(f"{what} has {len(text)} hex digits; a PCR (SHA-384) has "
-                         f"{2 * SHA384_BYTES}, as printed by `nitro-cli describe-eif`")
-    return raw
-
-
 def pcrs_from_measurements(data: Any, source: str) -> dict[int, bytes]:
     """PCRs from `{"Measurements": {"PCR0": ...}}` (nitro-cli) or a flat `{"PCR0": ...}`."""
     if isinstance(data, dict) and isinstance(data.get("Measurements"), dict):
@@ -84,7 +71,7 @@ def pcrs_from_measurements(data: Any, source: str) -> dict[int, bytes]:
     for key, value in data.items():
         match = PCR_KEY.match(str(key))
         if match and isinstance(value, str):
-            pcrs[int(match.group(1))] = parse_hex(value, f"{source} {key}")
+            pcrs[int(match.group(1))] = parse_pcr_value(value, f"{source} {key}")
     if 0 not in pcrs:
         raise UsageError(f"{source} has no PCR0; expected the JSON that "
                          "`nitro-cli build-enclave` prints")
@@ -101,18 +88,21 @@ def measurements_next_to(eif: Path) -> Path:
                      "--expect-pcr0")
 
 
-def expected_pcrs(args: argparse.Namespace, simulation: dict[str, Any] | None
-                  ) -> tuple[dict[int, bytes], str]:
+def command_line_pcrs(args: argparse.Namespace) -> dict[int, bytes]:
+    """The PCRs `--expect-pcr0` and `--expect-pcr N=HEX` name (parsed before anything runs)."""
     pcrs: dict[int, bytes] = {}
     if args.expect_pcr0:
-        pcrs[0] = parse_hex(args.expect_pcr0, "--expect-pcr0")
+        pcrs[0] = parse_pcr_value(args.expect_pcr0, "--expect-pcr0")
     for item in args.expect_pcr:
-        index, sep, value = item.partition("=")
-        if not sep or not index.isdigit():
-            raise UsageError(f"--expect-pcr {item!r} is not N=HEX; e.g. --expect-pcr 8=<hex>")
-        pcrs[int(index)] = parse_hex(value, f"--expect-pcr {index}")
-    if pcrs:
-        return pcrs, "command line"
+        index, value = parse_pcr_expectation(item)
+        pcrs[index] = value
+    return pcrs
+
+
+def expected_pcrs(args: argparse.Namespace, given: dict[int, bytes],
+                  simulation: dict[str, Any] | None) -> tuple[dict[int, bytes], str]:
+    if given:
+        return given, "command line"
     path = args.measurements or (measurements_next_to(args.eif) if args.eif else None)
     if path is not None:
         return pcrs_from_measurements(_load_json(path), str(path)), str(path)
@@ -135,36 +125,35 @@ def _load_json(path: Path) -> Any:
         raise NotFoundError(f"measurements file {path} does not exist; pass the JSON "
                             "`nitro-cli build-enclave` wrote (the pipeline uploads it beside "
                             "the EIF)") from exc
+    except OSError as exc:
+        raise NotFoundError(f"cannot read measurements file {path}: {exc.strerror}") from exc
     except ValueError as exc:
         raise UsageError(f"measurements file {path} is not JSON ({exc})") from exc
 
 
-def trusted_root(args: argparse.Namespace, simulation: dict[str, Any] | None) -> bytes | None:
-    """PEM of the root to trust; None means the pinned AWS Nitro root.
-
-    The simulation's development root only when the user asked for it by name (`--simulation`).
-    """
-    path = args.root
-    if path is None and args.simulation:
-        if simulation is None:
-            raise UsageError("--simulation given, but the target is not the local simulation; "
-                             "start it with `python -m client simulate up`")
-        path = Path(simulation["dev_root"])
-    if path is None:
+def simulation_root(args: argparse.Namespace, simulation: dict[str, Any] | None
+                    ) -> bytes | None:
+    """PEM of the simulation's development root when the user asked for it by name
+    (`--simulation`); None means the pinned AWS Nitro root."""
+    if not args.simulation:
         return None
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise UsageError(f"cannot read root certificate {path}: {exc.strerror}") from exc
+    if simulation is None:
+        raise UsageError("--simulation given, but the target is not the local simulation; "
+                         "start it with `python -m client simulate up`")
+    return load_root(Path(simulation["dev_root"]))
 
 
 def attest_command(args: argparse.Namespace) -> int:
-    target = resolve_target(args)
-    expected, expectation_source = expected_pcrs(args, target.simulation)
-    root_pem = trusted_root(args, target.simulation)
-    user_data = parse_hex(args.user_data, "--user-data", pcr=False) if args.user_data else None
+    # What the command line says is checked before anything is asked of the enclave.
+    given = command_line_pcrs(args)
+    root_pem = load_root(args.root)
+    user_data = parse_hex(args.user_data, "--user-data") if args.user_data else None
     if user_data is not None and not 1 <= len(user_data) <= HOST_USER_DATA_MAX_BYTES:
         raise UsageError(f"--user-data must be 1 to {HOST_USER_DATA_MAX_BYTES} bytes")
+    target = resolve_target(args)
+    expected, expectation_source = expected_pcrs(args, given, target.simulation)
+    if root_pem is None:
+        root_pem = simulation_root(args, target.simulation)
     nonce = secrets.token_bytes(NONCE_BYTES)
     with target.client(timeout=args.timeout) as client:
         document = client.attestation(nonce, user_data)

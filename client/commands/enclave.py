@@ -31,7 +31,7 @@ MEMORY_FACTOR = 4  # nitro-cli needs enclave memory >= 4x the EIF size
 MIB = 1024 * 1024
 
 
-def register(subparsers: argparse._SubParsersAction,
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
              parents: list[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser("enclave", parents=parents,
                                    help="start, describe or terminate the enclave")

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from client.attestation import verify_attestation
+from client.attestation_inputs import expected_pcr_map, load_root
 from client.commands.agent import BUCKET_ENV, QUEUE_ENV, aws_clients
-from client.commands.verify_attestation import expected_pcr_map, load_root, parse_pcr
 from client.commands.verify_receipt import file_sha256, read_document_text
 from client.errors import NotFoundError, UsageError, VerificationError
 from client.jobs import (
@@ -34,7 +34,7 @@ from client.output import emit
 from enclave.receipt import receipt_user_data
 
 
-def register(subparsers: argparse._SubParsersAction,
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
              parents: list[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser("jobs", parents=parents, help="fleet jobs: submit, status, "
                                    "list, results", description=__doc__.split("\n\n")[0])
@@ -65,7 +65,7 @@ def register(subparsers: argparse._SubParsersAction,
     results.add_argument("job_id", metavar="ID")
     results.add_argument("-o", "--output-dir", type=Path, required=True, metavar="DIR")
     results.add_argument("--expect-pcr", action="append", default=[], metavar="N=HEX",
-                         type=parse_pcr, help="require PCR N to equal HEX (PCR0 at least)")
+                         help="require PCR N to equal HEX (PCR0 at least)")
     results.add_argument("--root", type=Path, metavar="PEM",
                          help="trust this root instead of the pinned AWS Nitro root")
     results.set_defaults(func=results_command)
@@ -194,6 +194,7 @@ def verify_job_result(receipt_file: dict[str, Any], outputs_dir: Path, *,
 def results_command(args: argparse.Namespace) -> int:
     bucket = _bucket(args)
     expected = expected_pcr_map(args.expect_pcr, any_image=False)
+    root_pem = load_root(args.root)
     _, s3 = aws_clients(args.region)
     try:
         body = s3.get_object(Bucket=bucket, Key=receipt_key(args.job_id))["Body"].read()
@@ -209,7 +210,7 @@ def results_command(args: argparse.Namespace) -> int:
                                     "file name")
         s3.download_file(bucket, output["key"], str(args.output_dir / name))
     data = verify_job_result(receipt_file, args.output_dir, expected_pcrs=expected,
-                             root_pem=load_root(args.root))
+                             root_pem=root_pem)
     emit(args, data, f"job {args.job_id}: receipt verified (run {data['run_id']}, "
                      f"{data['state']}); outputs {', '.join(data['outputs']) or 'none'} in "
                      f"{args.output_dir}")

@@ -11,7 +11,7 @@ from client.output import emit
 from client.target import resolve_target
 
 
-def register(subparsers: argparse._SubParsersAction,
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
              parents: list[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser("logs", parents=parents, help="show the runtime's event log")
     parser.add_argument("--since", type=int, default=0, metavar="N",

@@ -30,7 +30,7 @@ VSOCK_PROXY = "vsock-proxy"
 STARTUP_GRACE_SECONDS = 0.5
 
 
-def register(subparsers: argparse._SubParsersAction,
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
              parents: list[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "proxy", parents=parents, help="start, check or stop the vsock-proxy to KMS",

@@ -25,7 +25,7 @@ RECEIPT_FILE_FORMAT = 1
 NONCE_BYTES = 32
 
 
-def register(subparsers: argparse._SubParsersAction,
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
              parents: list[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "receipt", parents=parents, help="save a finished run's signed receipt",

@@ -11,7 +11,7 @@ from client.target import resolve_target
 from enclave.exchange import INBOX, split_area
 
 
-def register(subparsers: argparse._SubParsersAction,
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
              parents: list[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "rm", parents=parents, help="delete files from the enclave's inbox",

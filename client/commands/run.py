@@ -16,7 +16,7 @@ import time
 from typing import Any
 
 from client import aws
-from client.api import check_remote_path
+from client.api import RuntimeClient, check_remote_path
 from client.errors import EnclaveError, ExitStatus, TimeoutExpired, UsageError
 from client.output import emit, terminal_safe
 from client.target import Target, resolve_target
@@ -26,7 +26,7 @@ TERMINAL_STATES = ("succeeded", "failed", "timed_out", "cancelled")
 POLL_SECONDS = 0.5
 
 
-def register(subparsers: argparse._SubParsersAction,
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
              parents: list[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "run", parents=parents, help="run an entrypoint of a sealed bundle in the enclave",
@@ -93,7 +93,7 @@ def run_command(args: argparse.Namespace) -> int:
     return report_run(args, record)
 
 
-def wait_for_run(client: Any, run_id: str, args: argparse.Namespace,
+def wait_for_run(client: RuntimeClient, run_id: str, args: argparse.Namespace,
                  *, poll: float = POLL_SECONDS) -> dict[str, Any]:
     deadline = None if args.wait_timeout is None else time.monotonic() + args.wait_timeout
     shown = None

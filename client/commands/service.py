@@ -35,7 +35,7 @@ MAX_FORWARD_BODY = 16 * 1024 * 1024  # the largest body any manifest may allow
 OUTPUT_AS_JSON = object()  # `service call ID --json` with no body: the global output flag
 
 
-def register(subparsers: argparse._SubParsersAction,
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
              parents: list[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "service", parents=parents, help="start, call and stop a bundle's long-lived service",

@@ -43,7 +43,7 @@ STOP_TIMEOUT_SECONDS = 5.0
 COMPONENTS = ("runtime", "vsock_proxy", "nsm", "kms_tls", "kms")
 
 
-def register(subparsers: argparse._SubParsersAction,
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
              parents: list[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "simulate", parents=parents, help="run the enclave side locally (KMS, NSM, runtime)",
@@ -110,9 +110,10 @@ def principal_arn(text: str) -> str:
 
 def cdk_context() -> dict[str, Any]:
     try:
-        return json.loads((PROJECT_ROOT / "cdk.json").read_text()).get("context", {})
-    except (OSError, ValueError):
+        context = json.loads((PROJECT_ROOT / "cdk.json").read_text()).get("context", {})
+    except (OSError, ValueError, AttributeError):
         return {}
+    return context if isinstance(context, dict) else {}
 
 
 def default_principals(context: dict[str, Any]) -> tuple[str, str]:
@@ -133,7 +134,7 @@ def new_principal(arn: str) -> dict[str, str]:
 
 
 def register_principals(state_dir: Path, principals: dict[str, dict[str, str]]) -> None:
-    from client.sim.kms import register_principal
+    from client.sim.kms.state import register_principal
 
     for principal in principals.values():
         register_principal(state_dir, principal["access_key_id"], principal["arn"])
@@ -163,7 +164,7 @@ def spawn(name: str, command: list[str], state_dir: Path) -> dict[str, Any]:
 def wait_for(component: dict[str, Any], ready: Any, what: str,
              timeout: float = START_TIMEOUT_SECONDS) -> Any:
     deadline = time.monotonic() + timeout
-    process: subprocess.Popen = component["_process"]
+    process: subprocess.Popen[bytes] = component["_process"]
     while True:
         value = ready()
         if value:
@@ -422,7 +423,7 @@ def start_jail(started: dict[str, dict[str, Any]], state_dir: Path, region: str,
 
 def public_state(state: dict[str, Any]) -> dict[str, Any]:
     """The state without secret keys, for printing."""
-    shown = json.loads(json.dumps(state))
+    shown: dict[str, Any] = json.loads(json.dumps(state))
     for principal in shown.get("principals", {}).values():
         principal.pop("secret_access_key", None)
         principal.pop("session_token", None)

@@ -28,7 +28,7 @@ FUSERMOUNT = "fusermount3"
 MOUNT_WAIT_SECONDS = 15.0
 
 
-def register(subparsers: argparse._SubParsersAction,
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
              parents: list[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "sync", parents=parents, help="mount the enclave's inbox and outbox on a directory",

@@ -16,7 +16,7 @@ from client.target import resolve_target
 from enclave.exchange import split_area
 
 
-def register(subparsers: argparse._SubParsersAction,
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
              parents: list[argparse.ArgumentParser]) -> None:
     push = subparsers.add_parser(
         "push", parents=parents, help="copy a local file into the enclave's inbox",

@@ -16,20 +16,19 @@ import argparse
 import base64
 import binascii
 import datetime as dt
-import re
 from pathlib import Path
 from typing import Any
 
 from client.attestation import AWS_NITRO_ROOT_G1_SHA256, verify_attestation
-from client.errors import NotFoundError, UsageError, VerificationError
+from client.attestation_inputs import expected_pcr_map, load_root, parse_hex
+from client.errors import NotFoundError, UsageError
 from client.output import emit
 
 SHOWN_PCRS = (0, 1, 2, 8)  # image, kernel+boot, application, signing certificate
-PCR_ARG_RE = re.compile(r"^(\d{1,2})=([0-9A-Fa-f]{96})$")
 MAX_DOCUMENT_BYTES = 64 * 1024
 
 
-def register(subparsers: argparse._SubParsersAction,
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
              parents: list[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "verify-attestation", parents=parents,
@@ -49,13 +48,12 @@ def add_document_checks(parser: argparse.ArgumentParser, *, nonce_help: str) -> 
                         help="verify as of this time, ISO 8601 with a zone, e.g. "
                              "2023-01-18T13:07:20Z (default: now)")
     parser.add_argument("--expect-pcr", action="append", default=[], metavar="N=HEX",
-                        type=parse_pcr, help="require PCR N to equal HEX (96 hex digits); "
+                        help="require PCR N to equal HEX (96 hex digits); "
                                              "repeat for several PCRs")
     parser.add_argument("--any-image", action="store_true",
                         help="check the document without any expected PCR: it then proves only "
                              "that some Nitro enclave made it (instead of --expect-pcr)")
-    parser.add_argument("--nonce", type=lambda v: parse_hex(v, "--nonce"), metavar="HEX",
-                        help=nonce_help)
+    parser.add_argument("--nonce", metavar="HEX", help=nonce_help)
     parser.add_argument("--root", type=Path, metavar="PEM",
                         help="trust this root certificate instead of the pinned AWS Nitro root "
                              "(the local simulation's <state>/pki/root.pem)")
@@ -73,25 +71,6 @@ def parse_time(value: str) -> dt.datetime:
         raise argparse.ArgumentTypeError(
             f"{value!r} has no time zone; add Z for UTC, e.g. 2023-01-18T13:07:20Z")
     return parsed.astimezone(dt.UTC)
-
-
-def parse_pcr(value: str) -> tuple[int, bytes]:
-    match = PCR_ARG_RE.match(value.strip())
-    if not match or int(match.group(1)) > 31:
-        raise argparse.ArgumentTypeError(
-            f"{value!r} is not N=HEX with N in 0..31 and HEX 96 hex digits (a SHA-384 PCR as "
-            "printed by nitro-cli describe-eif)")
-    return int(match.group(1)), bytes.fromhex(match.group(2))
-
-
-def parse_hex(value: str, option: str) -> bytes:
-    try:
-        data = bytes.fromhex(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{option} {value!r} is not hexadecimal") from None
-    if not data:
-        raise argparse.ArgumentTypeError(f"{option} must not be empty")
-    return data
 
 
 def read_document(path: Path) -> bytes:
@@ -112,41 +91,17 @@ def read_document(path: Path) -> bytes:
         return data  # not base64 either: let the verifier say what is wrong with it
 
 
-def load_root(path: Path | None) -> bytes | None:
-    if path is None:
-        return None
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise NotFoundError(f"cannot read the root certificate {path}: {exc.strerror}") from None
-
-
 def presence(value: bytes | None) -> str:
     return f"present, {len(value)} bytes" if value else "absent"
 
 
-def expected_pcr_map(pairs: list[tuple[int, bytes]], *, any_image: bool) -> dict[int, bytes]:
-    """The expected PCRs; none at all is a failure unless the user said --any-image."""
-    expected: dict[int, bytes] = {}
-    for index, value in pairs:
-        if index in expected and expected[index] != value:
-            raise UsageError(f"--expect-pcr gives two different values for PCR{index}")
-        expected[index] = value
-    if expected and any_image:
-        raise UsageError("--any-image and --expect-pcr contradict each other; give one")
-    if not expected and not any_image:
-        raise VerificationError(
-            "no --expect-pcr given: a genuine document from any enclave would pass, which "
-            "proves nothing about what ran; pass --expect-pcr 0=<PCR0 of your EIF> (or "
-            "--any-image to check only that some Nitro enclave made it)")
-    return expected
-
-
 def verify_attestation_command(args: argparse.Namespace) -> int:
-    document = read_document(args.file)
     expected = expected_pcr_map(args.expect_pcr, any_image=args.any_image)
+    nonce = parse_hex(args.nonce, "--nonce") if args.nonce is not None else None
+    root_pem = load_root(args.root)
+    document = read_document(args.file)
     result = verify_attestation(document, at=args.at, expected_pcrs=expected or None,
-                                nonce=args.nonce, root_pem=load_root(args.root),
+                                nonce=nonce, root_pem=root_pem,
                                 allow_debug=args.allow_debug)
     shown = sorted({i for i, v in result.pcrs.items() if any(v)} | set(SHOWN_PCRS)
                    & set(result.pcrs))
@@ -162,7 +117,7 @@ def verify_attestation_command(args: argparse.Namespace) -> int:
         f"debug mode:  {'YES (accepted by --allow-debug)' if result.debug_mode else 'no'}",
         f"public key:  {presence(result.public_key)}",
         f"user data:   {presence(result.user_data)}",
-        f"nonce:       {'matches' if args.nonce else presence(result.nonce) + ', not checked'}",
+        f"nonce:       {'matches' if nonce else presence(result.nonce) + ', not checked'}",
     ]
     for index in shown:
         mark = "  (expected: match)" if index in expected else ""

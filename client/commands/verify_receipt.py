@@ -19,20 +19,16 @@ from pathlib import Path
 from typing import Any
 
 from client.attestation import verify_attestation
-from client.commands.verify_attestation import (
-    add_document_checks,
-    expected_pcr_map,
-    load_root,
-    parse_hex,
-)
-from client.errors import NotFoundError, VerificationError
+from client.attestation_inputs import expected_pcr_map, load_root, parse_hex
+from client.commands.verify_attestation import add_document_checks
+from client.errors import NotFoundError, UsageError, VerificationError
 from client.output import emit
 from enclave.receipt import receipt_user_data
 
 MAX_RECEIPT_FILE_BYTES = 1024 * 1024
 
 
-def register(subparsers: argparse._SubParsersAction,
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
              parents: list[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "verify-receipt", parents=parents,
@@ -108,15 +104,16 @@ def check_files(kind: str, named: dict[str, str], given: list[tuple[str, Path]])
 
 
 def verify_receipt_command(args: argparse.Namespace) -> int:
-    raw = load_receipt_file(args.file)
     expected = expected_pcr_map(args.expect_pcr, any_image=args.any_image)
+    nonce = parse_hex(args.nonce, "--nonce") if args.nonce is not None else None
+    root_pem = load_root(args.root)
+    raw = load_receipt_file(args.file)
     receipt = raw["receipt"]
     document = read_document_text(raw["document"])
-    nonce = args.nonce
     if nonce is None and isinstance(raw.get("nonce"), str):
-        nonce = parse_hex(raw["nonce"], "the file's nonce")
+        nonce = recorded_nonce(raw["nonce"], args.file)
     result = verify_attestation(document, at=args.at, expected_pcrs=expected or None,
-                                nonce=nonce, root_pem=load_root(args.root),
+                                nonce=nonce, root_pem=root_pem,
                                 allow_debug=args.allow_debug)
     if result.user_data is None or not hmac.compare_digest(result.user_data,
                                                            receipt_user_data(receipt)):
@@ -141,6 +138,14 @@ def verify_receipt_command(args: argparse.Namespace) -> int:
     lines += [f"output:    {name} matches" for name in outputs]
     emit(args, data, "\n".join(lines))
     return 0
+
+
+def recorded_nonce(value: str, path: Path) -> bytes:
+    """The nonce the receipt file recorded: the file is evidence, so a bad one fails the check."""
+    try:
+        return parse_hex(value, "the recorded nonce")
+    except UsageError as exc:
+        raise VerificationError(f"{path}: {exc}") from None
 
 
 def read_document_text(value: str) -> bytes:

@@ -25,6 +25,7 @@ import platform
 import shutil
 import signal
 import sys
+from collections.abc import Callable
 from typing import Any
 
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 0x1, 0x2, 0x4, 0x8
@@ -56,57 +57,83 @@ def flags_of(names: list[str]) -> int:
     return value
 
 
-def apply(root: str, step: dict[str, Any]) -> None:
-    target = os.path.join(root, step["target"].lstrip("/"))
-    flags = flags_of(step.get("flags", []))
-    op = step["op"]
-    if op == "dir":
-        os.makedirs(target, mode=step.get("mode", 0o755), exist_ok=True)
-    elif op == "symlink":
-        os.symlink(step["to"], target)
-    elif op == "tmpfs":
-        os.makedirs(target, exist_ok=True)
-        mount("tmpfs", target, "tmpfs", flags & ~MS_RDONLY, step.get("data"))
-        if flags & MS_RDONLY:
-            mount(None, target, None, MS_REMOUNT | flags)
-    elif op == "overlay":
-        # a writable layer over a read-only directory, kept in its own tmpfs outside the root
-        scratch = step["scratch"]
-        os.makedirs(scratch, exist_ok=True)
-        mount("tmpfs", scratch, "tmpfs", 0, "mode=0700")
-        for name in ("upper", "work"):
-            os.makedirs(os.path.join(scratch, name))
-        os.makedirs(target, exist_ok=True)
-        mount("overlay", target, "overlay", 0,
-              f"lowerdir={step['source']},upperdir={scratch}/upper,workdir={scratch}/work")
-    elif op == "remount":
+def make_dir(target: str, step: dict[str, Any], flags: int) -> None:
+    os.makedirs(target, mode=step.get("mode", 0o755), exist_ok=True)
+
+
+def make_symlink(target: str, step: dict[str, Any], flags: int) -> None:
+    os.symlink(step["to"], target)
+
+
+def mount_tmpfs(target: str, step: dict[str, Any], flags: int) -> None:
+    os.makedirs(target, exist_ok=True)
+    mount("tmpfs", target, "tmpfs", flags & ~MS_RDONLY, step.get("data"))
+    if flags & MS_RDONLY:
         mount(None, target, None, MS_REMOUNT | flags)
-    elif op == "file":
-        if os.path.lexists(target) and not os.path.isdir(target):
-            os.unlink(target)
-        with open(target, "w") as handle:
-            handle.write(step["content"])
-        os.chmod(target, step.get("mode", 0o644))
-    elif op == "remove":
-        if os.path.isdir(target) and not os.path.islink(target):
-            shutil.rmtree(target)
-        elif os.path.lexists(target):
-            os.unlink(target)
-    elif op == "proc":
+
+
+def mount_overlay(target: str, step: dict[str, Any], flags: int) -> None:
+    """A writable layer over a read-only directory, kept in its own tmpfs outside the root."""
+    scratch = step["scratch"]
+    os.makedirs(scratch, exist_ok=True)
+    mount("tmpfs", scratch, "tmpfs", 0, "mode=0700")
+    for name in ("upper", "work"):
+        os.makedirs(os.path.join(scratch, name))
+    os.makedirs(target, exist_ok=True)
+    mount("overlay", target, "overlay", 0,
+          f"lowerdir={step['source']},upperdir={scratch}/upper,workdir={scratch}/work")
+
+
+def remount(target: str, step: dict[str, Any], flags: int) -> None:
+    mount(None, target, None, MS_REMOUNT | flags)
+
+
+def write_file(target: str, step: dict[str, Any], flags: int) -> None:
+    if os.path.lexists(target) and not os.path.isdir(target):
+        os.unlink(target)
+    with open(target, "w") as handle:
+        handle.write(step["content"])
+    os.chmod(target, step.get("mode", 0o644))
+
+
+def remove(target: str, step: dict[str, Any], flags: int) -> None:
+    if os.path.isdir(target) and not os.path.islink(target):
+        shutil.rmtree(target)
+    elif os.path.lexists(target):
+        os.unlink(target)
+
+
+def mount_proc(target: str, step: dict[str, Any], flags: int) -> None:
+    os.makedirs(target, exist_ok=True)
+    mount("proc", target, "proc", flags)
+
+
+def bind_mount(target: str, step: dict[str, Any], flags: int) -> None:
+    source = step["source"]
+    if os.path.isdir(source):
         os.makedirs(target, exist_ok=True)
-        mount("proc", target, "proc", flags)
-    elif op == "bind":
-        source = step["source"]
-        if os.path.isdir(source):
-            os.makedirs(target, exist_ok=True)
-        elif not os.path.exists(target):
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-            open(target, "a").close()
-        mount(source, target, None, MS_BIND)
-        if flags:
-            mount(None, target, None, MS_REMOUNT | MS_BIND | flags)
-    else:
+    elif not os.path.exists(target):
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        open(target, "a").close()
+    mount(source, target, None, MS_BIND)
+    if flags:
+        mount(None, target, None, MS_REMOUNT | MS_BIND | flags)
+
+
+STEPS: dict[str, Callable[[str, dict[str, Any], int], None]] = {
+    "dir": make_dir, "symlink": make_symlink, "tmpfs": mount_tmpfs, "overlay": mount_overlay,
+    "remount": remount, "file": write_file, "remove": remove, "proc": mount_proc,
+    "bind": bind_mount,
+}
+
+
+def apply(root: str, step: dict[str, Any]) -> None:
+    """One plan step, its target taken inside `root`."""
+    op = step["op"]
+    if op not in STEPS:
         raise ValueError(f"unknown jail step {op!r}")
+    target = os.path.join(root, step["target"].lstrip("/"))
+    STEPS[op](target, step, flags_of(step.get("flags", [])))
 
 
 def pivot(root: str) -> None:

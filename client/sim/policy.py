@@ -41,6 +41,8 @@ STRING_OPERATORS = {
     "stringlike": (False, False, True),
     "stringnotlike": (True, False, True),
 }
+SET_PREFIXES = ("foranyvalue:", "forallvalues:")
+IF_EXISTS = "ifexists"
 ACCOUNT_RE = re.compile(r"^(?:arn:aws[a-z-]*:iam::)?(\d{12})(?::root)?$")
 ROLE_RE = re.compile(r"^arn:aws[a-z-]*:iam::(\d{12}):role/(?:.*/)?([^/]+)$")
 ASSUMED_ROLE_RE = re.compile(r"^arn:aws[a-z-]*:sts::(\d{12}):assumed-role/([^/]+)/[^/]+$")
@@ -150,46 +152,73 @@ def conditions_hold(conditions: Mapping[str, Any], context: Mapping[str, Context
     return True
 
 
+@dataclass(frozen=True)
+class Operator:
+    """A condition operator taken apart: `ForAnyValue:StringEqualsIfExists` is base
+    "stringequals", set_mode "foranyvalue", if_exists True."""
+
+    base: str
+    set_mode: str | None
+    if_exists: bool
+
+
+def parse_operator(operator: str) -> Operator:
+    lowered = operator.lower()
+    set_mode = None
+    for prefix in SET_PREFIXES:
+        if lowered.startswith(prefix):
+            set_mode, lowered = prefix[:-1], lowered[len(prefix):]
+    if_exists = lowered.endswith(IF_EXISTS)
+    if if_exists:
+        lowered = lowered[: -len(IF_EXISTS)]
+    return Operator(lowered, set_mode, if_exists)
+
+
 def condition_holds(operator: str, policy_values: list[str], value: ContextValue,
                     name: str = "statement") -> bool:
     """One `operator: {key: policy_values}` test against the request's value for the key."""
-    lowered = operator.lower()
-    set_mode = None
-    for prefix in ("foranyvalue:", "forallvalues:"):
-        if lowered.startswith(prefix):
-            set_mode, lowered = prefix[:-1], lowered[len(prefix):]
-    if_exists = lowered.endswith("ifexists")
-    if if_exists:
-        lowered = lowered[: -len("ifexists")]
-    present = value is not None and not (isinstance(value, list) and not value)
+    parsed = parse_operator(operator)
     values = [] if value is None else ([value] if isinstance(value, str) else list(value))
+    if parsed.base == "null":
+        return null_holds(parsed, policy_values, present=bool(values), name=name)
+    negated, ignore_case, wildcards = string_semantics(parsed.base, operator, name)
+    matches = [any(_string_match(p, v, ignore_case=ignore_case, wildcards=wildcards)
+                   for p in policy_values) for v in values]
+    return combine_matches(parsed, matches, negated=negated)
 
-    if lowered == "null":
-        if set_mode or if_exists or len(policy_values) != 1:
-            raise PolicyError(f"{name}: Null takes one value and no set prefix")
-        return (not present) == (policy_values[0].lower() == "true")
-    if lowered == "bool":
-        negated, ignore_case, wildcards = False, True, False
-    elif lowered in STRING_OPERATORS:
-        negated, ignore_case, wildcards = STRING_OPERATORS[lowered]
-    else:
-        raise PolicyError(f"{name}: condition operator {operator!r} is not supported by the "
-                          "local KMS; supported: StringEquals, StringNotEquals, "
-                          "StringEqualsIgnoreCase, StringNotEqualsIgnoreCase, StringLike, "
-                          "StringNotLike, Null, Bool, with ForAnyValue:/ForAllValues:/IfExists")
 
-    def test(v: str) -> bool:
-        return any(_string_match(p, v, ignore_case=ignore_case, wildcards=wildcards)
-                   for p in policy_values)
+def null_holds(operator: Operator, policy_values: list[str], *, present: bool,
+               name: str) -> bool:
+    """`Null: {key: "true"}` holds when the key is absent, `"false"` when it is present."""
+    if operator.set_mode or operator.if_exists or len(policy_values) != 1:
+        raise PolicyError(f"{name}: Null takes one value and no set prefix")
+    return (not present) == (policy_values[0].lower() == "true")
 
-    if set_mode == "foranyvalue":
-        return present and any((not test(v)) if negated else test(v) for v in values)
-    if set_mode == "forallvalues":
-        return (not present) or all((not test(v)) if negated else test(v) for v in values)
+
+def string_semantics(base: str, operator: str, name: str) -> tuple[bool, bool, bool]:
+    """(negated, ignore_case, wildcards) of a string-comparing operator (Bool compares the
+    strings "true"/"false" without case)."""
+    if base == "bool":
+        return False, True, False
+    if base in STRING_OPERATORS:
+        return STRING_OPERATORS[base]
+    raise PolicyError(f"{name}: condition operator {operator!r} is not supported by the "
+                      "local KMS; supported: StringEquals, StringNotEquals, "
+                      "StringEqualsIgnoreCase, StringNotEqualsIgnoreCase, StringLike, "
+                      "StringNotLike, Null, Bool, with ForAnyValue:/ForAllValues:/IfExists")
+
+
+def combine_matches(operator: Operator, matches: list[bool], *, negated: bool) -> bool:
+    """The operator's answer from whether each of the request's values matched some policy
+    value (no values: the key is absent)."""
+    present = bool(matches)
+    if operator.set_mode == "foranyvalue":
+        return present and any(matched != negated for matched in matches)
+    if operator.set_mode == "forallvalues":
+        return (not present) or all(matched != negated for matched in matches)
     if not present:
-        return negated or if_exists
-    matched = any(test(v) for v in values)
-    return not matched if negated else matched
+        return negated or operator.if_exists
+    return any(matches) != negated
 
 
 def _string_match(pattern: str, value: str, *, ignore_case: bool, wildcards: bool) -> bool:
