@@ -67,6 +67,22 @@ class ApiError(Exception):
         self.code = code
         self.message = message
 
+    def headers(self) -> dict[str, str]:
+        """Headers the error answer carries besides the JSON body."""
+        return {}
+
+
+class MethodNotAllowed(ApiError):
+    """405: the path exists, under other methods; they are carried as data for `Allow`."""
+
+    def __init__(self, method: str, raw_path: str, allowed: tuple[str, ...]) -> None:
+        super().__init__(405, "method_not_allowed",
+                         f"{method} is not allowed on {raw_path}; allowed: {', '.join(allowed)}")
+        self.allowed = allowed
+
+    def headers(self) -> dict[str, str]:
+        return {"Allow": ", ".join(self.allowed)}
+
 
 class _HeaderTooLarge(Exception):
     pass
@@ -114,7 +130,7 @@ def match_route(method: str, raw_path: str) -> tuple[Route, dict[str, str]]:
     """The route for a request, its parameters percent-decoded once; `ApiError` 404/405."""
     if raw_path.rstrip("/") in ("/v1/fs/inbox", "/v1/fs/outbox"):
         raw_path = raw_path.rstrip("/") + "/"  # the area root, listed or stat'ed
-    allowed = []
+    allowed: list[str] = []
     for route, pattern in _COMPILED:
         found = pattern.fullmatch(raw_path)
         if found is None:
@@ -129,8 +145,7 @@ def match_route(method: str, raw_path: str) -> tuple[Route, dict[str, str]]:
                 from exc
         return route, params
     if allowed:
-        raise ApiError(405, "method_not_allowed",
-                       f"{method} is not allowed on {raw_path}; allowed: {', '.join(allowed)}")
+        raise MethodNotAllowed(method, raw_path, tuple(allowed))
     raise ApiError(404, "not_found", f"no such endpoint: {method} {raw_path}; see openapi.yaml")
 
 
@@ -366,11 +381,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             getattr(self, "_" + route.handler)(params, query)
         except ApiError as exc:
             self._close_if_body_unread()
-            if exc.status == 405:
-                allowed = exc.message.rpartition("allowed: ")[2]
-                self._send_error(exc.status, exc.code, exc.message, {"Allow": allowed})
-            else:
-                self._send_error(exc.status, exc.code, exc.message)
+            self._send_error(exc.status, exc.code, exc.message, exc.headers())
         except (ExchangeError, RunRefused, ServiceError) as exc:
             self._close_if_body_unread()
             self._send_error(exc.status, exc.code, exc.message)
@@ -895,4 +906,4 @@ def make_server(
     return server
 
 
-__all__ = ["ROUTES", "ApiError", "RuntimeServer", "make_server", "match_route"]
+__all__ = ["ROUTES", "ApiError", "MethodNotAllowed", "RuntimeServer", "make_server", "match_route"]
