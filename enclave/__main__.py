@@ -26,6 +26,7 @@ from typing import Any
 
 from enclave.config import ConfigError, GiB, KiB, RuntimeConfig
 from enclave.isolation import harden_runtime, isolation_available, restrict_device
+from enclave.nsm import NSM_TRANSPORTS, NsmClient
 from enclave.policy import PolicyError, load_policy
 
 # The image's interpreter, by absolute path: the enclave init looks a bare `python3` up on
@@ -75,7 +76,7 @@ def simulation_argv(*, socket_path: str | os.PathLike[str], exchange: str | os.P
         "--vsock": ("--unix", str(socket_path)),
         "--exchange": ("--exchange", str(exchange)),
         "--private": ("--private", str(private)),
-        "--nsm-device": ("--nsm-device", str(nsm_device)),
+        "--nsm-device": ("--nsm-device", str(nsm_device), "--nsm-transport", "simulation"),
         "--kms-endpoint": ("--kms-endpoint", kms_endpoint),
         "--policy": ("--policy", str(policy)),
     }
@@ -108,7 +109,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--private", required=True, metavar="DIR",
                        help="root for private run directories (outside --exchange; RAM)")
     serve.add_argument("--nsm-device", default="/dev/nsm", metavar="PATH",
-                       help="NSM device, or the simulated NSM's Unix socket (default /dev/nsm)")
+                       help="NSM device, or the simulated NSM's Unix socket with "
+                            "--nsm-transport simulation (default /dev/nsm)")
+    serve.add_argument("--nsm-transport", choices=NSM_TRANSPORTS, default="device",
+                       help="how to reach the NSM: the device's ioctl (default, the enclave), or "
+                            "the simulated NSM's Unix socket (simulation and emulated enclave)")
     serve.add_argument("--kms-endpoint", default="https://kms.{region}.amazonaws.com",
                        metavar="URL", help="KMS endpoint; {region} is replaced per run")
     serve.add_argument("--policy", required=True, metavar="FILE",
@@ -287,7 +292,7 @@ def serve(args: argparse.Namespace) -> int:
         except OSError as exc:
             logging.getLogger("enclave").warning("could not restrict %s: %s",
                                                  config.nsm_device, exc)
-    nsm = _nsm_client(config.nsm_device)
+    nsm = NsmClient(config.nsm_device, transport=args.nsm_transport)
     if args.vsock or args.vsock_port is not None:
         ports = image_ports(os.environ)
         args.vsock_port = args.vsock_port or ports[0]
@@ -327,12 +332,6 @@ def serve(args: argparse.Namespace) -> int:
             except OSError:
                 pass
     return 0
-
-
-def _nsm_client(device: str) -> Any:
-    from enclave.nsm import NsmClient
-
-    return NsmClient(device)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
