@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from enclave.exchange import INBOX, OUTBOX, split_area
 from enclave.image import interpreter_problem
+from enclave.paths import INBOX, OUTBOX, split_area
 
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1

@@ -45,17 +45,12 @@ from enclave.app_process import (
 )
 from enclave.config import RuntimeConfig
 from enclave.events import EventLog
-from enclave.exchange import (
-    INBOX,
-    OUTBOX,
-    Conflict,
-    ExchangeArea,
-    ExchangeError,
-    IsADirectory,
-)
+from enclave.exchange import ExchangeArea
+from enclave.exchange_errors import Conflict, ExchangeError, IsADirectory
 from enclave.image import app_argv
 from enclave.isolation import AppUser, UserPool, chown_tree, isolation_available, kill_user
 from enclave.manifest import Manifest, ManifestError
+from enclave.paths import INBOX, OUTBOX
 from enclave.policy import BundleRefused, ImagePolicy
 from enclave.receipt import RECEIPT_FORMAT
 

@@ -32,8 +32,10 @@ from urllib.parse import parse_qsl, unquote
 
 from enclave.config import RuntimeConfig
 from enclave.events import EventLog
-from enclave.exchange import AREAS, INBOX, ExchangeArea, ExchangeError, split_relative
+from enclave.exchange import ExchangeArea
+from enclave.exchange_errors import ExchangeError
 from enclave.isolation import isolation_mode
+from enclave.paths import AREAS, INBOX, split_relative
 from enclave.receipt import HOST_USER_DATA_MAX_BYTES, host_user_data, receipt_user_data
 from enclave.runner import (
     TERMINAL_STATES,

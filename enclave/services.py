@@ -34,10 +34,12 @@ from typing import Any
 from enclave.app_process import APPEXEC_SOURCE, app_environment, kill_group, wipe
 from enclave.config import RuntimeConfig
 from enclave.events import EventLog
-from enclave.exchange import INBOX, ExchangeArea, ExchangeError, IsADirectory
+from enclave.exchange import ExchangeArea
+from enclave.exchange_errors import ExchangeError, IsADirectory
 from enclave.image import app_argv
 from enclave.isolation import AppUser, UserPool, chown_tree, kill_user
 from enclave.manifest import ManifestError, ServiceSpec
+from enclave.paths import INBOX
 from enclave.runner import (
     Credentials,
     KeyProviderFactory,
