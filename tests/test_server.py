@@ -15,7 +15,7 @@ import pytest
 import yaml
 from runtime_harness import Runtime, start_runtime, stop_runtime, write_test_policy
 
-from enclave.server import ROUTES, MethodNotAllowed, match_route
+from enclave.routes import ROUTES, MethodNotAllowed, match_route
 
 OPENAPI = Path(__file__).resolve().parent.parent / "enclave" / "openapi.yaml"
 
