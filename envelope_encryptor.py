@@ -35,15 +35,9 @@ from boto3.exceptions import S3UploadFailedError
 from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
+from enclave.bundle_format import KeyProviderError, SealError, UnsealError, kms_key_provider
 from enclave.manifest import ManifestError, load_manifest
-from enclave.sealing import (
-    KeyProviderError,
-    SealError,
-    UnsealError,
-    kms_key_provider,
-    seal_directory,
-    unseal_bundle,
-)
+from enclave.sealing import seal_directory, unseal_bundle
 
 MIB = 1024 * 1024
 # Parts of 64 MiB keep a 10 GiB bundle under S3's 10,000-part limit with few requests.

@@ -474,7 +474,7 @@ def kms_sealed_bundle(monkeypatch, tmp_path: Path):
     import botocore.session
     from moto import mock_aws
 
-    from enclave.sealing import kms_key_provider
+    from enclave.bundle_format import kms_key_provider
 
     for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
                         "AWS_DEFAULT_REGION": "eu-west-1"}.items():
