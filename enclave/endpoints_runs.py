@@ -17,7 +17,7 @@ from enclave.http_handler import (
 from enclave.paths import split_relative
 from enclave.receipt import receipt_user_data
 from enclave.routes import ApiError
-from enclave.runner import TERMINAL_STATES, RunRequest
+from enclave.run_records import TERMINAL_STATES, RunRequest
 
 MAX_RUN_ARGS = 32
 MAX_ARG_CHARS = 4096

@@ -23,7 +23,7 @@ from urllib.parse import parse_qsl
 from enclave.connections import RuntimeServer
 from enclave.exchange_errors import ExchangeError
 from enclave.routes import ApiError, match_route
-from enclave.runner import Credentials, RunRefused
+from enclave.run_records import Credentials, RunRefused
 from enclave.services import ServiceError
 
 DRAIN_LIMIT = 1024 * 1024  # unread bodies up to this size are discarded before an error answer

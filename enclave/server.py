@@ -22,12 +22,8 @@ from enclave.endpoints_services import ServiceEndpoints
 from enclave.endpoints_status import StatusEndpoints
 from enclave.events import EventLog
 from enclave.exchange import ExchangeArea
-from enclave.runner import (
-    KeyProviderFactory,
-    Runner,
-    _default_unseal,
-    attested_kms_key_provider_factory,
-)
+from enclave.kms_wiring import KeyProviderFactory, attested_kms_key_provider_factory
+from enclave.runner import Runner, _default_unseal
 from enclave.services import ServiceManager
 
 

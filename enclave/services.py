@@ -38,17 +38,11 @@ from enclave.exchange import ExchangeArea
 from enclave.exchange_errors import ExchangeError, IsADirectory
 from enclave.image import app_argv
 from enclave.isolation import AppUser, UserPool, chown_tree, kill_user
+from enclave.kms_wiring import KeyProviderFactory
 from enclave.manifest import ManifestError, ServiceSpec
 from enclave.paths import INBOX
-from enclave.runner import (
-    Credentials,
-    KeyProviderFactory,
-    RunRefused,
-    Unseal,
-    _Cancelled,
-    _RunFailure,
-    unseal_checked,
-)
+from enclave.run_records import Cancelled, Credentials, RunFailure, RunRefused
+from enclave.runner import Unseal, unseal_checked
 
 STARTING = "starting"
 READY = "ready"
@@ -363,7 +357,7 @@ class ServiceManager:
             if self._users is not None:
                 user = self._users.acquire()
                 if user is None:
-                    raise _RunFailure("no free application user (runs and services share "
+                    raise RunFailure("no free application user (runs and services share "
                                       "them); retry when a run has ended or stop a service")
             private = Path(tempfile.mkdtemp(prefix="svc-", dir=self.config.private_root))
             service.private_dir = private
@@ -378,14 +372,14 @@ class ServiceManager:
             service.app_id, service.app_version = manifest.app_id, manifest.app_version
             entry = manifest.entrypoint(service.entrypoint)
             if entry.kind != "service" or entry.service is None:
-                raise _RunFailure(f"entrypoint {service.entrypoint!r} is not a service; start "
+                raise RunFailure(f"entrypoint {service.entrypoint!r} is not a service; start "
                                   f"it with `python -m client run -s {service.entrypoint}`")
             try:
                 argv = app_argv(entry.command, self.config.app_interpreter)
             except ValueError as exc:
-                raise _RunFailure(f"entrypoint {service.entrypoint!r}: {exc}") from None
+                raise RunFailure(f"entrypoint {service.entrypoint!r}: {exc}") from None
             if not os.path.isfile(argv[0]):
-                raise _RunFailure(f"entrypoint {service.entrypoint!r} could not be started: "
+                raise RunFailure(f"entrypoint {service.entrypoint!r} could not be started: "
                                   f"the image's interpreter {argv[0]} is missing")
             service.spec = entry.service
             service.slots = threading.BoundedSemaphore(entry.service.max_concurrent_requests)
@@ -393,9 +387,9 @@ class ServiceManager:
                 chown_tree(private, user)
                 service.uid = user.uid
             final, error = self._serve(service, entry.service, argv, app_dir, private, user)
-        except _Cancelled:
+        except Cancelled:
             final, error = STOPPED, None
-        except _RunFailure as exc:
+        except RunFailure as exc:
             final, error = FAILED, str(exc)
         except (ManifestError, ExchangeError) as exc:
             final, error = FAILED, getattr(exc, "message", None) or str(exc)
@@ -481,7 +475,7 @@ class ServiceManager:
                 stderr=subprocess.DEVNULL,  # a service's output could quote its code
                 start_new_session=True, close_fds=True, **identity)
         except OSError as exc:
-            raise _RunFailure(f"entrypoint {service.entrypoint!r} could not be started: "
+            raise RunFailure(f"entrypoint {service.entrypoint!r} could not be started: "
                               f"{exc.strerror or exc}") from exc
 
     def _await_ready(self, service: Service, spec: ServiceSpec, process: subprocess.Popen,
