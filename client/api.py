@@ -29,7 +29,7 @@ from client.errors import (
 )
 from enclave.exchange_errors import PathRejected
 from enclave.paths import AREAS, split_relative
-from enclave.services import RUNTIME_ERROR_HEADER
+from enclave.service_records import RUNTIME_ERROR_HEADER
 
 DEFAULT_PORT = 5005
 DEFAULT_TIMEOUT = 30.0

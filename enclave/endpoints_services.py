@@ -15,7 +15,8 @@ from enclave.http_handler import (
 )
 from enclave.paths import split_relative
 from enclave.routes import ApiError
-from enclave.services import RUNTIME_ERROR_HEADER, ServiceError, ServiceManager, ServiceRequest
+from enclave.service_records import RUNTIME_ERROR_HEADER, ServiceError, ServiceRequest
+from enclave.services import ServiceManager
 
 
 class ServiceEndpoints(RequestHandler):

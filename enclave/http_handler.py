@@ -24,7 +24,7 @@ from enclave.connections import RuntimeServer
 from enclave.exchange_errors import ExchangeError
 from enclave.routes import ApiError, match_route
 from enclave.run_records import Credentials, RunRefused
-from enclave.services import ServiceError
+from enclave.service_records import ServiceError
 
 DRAIN_LIMIT = 1024 * 1024  # unread bodies up to this size are discarded before an error answer
 ENTRYPOINT = re.compile(r"[A-Za-z0-9_-]{1,64}")
