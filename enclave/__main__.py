@@ -293,23 +293,7 @@ def serve(args: argparse.Namespace) -> int:
             logging.getLogger("enclave").warning("could not restrict %s: %s",
                                                  config.nsm_device, exc)
     nsm = NsmClient(config.nsm_device, transport=args.nsm_transport)
-    if args.vsock or args.vsock_port is not None:
-        ports = image_ports(os.environ)
-        args.vsock_port = args.vsock_port or ports[0]
-        args.kms_proxy_port = args.kms_proxy_port or ports[1]
-        try:
-            bring_up_loopback()
-        except OSError as exc:
-            logging.getLogger("enclave").warning("could not bring up lo: %s", exc)
-        if not args.no_kms_bridge:
-            policy = config.image_policy
-            resolve_kms_to_bridge(args.kms_endpoint, policy.region if policy else None)
-            start_kms_bridge(args.kms_proxy_port, args.emulate_vsock_dir)
-        sock = bind_vsock(args.vsock_port, args.emulate_vsock_dir)
-        where = f"vsock port {args.vsock_port}"
-    else:
-        sock = bind_unix(args.unix)
-        where = f"unix:{args.unix}"
+    sock, where = _listen(args, config)
     server = make_server(sock, config=config, nsm=nsm)
 
     def stop(signum: int, _frame: Any) -> None:
@@ -332,6 +316,29 @@ def serve(args: argparse.Namespace) -> int:
             except OSError:
                 pass
     return 0
+
+
+def _listen(args: argparse.Namespace, config: RuntimeConfig) -> tuple[socket.socket, str]:
+    """The bound listening socket and where it is: vsock (with the enclave's loopback and KMS
+    bridge brought up first) or a Unix socket."""
+    if args.vsock or args.vsock_port is not None:
+        ports = image_ports(os.environ)
+        args.vsock_port = args.vsock_port or ports[0]
+        args.kms_proxy_port = args.kms_proxy_port or ports[1]
+        try:
+            bring_up_loopback()
+        except OSError as exc:
+            logging.getLogger("enclave").warning("could not bring up lo: %s", exc)
+        if not args.no_kms_bridge:
+            policy = config.image_policy
+            resolve_kms_to_bridge(args.kms_endpoint, policy.region if policy else None)
+            start_kms_bridge(args.kms_proxy_port, args.emulate_vsock_dir)
+        sock = bind_vsock(args.vsock_port, args.emulate_vsock_dir)
+        where = f"vsock port {args.vsock_port}"
+    else:
+        sock = bind_unix(args.unix)
+        where = f"unix:{args.unix}"
+    return sock, where
 
 
 def main(argv: Sequence[str] | None = None) -> int:
