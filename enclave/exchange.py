@@ -64,7 +64,7 @@ class Entry:
     size: int
     mtime: float
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, str | int | float]:
         return {"name": self.name, "type": self.type, "size": self.size, "mtime": self.mtime}
 
 
@@ -341,7 +341,7 @@ def _copy_exactly(body: UploadBody, fd: int, length: int, digest: hashlib._Hash)
         _copy_chunks(body, fd, length, digest.update, [bytearray(max(length, 1))])
         return
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="upload-hash") as hasher:
-        pending: list[Future] = []
+        pending: list[Future[None]] = []
 
         def hash_in_background(chunk: memoryview) -> None:
             if pending:

@@ -49,7 +49,7 @@ class _HeadReader:
 
     def readline(self, limit: int = -1) -> bytes:
         want = self._budget + 1 if limit < 0 else min(limit, self._budget + 1)
-        line = self._raw.readline(want)
+        line: bytes = self._raw.readline(want)
         self._budget -= len(line)
         if self._budget < 0:
             raise _HeaderTooLarge()
@@ -341,7 +341,7 @@ def hex_field(value: str, name: str, max_bytes: int) -> bytes:
     return data
 
 
-def credentials_field(raw: dict | None) -> Credentials | None:
+def credentials_field(raw: dict[str, Any] | None) -> Credentials | None:
     if raw is None:
         return None
     allowed = {"access_key_id", "secret_access_key", "session_token"}

@@ -10,6 +10,7 @@ provider. Its provider id is "aws-kms", so it reads messages sealed by
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import attr
@@ -25,15 +26,17 @@ from enclave.cms import CmsError
 from enclave.nsm import NsmError
 
 PROVIDER_ID = "aws-kms"
+# Raises to refuse an encryption context before KMS sees it (the image policy's check).
+ContextGuard = Callable[[dict[str, str]], None]
 
 
 @attr.s(hash=True)
-class AttestedKmsMasterKeyConfig(KMSMasterKeyConfig):
-    nsm = attr.ib(hash=False, default=None)
-    context_guard = attr.ib(hash=False, default=None)
+class AttestedKmsMasterKeyConfig(KMSMasterKeyConfig):  # type: ignore[misc]  # untyped SDK
+    nsm: Any = attr.ib(hash=False, default=None)
+    context_guard: ContextGuard | None = attr.ib(hash=False, default=None)
 
 
-class AttestedKmsMasterKey(KMSMasterKey):
+class AttestedKmsMasterKey(KMSMasterKey):  # type: ignore[misc]  # untyped SDK
     """One KMS key; Decrypt goes through the attested recipient path."""
 
     _config_class = AttestedKmsMasterKeyConfig
@@ -79,14 +82,14 @@ class AttestedKmsMasterKey(KMSMasterKey):
 
 
 @attr.s(hash=True)
-class AttestedKmsMasterKeyProviderConfig(MasterKeyProviderConfig):
-    key_arn = attr.ib(hash=True, validator=attr.validators.instance_of(str))
-    kms_client = attr.ib(hash=False)
-    nsm = attr.ib(hash=False)
-    context_guard = attr.ib(hash=False, default=None)
+class AttestedKmsMasterKeyProviderConfig(MasterKeyProviderConfig):  # type: ignore[misc]
+    key_arn: str = attr.ib(hash=True, validator=attr.validators.instance_of(str))
+    kms_client: Any = attr.ib(hash=False)
+    nsm: Any = attr.ib(hash=False)
+    context_guard: ContextGuard | None = attr.ib(hash=False, default=None)
 
 
-class AttestedKmsMasterKeyProvider(MasterKeyProvider):
+class AttestedKmsMasterKeyProvider(MasterKeyProvider):  # type: ignore[misc]  # untyped SDK
     """Strict, decrypt-only provider for one KMS key ARN, attested through the NSM."""
 
     provider_id = PROVIDER_ID
@@ -97,7 +100,8 @@ class AttestedKmsMasterKeyProvider(MasterKeyProvider):
                 **kwargs: Any) -> AttestedKmsMasterKeyProvider:
         if key_arn is not None:
             kwargs.update(key_arn=key_arn, kms_client=kms_client, nsm=nsm)
-        return super().__new__(cls, **kwargs)
+        provider: AttestedKmsMasterKeyProvider = super().__new__(cls, **kwargs)
+        return provider
 
     def __init__(self, key_arn: str | None = None, kms_client: Any = None, nsm: Any = None,
                  **kwargs: Any) -> None:

@@ -296,7 +296,7 @@ class ServiceManager:
                             f"{spec.max_restarts})")
 
     def _spawn(self, service: Service, argv: builtins.list[str], app_dir: Path, private: Path,
-               socket_path: Path, user: AppUser | None) -> subprocess.Popen:
+               socket_path: Path, user: AppUser | None) -> subprocess.Popen[bytes]:
         home, tmp = private / "home", private / "tmp"
         for directory in (home, tmp):  # emptied between starts: a restart begins clean
             shutil.rmtree(directory, ignore_errors=True)
@@ -323,7 +323,7 @@ class ServiceManager:
             raise RunFailure(f"entrypoint {service.entrypoint!r} could not be started: "
                               f"{exc.strerror or exc}") from exc
 
-    def _await_ready(self, service: Service, spec: ServiceSpec, process: subprocess.Popen,
+    def _await_ready(self, service: Service, spec: ServiceSpec, process: subprocess.Popen[bytes],
                      socket_path: Path) -> str | None:
         """None once the app accepts connections on its socket, else why it did not."""
         deadline = time.monotonic() + spec.ready_timeout_seconds
@@ -340,7 +340,7 @@ class ServiceManager:
                         f"{spec.ready_timeout_seconds}s")
             time.sleep(_READY_POLL_SECONDS)
 
-    def _watch(self, service: Service, process: subprocess.Popen) -> str:
+    def _watch(self, service: Service, process: subprocess.Popen[bytes]) -> str:
         while True:
             try:
                 process.wait(timeout=0.1)
