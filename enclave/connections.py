@@ -17,6 +17,7 @@ import threading
 import time
 from typing import Any
 
+from enclave.attested_kms import AttestationSource
 from enclave.config import RuntimeConfig
 from enclave.events import EventLog
 from enclave.exchange import ExchangeArea
@@ -29,7 +30,8 @@ class RuntimeServer(socketserver.BaseServer):
 
     def __init__(self, sock: socket.socket, handler: type[socketserver.BaseRequestHandler], *,
                  config: RuntimeConfig, exchange: ExchangeArea, runner: Runner,
-                 events: EventLog, nsm: Any, services: ServiceManager | None = None) -> None:
+                 events: EventLog, nsm: AttestationSource | None,
+                 services: ServiceManager | None = None) -> None:
         super().__init__(sock.getsockname(), handler)
         self.socket = sock
         self.config = config

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any
+from typing import BinaryIO
 
 from enclave.exchange_errors import ExchangeError
 from enclave.http_handler import Params, Query, RequestHandler
@@ -105,7 +105,7 @@ class ExchangeEndpoints(RequestHandler):
         self._send_json(200, {"path": "/".join(split_relative(path)), "deleted": True})
 
 
-def _fstat_size(f: Any) -> int:
+def _fstat_size(f: BinaryIO) -> int:
     return os.fstat(f.fileno()).st_size
 
 

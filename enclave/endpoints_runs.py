@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from enclave.endpoints_status import NONCE_MAX_BYTES, attest
 from enclave.http_handler import (
     RUN_ID,
@@ -17,7 +15,7 @@ from enclave.http_handler import (
 from enclave.paths import split_relative
 from enclave.receipt import receipt_user_data
 from enclave.routes import ApiError
-from enclave.run_records import TERMINAL_STATES, RunRequest
+from enclave.run_records import TERMINAL_STATES, Job, RunRequest
 
 MAX_RUN_ARGS = 32
 MAX_ARG_CHARS = 4096
@@ -48,7 +46,7 @@ class RunEndpoints(RequestHandler):
         job = self.server.runner.submit(request)
         self._send_json(202, {"id": job.id, "state": job.state})
 
-    def _job(self, params: Params) -> Any:
+    def _job(self, params: Params) -> Job:
         run_id = params["id"]
         job = self.server.runner.get(run_id) if RUN_ID.fullmatch(run_id) else None
         if job is None:

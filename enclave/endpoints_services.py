@@ -3,8 +3,6 @@ to one (`/v1/services/{id}/http/{path}`)."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from enclave.http_handler import (
     RUN_ID,
     Params,
@@ -15,7 +13,7 @@ from enclave.http_handler import (
 )
 from enclave.paths import split_relative
 from enclave.routes import ApiError
-from enclave.service_records import RUNTIME_ERROR_HEADER, ServiceError, ServiceRequest
+from enclave.service_records import RUNTIME_ERROR_HEADER, Service, ServiceError, ServiceRequest
 from enclave.services import ServiceManager
 
 
@@ -25,7 +23,7 @@ class ServiceEndpoints(RequestHandler):
             raise ApiError(503, "services_unavailable", "this runtime serves no services")
         return self.server.services
 
-    def _service(self, params: Params) -> Any:
+    def _service(self, params: Params) -> Service:
         service_id = params["id"]
         manager = self._service_manager()
         service = manager.get(service_id) if RUN_ID.fullmatch(service_id) else None

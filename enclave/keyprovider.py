@@ -21,7 +21,7 @@ from aws_encryption_sdk.key_providers.kms import KMSMasterKey, KMSMasterKeyConfi
 from aws_encryption_sdk.structures import DataKey
 from botocore.exceptions import ClientError
 
-from enclave.attested_kms import AttestedDecryptError, attested_decrypt
+from enclave.attested_kms import AttestationSource, AttestedDecryptError, attested_decrypt
 from enclave.cms import CmsError
 from enclave.nsm import NsmError
 
@@ -32,7 +32,7 @@ ContextGuard = Callable[[dict[str, str]], None]
 
 @attr.s(hash=True)
 class AttestedKmsMasterKeyConfig(KMSMasterKeyConfig):  # type: ignore[misc]  # untyped SDK
-    nsm: Any = attr.ib(hash=False, default=None)
+    nsm: AttestationSource | None = attr.ib(hash=False, default=None)
     context_guard: ContextGuard | None = attr.ib(hash=False, default=None)
 
 
@@ -85,7 +85,7 @@ class AttestedKmsMasterKey(KMSMasterKey):  # type: ignore[misc]  # untyped SDK
 class AttestedKmsMasterKeyProviderConfig(MasterKeyProviderConfig):  # type: ignore[misc]
     key_arn: str = attr.ib(hash=True, validator=attr.validators.instance_of(str))
     kms_client: Any = attr.ib(hash=False)
-    nsm: Any = attr.ib(hash=False)
+    nsm: AttestationSource | None = attr.ib(hash=False)
     context_guard: ContextGuard | None = attr.ib(hash=False, default=None)
 
 
@@ -96,15 +96,16 @@ class AttestedKmsMasterKeyProvider(MasterKeyProvider):  # type: ignore[misc]  # 
     vend_masterkey_on_decrypt = False
     _config_class = AttestedKmsMasterKeyProviderConfig
 
-    def __new__(cls, key_arn: str | None = None, kms_client: Any = None, nsm: Any = None,
+    def __new__(cls, key_arn: str | None = None, kms_client: Any = None,
+                nsm: AttestationSource | None = None,
                 **kwargs: Any) -> AttestedKmsMasterKeyProvider:
         if key_arn is not None:
             kwargs.update(key_arn=key_arn, kms_client=kms_client, nsm=nsm)
         provider: AttestedKmsMasterKeyProvider = super().__new__(cls, **kwargs)
         return provider
 
-    def __init__(self, key_arn: str | None = None, kms_client: Any = None, nsm: Any = None,
-                 **kwargs: Any) -> None:
+    def __init__(self, key_arn: str | None = None, kms_client: Any = None,
+                 nsm: AttestationSource | None = None, **kwargs: Any) -> None:
         # `context_guard(encryption_context)` raises to refuse a context before KMS sees it.
         if not self.config.key_arn.startswith("arn:") or ":key/" not in self.config.key_arn:
             raise ValueError(f"key_arn {self.config.key_arn!r} must be a KMS key ARN "

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from enclave.attested_kms import AttestationSource
 from enclave.config import RuntimeConfig
 from enclave.policy import ImagePolicy
 from enclave.run_records import Credentials, RunFailure
@@ -18,7 +19,8 @@ from enclave.run_records import Credentials, RunFailure
 KeyProviderFactory = Callable[[Credentials | None, str, ImagePolicy], Any]
 
 
-def attested_kms_key_provider_factory(config: RuntimeConfig, nsm: Any) -> KeyProviderFactory:
+def attested_kms_key_provider_factory(config: RuntimeConfig,
+                                      nsm: AttestationSource | None) -> KeyProviderFactory:
     """Production: KMS Decrypt with an attestation document, through the in-enclave bridge.
 
     The key ARN and the region are the image policy's; the host only lends its credentials.

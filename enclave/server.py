@@ -11,9 +11,9 @@ listening socket), `enclave/routes.py` (the route table, 404/405), `enclave/http
 from __future__ import annotations
 
 import socket
-from collections.abc import Callable
 from typing import Any
 
+from enclave.attested_kms import AttestationSource
 from enclave.config import RuntimeConfig
 from enclave.connections import RuntimeServer
 from enclave.endpoints_exchange import ExchangeEndpoints
@@ -23,7 +23,7 @@ from enclave.endpoints_status import StatusEndpoints
 from enclave.events import EventLog
 from enclave.exchange import ExchangeArea
 from enclave.kms_wiring import KeyProviderFactory, attested_kms_key_provider_factory
-from enclave.runner import Runner, _default_unseal
+from enclave.runner import Runner, Unseal, _default_unseal
 from enclave.services import ServiceManager
 
 
@@ -35,9 +35,9 @@ def make_server(
     sock: socket.socket,
     *,
     config: RuntimeConfig,
-    nsm: Any = None,
+    nsm: AttestationSource | None = None,
     key_provider_factory: KeyProviderFactory | None = None,
-    unseal: Callable[..., Any] | None = None,
+    unseal: Unseal | None = None,
     events: EventLog | None = None,
 ) -> RuntimeServer:
     """The runtime server on an already-bound stream socket (AF_VSOCK or AF_UNIX).
