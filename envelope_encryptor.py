@@ -5,7 +5,7 @@
     python envelope_encryptor.py decrypt -i FILE -o DIR -k KEY_ARN [--app-id ID] [--app-version V]
 
 `encrypt` seals DIR (which must hold a valid manifest.json) under the KMS key KEY into one AWS
-Encryption SDK message (see enclave/sealing.py for the format) and optionally uploads it with
+Encryption SDK message (see enclave/bundle_format.py for the format) and optionally uploads it with
 SSE-KMS under the bucket owner's key, refusing a bucket owned by another account. `decrypt` is
 for the owner's own checks with their own KMS access; the enclave unseals with attestation.
 

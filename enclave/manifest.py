@@ -59,7 +59,7 @@ MAX_SERVICE_RESTARTS = 100
 RESTART_POLICIES = ("never", "on-failure")
 ENTRYPOINT_KINDS = ("run", "service")
 
-# Also what the bundle's encryption context must hold (enclave/sealing.py).
+# Also what the bundle's encryption context must hold (enclave/bundle_format.py).
 APP_ID_PATTERN = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
 APP_VERSION_PATTERN = re.compile(r"[0-9A-Za-z.+_-]{1,64}")
 _ENTRYPOINT_NAME = re.compile(r"[a-z][a-z0-9_-]{0,62}")
