@@ -5,7 +5,7 @@
     python envelope_encryptor.py decrypt -i FILE -o DIR -k KEY_ARN [--app-id ID] [--app-version V]
 
 `encrypt` seals DIR (which must hold a valid manifest.json) under the KMS key KEY into one AWS
-Encryption SDK message (see enclave/sealing.py for the format) and optionally uploads it with
+Encryption SDK message (see enclave/bundle_format.py for the format) and optionally uploads it with
 SSE-KMS under the bucket owner's key, refusing a bucket owned by another account. `decrypt` is
 for the owner's own checks with their own KMS access; the enclave unseals with attestation.
 
@@ -35,15 +35,9 @@ from boto3.exceptions import S3UploadFailedError
 from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
+from enclave.bundle_format import KeyProviderError, SealError, UnsealError, kms_key_provider
 from enclave.manifest import ManifestError, load_manifest
-from enclave.sealing import (
-    KeyProviderError,
-    SealError,
-    UnsealError,
-    kms_key_provider,
-    seal_directory,
-    unseal_bundle,
-)
+from enclave.sealing import seal_directory, unseal_bundle
 
 MIB = 1024 * 1024
 # Parts of 64 MiB keep a 10 GiB bundle under S3's 10,000-part limit with few requests.

@@ -122,19 +122,21 @@ def file_digest(path: Path) -> str:
 
 def phase_seal(src: str, out: str, key: str, frame_length: int | None) -> int:
     from enclave import sealing
+    from enclave.bundle_format import kms_key_provider
 
     if frame_length:
         sealing.FRAME_LENGTH = frame_length
     with open(out, "wb", buffering=MIB) as f:
-        result = sealing.seal_directory(Path(src), f, key_provider=sealing.kms_key_provider(key))
+        result = sealing.seal_directory(Path(src), f, key_provider=kms_key_provider(key))
     return result.plaintext_bytes
 
 
 def phase_unseal(src: str, out: str, key: str, frame_length: int | None) -> int:
     from enclave import sealing
+    from enclave.bundle_format import kms_key_provider
 
     with open(src, "rb", buffering=MIB) as f:
-        sealing.unseal_bundle(f, Path(out), key_provider=sealing.kms_key_provider(key))
+        sealing.unseal_bundle(f, Path(out), key_provider=kms_key_provider(key))
     return os.path.getsize(src)
 
 

@@ -27,12 +27,13 @@ from client.errors import (
     TimeoutExpired,
     UsageError,
 )
-from enclave.services import RUNTIME_ERROR_HEADER
+from enclave.exchange_errors import PathRejected
+from enclave.paths import AREAS, split_relative
+from enclave.service_records import RUNTIME_ERROR_HEADER
 
 DEFAULT_PORT = 5005
 DEFAULT_TIMEOUT = 30.0
 CHUNK = 1 << 20  # 1 MiB: large enough for line rate, small enough to keep memory flat
-AREAS = ("inbox", "outbox")
 MAX_JSON_RESPONSE = 64 << 20  # control answers are small; never buffer without bound
 
 Progress = Callable[[int], None]  # called with the number of bytes moved so far
@@ -122,18 +123,15 @@ def make_connection(address: Address, timeout: float | None) -> http.client.HTTP
 
 
 def check_remote_path(path: str, *, allow_empty: bool = False) -> str:
-    """Normalise a path inside the exchange area, refusing anything that could escape it.
+    """A path inside the exchange area, checked by the runtime's own rule before anything is sent.
 
-    The runtime confines paths itself; refusing here too gives a clearer message sooner.
+    `enclave.paths.split_relative` is the rule the runtime applies, so what it would refuse is
+    refused here with the same reason, and nothing else is; only a trailing '/' is dropped.
     """
-    if "\x00" in path:
-        raise UsageError(f"remote path {path!r} contains a NUL byte; use a plain relative path")
-    parts = [p for p in path.split("/") if p not in ("", ".")]
-    if path.startswith("/") and path.strip("/"):
-        raise UsageError(f"remote path {path!r} is absolute; give a path relative to the area, "
-                         "e.g. inbox/data.csv -> data.csv")
-    if ".." in parts:
-        raise UsageError(f"remote path {path!r} contains '..'; paths stay inside the exchange area")
+    try:
+        parts = split_relative(path)
+    except PathRejected as exc:
+        raise UsageError(f"remote path refused: {exc.message}") from None
     if not parts and not allow_empty:
         raise UsageError("remote path is empty; name a file, e.g. data.csv")
     return "/".join(parts)

@@ -31,7 +31,7 @@ import mfusepy as fuse
 
 from client.api import ApiError, RuntimeClient
 from client.errors import ClientError, NotFoundError, UsageError
-from enclave.exchange import MAX_NAME_BYTES, MAX_PATH_BYTES
+from enclave.paths import MAX_NAME_BYTES, MAX_PATH_BYTES
 
 log = logging.getLogger(__name__)
 

@@ -26,6 +26,7 @@ from typing import Any
 
 from enclave.config import ConfigError, GiB, KiB, RuntimeConfig
 from enclave.isolation import harden_runtime, isolation_available, restrict_device
+from enclave.nsm import NSM_TRANSPORTS, NsmClient
 from enclave.policy import PolicyError, load_policy
 
 # The image's interpreter, by absolute path: the enclave init looks a bare `python3` up on
@@ -75,7 +76,7 @@ def simulation_argv(*, socket_path: str | os.PathLike[str], exchange: str | os.P
         "--vsock": ("--unix", str(socket_path)),
         "--exchange": ("--exchange", str(exchange)),
         "--private": ("--private", str(private)),
-        "--nsm-device": ("--nsm-device", str(nsm_device)),
+        "--nsm-device": ("--nsm-device", str(nsm_device), "--nsm-transport", "simulation"),
         "--kms-endpoint": ("--kms-endpoint", kms_endpoint),
         "--policy": ("--policy", str(policy)),
     }
@@ -108,7 +109,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--private", required=True, metavar="DIR",
                        help="root for private run directories (outside --exchange; RAM)")
     serve.add_argument("--nsm-device", default="/dev/nsm", metavar="PATH",
-                       help="NSM device, or the simulated NSM's Unix socket (default /dev/nsm)")
+                       help="NSM device, or the simulated NSM's Unix socket with "
+                            "--nsm-transport simulation (default /dev/nsm)")
+    serve.add_argument("--nsm-transport", choices=NSM_TRANSPORTS, default="device",
+                       help="how to reach the NSM: the device's ioctl (default, the enclave), or "
+                            "the simulated NSM's Unix socket (simulation and emulated enclave)")
     serve.add_argument("--kms-endpoint", default="https://kms.{region}.amazonaws.com",
                        metavar="URL", help="KMS endpoint; {region} is replaced per run")
     serve.add_argument("--policy", required=True, metavar="FILE",
@@ -287,24 +292,8 @@ def serve(args: argparse.Namespace) -> int:
         except OSError as exc:
             logging.getLogger("enclave").warning("could not restrict %s: %s",
                                                  config.nsm_device, exc)
-    nsm = _nsm_client(config.nsm_device)
-    if args.vsock or args.vsock_port is not None:
-        ports = image_ports(os.environ)
-        args.vsock_port = args.vsock_port or ports[0]
-        args.kms_proxy_port = args.kms_proxy_port or ports[1]
-        try:
-            bring_up_loopback()
-        except OSError as exc:
-            logging.getLogger("enclave").warning("could not bring up lo: %s", exc)
-        if not args.no_kms_bridge:
-            policy = config.image_policy
-            resolve_kms_to_bridge(args.kms_endpoint, policy.region if policy else None)
-            start_kms_bridge(args.kms_proxy_port, args.emulate_vsock_dir)
-        sock = bind_vsock(args.vsock_port, args.emulate_vsock_dir)
-        where = f"vsock port {args.vsock_port}"
-    else:
-        sock = bind_unix(args.unix)
-        where = f"unix:{args.unix}"
+    nsm = NsmClient(config.nsm_device, transport=args.nsm_transport)
+    sock, where = _listen(args, config)
     server = make_server(sock, config=config, nsm=nsm)
 
     def stop(signum: int, _frame: Any) -> None:
@@ -329,10 +318,27 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _nsm_client(device: str) -> Any:
-    from enclave.nsm import NsmClient
-
-    return NsmClient(device)
+def _listen(args: argparse.Namespace, config: RuntimeConfig) -> tuple[socket.socket, str]:
+    """The bound listening socket and where it is: vsock (with the enclave's loopback and KMS
+    bridge brought up first) or a Unix socket."""
+    if args.vsock or args.vsock_port is not None:
+        ports = image_ports(os.environ)
+        args.vsock_port = args.vsock_port or ports[0]
+        args.kms_proxy_port = args.kms_proxy_port or ports[1]
+        try:
+            bring_up_loopback()
+        except OSError as exc:
+            logging.getLogger("enclave").warning("could not bring up lo: %s", exc)
+        if not args.no_kms_bridge:
+            policy = config.image_policy
+            resolve_kms_to_bridge(args.kms_endpoint, policy.region if policy else None)
+            start_kms_bridge(args.kms_proxy_port, args.emulate_vsock_dir)
+        sock = bind_vsock(args.vsock_port, args.emulate_vsock_dir)
+        where = f"vsock port {args.vsock_port}"
+    else:
+        sock = bind_unix(args.unix)
+        where = f"unix:{args.unix}"
+    return sock, where
 
 
 def main(argv: Sequence[str] | None = None) -> int:

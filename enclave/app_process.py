@@ -189,7 +189,8 @@ def kill_group(pgid: int) -> None:
 def wipe(path: Path) -> bool:
     """Remove a run's private directory, including parts the app made read-only. True if gone."""
 
-    def make_writable_and_retry(function: Callable, failed: str, _exc: Any) -> None:
+    def make_writable_and_retry(function: Callable[[str], object], failed: str,
+                                _exc: Any) -> None:
         parent = os.path.dirname(failed)
         for target in (parent, failed):
             try:

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from enclave.cms import CmsError, decrypt_enveloped_data
-from enclave.sealing import KEY_SERVICE_ERROR, service_error_text
+from enclave.sdk_errors import KEY_SERVICE_ERROR, service_error_text
 
 RECIPIENT_KEY_BITS = 2048
 RECIPIENT_ALGORITHM = "RSAES_OAEP_SHA_256"

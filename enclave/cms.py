@@ -69,40 +69,11 @@ def parse_enveloped_data(ber: bytes) -> EnvelopeInfo:
         if content_type != "enveloped_data":
             raise CmsError(f"CMS content type is {content_type!r}, expected enveloped_data")
         enveloped = info["content"]
-        recipients = enveloped["recipient_infos"]
-        if len(recipients) != 1:
-            raise CmsError(f"CMS message has {len(recipients)} recipients, expected exactly one: "
-                           "KMS addresses only the attested key")
-        recipient = recipients[0]
-        if recipient.name != "ktri":
-            raise CmsError(f"CMS recipient is {recipient.name!r}, expected a KeyTransRecipientInfo")
-        ktri = recipient.chosen
+        ktri = _only_recipient(enveloped["recipient_infos"])
         _check_key_encryption_algorithm(ktri["key_encryption_algorithm"])
         rid = ktri["rid"]
-        ski = None
-        issuer_serial = None
-        if rid.name == "subject_key_identifier":
-            ski = rid.chosen.native
-        elif rid.name == "issuer_and_serial_number":
-            issuer_serial = (rid.chosen["issuer"].dump(), rid.chosen["serial_number"].native)
-        else:
-            raise CmsError(f"unknown recipient identifier {rid.name!r}")
-
-        content = enveloped["encrypted_content_info"]
-        inner_type = content["content_type"].native
-        if inner_type != "data":
-            raise CmsError(f"enveloped content type is {inner_type!r}, expected data")
-        algorithm = content["content_encryption_algorithm"]
-        if algorithm["algorithm"].native != "aes256_cbc":
-            raise CmsError(f"content encryption is {algorithm['algorithm'].native!r}, only "
-                           "aes256_cbc is accepted")
-        iv = algorithm["parameters"].native
-        if not isinstance(iv, bytes) or len(iv) != AES_BLOCK_BYTES:
-            raise CmsError("AES-256-CBC parameters must be a 16-byte IV")
-        encrypted_content = content["encrypted_content"].native
-        if encrypted_content is None:
-            raise CmsError("the EnvelopedData carries no encrypted content (detached content is "
-                           "not supported)")
+        ski, issuer_serial = _recipient_id(rid)
+        iv, encrypted_content = _encrypted_content(enveloped["encrypted_content_info"])
         encrypted_key = ktri["encrypted_key"].native
     except CmsError:
         raise
@@ -116,6 +87,44 @@ def parse_enveloped_data(ber: bytes) -> EnvelopeInfo:
         iv=iv,
         encrypted_content=encrypted_content,
     )
+
+
+def _only_recipient(recipients: cms.RecipientInfos) -> cms.KeyTransRecipientInfo:
+    if len(recipients) != 1:
+        raise CmsError(f"CMS message has {len(recipients)} recipients, expected exactly one: "
+                       "KMS addresses only the attested key")
+    recipient = recipients[0]
+    if recipient.name != "ktri":
+        raise CmsError(f"CMS recipient is {recipient.name!r}, expected a KeyTransRecipientInfo")
+    return recipient.chosen
+
+
+def _recipient_id(rid: cms.RecipientIdentifier) -> tuple[bytes | None, tuple[bytes, int] | None]:
+    """(subject key identifier, (issuer DER, serial)): the one the message names, other None."""
+    if rid.name == "subject_key_identifier":
+        return rid.chosen.native, None
+    if rid.name == "issuer_and_serial_number":
+        return None, (rid.chosen["issuer"].dump(), rid.chosen["serial_number"].native)
+    raise CmsError(f"unknown recipient identifier {rid.name!r}")
+
+
+def _encrypted_content(content: cms.EncryptedContentInfo) -> tuple[bytes, bytes]:
+    """(IV, ciphertext) of AES-256-CBC encrypted data, the only content accepted."""
+    inner_type = content["content_type"].native
+    if inner_type != "data":
+        raise CmsError(f"enveloped content type is {inner_type!r}, expected data")
+    algorithm = content["content_encryption_algorithm"]
+    if algorithm["algorithm"].native != "aes256_cbc":
+        raise CmsError(f"content encryption is {algorithm['algorithm'].native!r}, only "
+                       "aes256_cbc is accepted")
+    iv = algorithm["parameters"].native
+    if not isinstance(iv, bytes) or len(iv) != AES_BLOCK_BYTES:
+        raise CmsError("AES-256-CBC parameters must be a 16-byte IV")
+    encrypted_content = content["encrypted_content"].native
+    if encrypted_content is None:
+        raise CmsError("the EnvelopedData carries no encrypted content (detached content is "
+                       "not supported)")
+    return iv, encrypted_content
 
 
 def _check_key_encryption_algorithm(algorithm: cms.KeyEncryptionAlgorithm) -> None:

@@ -4,9 +4,10 @@
 namespaces that reproduce what the enclave init and linuxkit leave behind (docs/emulation.md).
 Only what a development machine cannot provide is replaced, and each replacement is one entry of
 `DIFFERENCES` below plus, where code needs it, one constant or pure function beside it. The
-runtime uses exactly one of them: with `--emulate-vsock-dir DIR` every AF_VSOCK endpoint
-(cid, port) it listens on or connects to becomes the Unix socket `vsock_socket_path(DIR, cid,
-port)`. Without that option nothing here is used.
+runtime is told of exactly two of them on its command line: with `--emulate-vsock-dir DIR` every
+AF_VSOCK endpoint (cid, port) it listens on or connects to becomes the Unix socket
+`vsock_socket_path(DIR, cid, port)`, and with `--nsm-transport simulation` it reaches /dev/nsm as
+the simulated NSM's socket. Without those options nothing here is used.
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ NOEXEC_TMPFS = {"/run": "mode=0755", "/tmp": "mode=1777", "/dev/shm": None}  # n
 
 # -- the NSM: /dev/nsm is the simulated NSM's Unix socket, bind-mounted ---------------------------
 NSM_DEVICE = "/dev/nsm"
+NSM_TRANSPORT = "simulation"  # the runtime's --nsm-transport in the jail; production: "device"
 
 # -- TLS to KMS: the local KMS's certificate for kms.<region>.amazonaws.com is issued by a test CA,
 # which the jail appends to botocore's CA bundle in the image's site directory -----------------
@@ -82,7 +84,8 @@ DIFFERENCES: tuple[Difference, ...] = (
                "mounted at /vsock; the enclave's CID is 16"),
     Difference("NSM transport",
                "/dev/nsm character device, one ioctl per request",
-               "/dev/nsm is the simulated NSM's Unix socket (same CBOR bytes), bind-mounted"),
+               "/dev/nsm is the simulated NSM's Unix socket (same CBOR bytes), bind-mounted; the "
+               "runtime is told so by --nsm-transport simulation"),
     Difference("attestation root",
                "AWS Nitro Enclaves Root-G1; PCRs measured by the hypervisor",
                "a local development root; PCRs computed from enclave/ and containers/"),

@@ -11,15 +11,29 @@ import logging
 import threading
 import time
 from collections import deque
+from typing import TypedDict
 
 logger = logging.getLogger("enclave")
+
+
+class EventLine(TypedDict):
+    seq: int
+    time: float
+    message: str
+
+
+class EventPage(TypedDict):
+    """What `GET /v1/logs` answers: some lines, and the number to ask from next time."""
+
+    lines: list[EventLine]
+    next: int
 
 
 class EventLog:
     """A bounded, thread-safe ring of numbered lines."""
 
     def __init__(self, capacity: int = 10_000) -> None:
-        self._lines: deque[dict] = deque(maxlen=capacity)
+        self._lines: deque[EventLine] = deque(maxlen=capacity)
         self._next = 1
         self._lock = threading.Lock()
 
@@ -29,7 +43,7 @@ class EventLog:
             self._next += 1
         logger.info("%s", message)
 
-    def since(self, seq: int, limit: int = 1000) -> dict:
+    def since(self, seq: int, limit: int = 1000) -> EventPage:
         """Lines numbered above `seq` (at most `limit`) and the number to ask from next time."""
         with self._lock:
             lines = [line for line in self._lines if line["seq"] > seq][:limit]

@@ -1,7 +1,7 @@
 """The exchange area: the only files the host can reach, confined to `inbox/` and `outbox/`.
 
 The host puts files into the inbox and reads results from the outbox. Every path it names is
-checked twice: once as a string (`split_relative`, `confine`: pure, no file system access) and once
+checked twice: once as a string (`enclave/paths.py`: pure, no file system access) and once
 while walking, component by component, from a directory file descriptor with `O_NOFOLLOW`, so a
 symbolic link anywhere on the way is refused rather than followed, whoever planted it. Files handed
 out must be regular files with exactly one link, so a hard link to a file outside the area (which
@@ -25,17 +25,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
-INBOX = "inbox"
-OUTBOX = "outbox"
-AREAS = (INBOX, OUTBOX)
+from enclave.exchange_errors import (
+    AlreadyExists,
+    Conflict,
+    ExchangeError,
+    IsADirectory,
+    NoSpace,
+    NotEmpty,
+    NotFound,
+    NotRegularFile,
+    PathRejected,
+    TooMany,
+    UploadIncomplete,
+)
+from enclave.paths import AREAS, MAX_DEPTH, PARTIAL_PREFIX, split_relative
 
-MAX_PATH_BYTES = 1024
-MAX_NAME_BYTES = 255
-MAX_DEPTH = 32
 MAX_LIST_ENTRIES = 10_000
 CHUNK_SIZE = 1024 * 1024
-# Names with this prefix are uploads in progress: invisible in listings, not addressable.
-PARTIAL_PREFIX = ".partial-"
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # O_NONBLOCK: opening a FIFO for reading must not block the server even if one slipped in.
@@ -51,129 +57,6 @@ class UploadBody(Protocol):
     def readinto(self, buffer: memoryview, /) -> int | None: ...
 
 
-class ExchangeError(Exception):
-    """A refused or failed exchange-area operation; `code` and `status` map to the HTTP error."""
-
-    code = "exchange_error"
-    status = 400
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
-
-
-class PathRejected(ExchangeError):
-    code = "bad_path"
-    status = 400
-
-
-class NotFound(ExchangeError):
-    code = "not_found"
-    status = 404
-
-
-class NotRegularFile(ExchangeError):
-    code = "not_regular_file"
-    status = 403
-
-
-class Conflict(ExchangeError):
-    code = "conflict"
-    status = 409
-
-
-# The kinds of conflict carry their own codes, so a client (the FUSE layer's errno) need not
-# read messages; each is still a `Conflict` (409).
-class AlreadyExists(Conflict):
-    code = "exists"
-
-
-class NotEmpty(Conflict):
-    code = "not_empty"
-
-
-class IsADirectory(Conflict):
-    code = "is_a_directory"
-
-
-class TooMany(ExchangeError):
-    code = "too_many_entries"
-    status = 413
-
-
-class NoSpace(ExchangeError):
-    code = "insufficient_storage"
-    status = 507
-
-
-class UploadIncomplete(ExchangeError):
-    """The body ended before Content-Length bytes arrived (client gone); nothing was kept."""
-
-    code = "upload_incomplete"
-    status = 400
-
-
-def split_area(path: str, *, default: str) -> tuple[str, str]:
-    """The host's one path rule, the same for push, pull, rm, `run -f` and run arguments.
-
-    A path may start with the name of an area: `outbox/scores.csv` -> ("outbox", "scores.csv");
-    a path without one is in `default` (the area the command reads or writes): `scores.csv`
-    -> (default, "scores.csv"). Pure; the rest is checked by `split_relative` where it is used.
-    """
-    head, slash, rest = path.partition("/")
-    if slash and head in AREAS:
-        return head, rest
-    return default, path
-
-
-def split_relative(relative: str) -> tuple[str, ...]:
-    """Validate a host-supplied relative path and return its components; `""` is the area root.
-
-    Pure: decides on the string alone. Refuses absolute paths (including `//x`), `.` and `..`
-    components, empty components, NUL and other control characters, backslashes, names reserved
-    for uploads in progress, and anything over the length and depth limits.
-    """
-    if not isinstance(relative, str):
-        raise PathRejected(f"path must be a string, got {type(relative).__name__}")
-    if relative == "":
-        return ()
-    if len(relative.encode("utf-8", "surrogatepass")) > MAX_PATH_BYTES:
-        raise PathRejected(f"path is longer than {MAX_PATH_BYTES} bytes; use a shorter name")
-    if relative.startswith("/"):
-        raise PathRejected(f"path {relative!r} is absolute; give a path relative to the area")
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in relative):
-        raise PathRejected("path contains a NUL or control character; remove it")
-    if "\\" in relative:
-        raise PathRejected(f"path {relative!r} contains a backslash; use '/' between names")
-    parts = relative.split("/")
-    if parts[-1] == "":  # a single trailing slash names the directory itself
-        parts.pop()
-    if len(parts) > MAX_DEPTH:
-        raise PathRejected(f"path is deeper than {MAX_DEPTH} levels")
-    for part in parts:
-        if part in ("", ".", ".."):
-            raise PathRejected(
-                f"path {relative!r} has an empty, '.' or '..' component; name each directory"
-            )
-        if len(part.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
-            raise PathRejected(f"a name in {relative!r} is longer than {MAX_NAME_BYTES} bytes")
-        if part.startswith(PARTIAL_PREFIX):
-            raise PathRejected(f"names starting with {PARTIAL_PREFIX!r} are reserved for uploads")
-        try:
-            part.encode("utf-8")
-        except UnicodeEncodeError as exc:
-            raise PathRejected(f"path {relative!r} is not valid UTF-8") from exc
-    return tuple(parts)
-
-
-def confine(area_root: Path, relative: str) -> Path:
-    """The path `relative` names under `area_root`, or `PathRejected`. Pure (no I/O).
-
-    The result is lexically inside `area_root`; symbolic and hard links are the I/O layer's job.
-    """
-    return Path(area_root, *split_relative(relative))
-
-
 @dataclass(frozen=True)
 class Entry:
     name: str
@@ -181,7 +64,7 @@ class Entry:
     size: int
     mtime: float
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, str | int | float]:
         return {"name": self.name, "type": self.type, "size": self.size, "mtime": self.mtime}
 
 
@@ -458,7 +341,7 @@ def _copy_exactly(body: UploadBody, fd: int, length: int, digest: hashlib._Hash)
         _copy_chunks(body, fd, length, digest.update, [bytearray(max(length, 1))])
         return
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="upload-hash") as hasher:
-        pending: list[Future] = []
+        pending: list[Future[None]] = []
 
         def hash_in_background(chunk: memoryview) -> None:
             if pending:

@@ -10,6 +10,7 @@ provider. Its provider id is "aws-kms", so it reads messages sealed by
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import attr
@@ -20,20 +21,22 @@ from aws_encryption_sdk.key_providers.kms import KMSMasterKey, KMSMasterKeyConfi
 from aws_encryption_sdk.structures import DataKey
 from botocore.exceptions import ClientError
 
-from enclave.attested_kms import AttestedDecryptError, attested_decrypt
+from enclave.attested_kms import AttestationSource, AttestedDecryptError, attested_decrypt
 from enclave.cms import CmsError
 from enclave.nsm import NsmError
 
 PROVIDER_ID = "aws-kms"
+# Raises to refuse an encryption context before KMS sees it (the image policy's check).
+ContextGuard = Callable[[dict[str, str]], None]
 
 
 @attr.s(hash=True)
-class AttestedKmsMasterKeyConfig(KMSMasterKeyConfig):
-    nsm = attr.ib(hash=False, default=None)
-    context_guard = attr.ib(hash=False, default=None)
+class AttestedKmsMasterKeyConfig(KMSMasterKeyConfig):  # type: ignore[misc]  # untyped SDK
+    nsm: AttestationSource | None = attr.ib(hash=False, default=None)
+    context_guard: ContextGuard | None = attr.ib(hash=False, default=None)
 
 
-class AttestedKmsMasterKey(KMSMasterKey):
+class AttestedKmsMasterKey(KMSMasterKey):  # type: ignore[misc]  # untyped SDK
     """One KMS key; Decrypt goes through the attested recipient path."""
 
     _config_class = AttestedKmsMasterKeyConfig
@@ -79,28 +82,30 @@ class AttestedKmsMasterKey(KMSMasterKey):
 
 
 @attr.s(hash=True)
-class AttestedKmsMasterKeyProviderConfig(MasterKeyProviderConfig):
-    key_arn = attr.ib(hash=True, validator=attr.validators.instance_of(str))
-    kms_client = attr.ib(hash=False)
-    nsm = attr.ib(hash=False)
-    context_guard = attr.ib(hash=False, default=None)
+class AttestedKmsMasterKeyProviderConfig(MasterKeyProviderConfig):  # type: ignore[misc]
+    key_arn: str = attr.ib(hash=True, validator=attr.validators.instance_of(str))
+    kms_client: Any = attr.ib(hash=False)
+    nsm: AttestationSource | None = attr.ib(hash=False)
+    context_guard: ContextGuard | None = attr.ib(hash=False, default=None)
 
 
-class AttestedKmsMasterKeyProvider(MasterKeyProvider):
+class AttestedKmsMasterKeyProvider(MasterKeyProvider):  # type: ignore[misc]  # untyped SDK
     """Strict, decrypt-only provider for one KMS key ARN, attested through the NSM."""
 
     provider_id = PROVIDER_ID
     vend_masterkey_on_decrypt = False
     _config_class = AttestedKmsMasterKeyProviderConfig
 
-    def __new__(cls, key_arn: str | None = None, kms_client: Any = None, nsm: Any = None,
+    def __new__(cls, key_arn: str | None = None, kms_client: Any = None,
+                nsm: AttestationSource | None = None,
                 **kwargs: Any) -> AttestedKmsMasterKeyProvider:
         if key_arn is not None:
             kwargs.update(key_arn=key_arn, kms_client=kms_client, nsm=nsm)
-        return super().__new__(cls, **kwargs)
+        provider: AttestedKmsMasterKeyProvider = super().__new__(cls, **kwargs)
+        return provider
 
-    def __init__(self, key_arn: str | None = None, kms_client: Any = None, nsm: Any = None,
-                 **kwargs: Any) -> None:
+    def __init__(self, key_arn: str | None = None, kms_client: Any = None,
+                 nsm: AttestationSource | None = None, **kwargs: Any) -> None:
         # `context_guard(encryption_context)` raises to refuse a context before KMS sees it.
         if not self.config.key_arn.startswith("arn:") or ":key/" not in self.config.key_arn:
             raise ValueError(f"key_arn {self.config.key_arn!r} must be a KMS key ARN "

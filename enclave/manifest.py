@@ -8,6 +8,11 @@ errors, because anything the runner tolerates is something the host may try to e
 `Manifest.resolve_arguments` is the one place host-supplied arguments become an argv tail: it is
 pure (no file system access) and purely lexical. The caller still has to open inputs without
 following links and create output parents (see its docstring).
+
+One module although over 400 lines, because it holds one idea, the manifest's schema: each
+dataclass, the strict parser that builds it and the argument checks it defines are read
+together when a rule changes, and splitting the parser from the types would leave each half
+naming the other's every field.
 """
 
 from __future__ import annotations
@@ -19,8 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from enclave.exchange import INBOX, OUTBOX, split_area
 from enclave.image import interpreter_problem
+from enclave.paths import INBOX, OUTBOX, split_area
 
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1
@@ -54,7 +59,7 @@ MAX_SERVICE_RESTARTS = 100
 RESTART_POLICIES = ("never", "on-failure")
 ENTRYPOINT_KINDS = ("run", "service")
 
-# Also what the bundle's encryption context must hold (enclave/sealing.py).
+# Also what the bundle's encryption context must hold (enclave/bundle_format.py).
 APP_ID_PATTERN = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
 APP_VERSION_PATTERN = re.compile(r"[0-9A-Za-z.+_-]{1,64}")
 _ENTRYPOINT_NAME = re.compile(r"[a-z][a-z0-9_-]{0,62}")
@@ -368,7 +373,19 @@ def _entrypoint_from(name: str, raw: Any) -> Entrypoint:
     if kind not in ENTRYPOINT_KINDS:
         raise ManifestError(f"{where}.kind must be one of {', '.join(ENTRYPOINT_KINDS)}, "
                             f"got {kind!r}")
-    command = obj["command"]
+    command = _command_from(obj["command"], where)
+    args = _args_from(obj.get("args", []), where)
+    service = None
+    if kind == "service":
+        if args:
+            raise ManifestError(f"{where}: a service takes no arguments; it reads requests")
+        service = _service_from(obj.get("service", {}), f"{where}.service")
+    elif "service" in obj:
+        raise ManifestError(f"{where}.service is only allowed with \"kind\": \"service\"")
+    return Entrypoint(name=name, command=command, args=args, kind=kind, service=service)
+
+
+def _command_from(command: Any, where: str) -> tuple[str, ...]:
     if not isinstance(command, list) or not command:
         raise ManifestError(f"{where}.command must be a non-empty list of strings")
     if len(command) > MAX_COMMAND_ELEMENTS:
@@ -385,8 +402,10 @@ def _entrypoint_from(name: str, raw: Any) -> Entrypoint:
                 f"at most {MAX_COMMAND_ELEMENT_CHARS} characters"
             )
     _check_program(command[0], f"{where}.command[0]")
+    return tuple(command)
 
-    args_raw = obj.get("args", [])
+
+def _args_from(args_raw: Any, where: str) -> tuple[ArgSpec, ...]:
     if not isinstance(args_raw, list):
         raise ManifestError(f"{where}.args must be a list")
     if len(args_raw) > MAX_ARGS:
@@ -405,14 +424,7 @@ def _entrypoint_from(name: str, raw: Any) -> Entrypoint:
                 "put optional arguments last"
             )
         optional_seen = optional_seen or spec.optional
-    service = None
-    if kind == "service":
-        if args:
-            raise ManifestError(f"{where}: a service takes no arguments; it reads requests")
-        service = _service_from(obj.get("service", {}), f"{where}.service")
-    elif "service" in obj:
-        raise ManifestError(f"{where}.service is only allowed with \"kind\": \"service\"")
-    return Entrypoint(name=name, command=tuple(command), args=args, kind=kind, service=service)
+    return args
 
 
 def _service_from(raw: Any, where: str) -> ServiceSpec:
@@ -488,6 +500,21 @@ def _absolute_root(root: str | Path, label: str) -> str:
 
 
 def _join_confined(root: str, value: str, name: str) -> str:
+    _check_path_string(value, name)
+    parts = value.split("/")
+    if len(parts) > MAX_PATH_DEPTH:
+        raise ManifestError(f"argument {name!r}: path deeper than {MAX_PATH_DEPTH} levels")
+    for part in parts:
+        _check_path_component(part, value, name)
+    joined = posixpath.join(root, *parts)
+    # Belt and braces: the component checks above already make escaping impossible.
+    if posixpath.commonpath([root, joined]) != root or joined == root:
+        raise ManifestError(f"argument {name!r}: path {value!r} escapes the exchange area")
+    return joined
+
+
+def _check_path_string(value: str, name: str) -> None:
+    """The rules on a path argument as a whole: present, no NUL, bounded, relative, no option."""
     if not value:
         raise ManifestError(f"argument {name!r}: an empty path is not allowed")
     if "\0" in value:
@@ -501,24 +528,18 @@ def _join_confined(root: str, value: str, name: str) -> str:
         )
     if value.startswith("-"):
         raise ManifestError(f"argument {name!r}: a path may not start with '-'")
-    parts = value.split("/")
-    if len(parts) > MAX_PATH_DEPTH:
-        raise ManifestError(f"argument {name!r}: path deeper than {MAX_PATH_DEPTH} levels")
-    for part in parts:
-        if part in ("", ".", ".."):
-            raise ManifestError(
-                f"argument {name!r}: path {value!r} has an empty, '.' or '..' component"
-            )
-        if len(part) > MAX_PATH_COMPONENT_CHARS or not _PATH_COMPONENT.fullmatch(part):
-            raise ManifestError(
-                f"argument {name!r}: path component {part!r} must match "
-                f"{_PATH_COMPONENT.pattern} (at most {MAX_PATH_COMPONENT_CHARS} characters)"
-            )
-    joined = posixpath.join(root, *parts)
-    # Belt and braces: the component checks above already make escaping impossible.
-    if posixpath.commonpath([root, joined]) != root or joined == root:
-        raise ManifestError(f"argument {name!r}: path {value!r} escapes the exchange area")
-    return joined
+
+
+def _check_path_component(part: str, value: str, name: str) -> None:
+    if part in ("", ".", ".."):
+        raise ManifestError(
+            f"argument {name!r}: path {value!r} has an empty, '.' or '..' component"
+        )
+    if len(part) > MAX_PATH_COMPONENT_CHARS or not _PATH_COMPONENT.fullmatch(part):
+        raise ManifestError(
+            f"argument {name!r}: path component {part!r} must match "
+            f"{_PATH_COMPONENT.pattern} (at most {MAX_PATH_COMPONENT_CHARS} characters)"
+        )
 
 
 def _check_value(spec: ArgSpec, value: str) -> str:

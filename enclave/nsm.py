@@ -16,9 +16,12 @@ text strings ("DescribeNSM", "GetRandom"); the others are one-entry maps ({"Atte
 {"DescribePCR": {"index": n}}). The device refuses `{"GetRandom": {}}` with InvalidOperation
 (QEMU's virtio-nsm model, written against the device, matches on exactly these shapes).
 
-A device path that is a Unix socket is the local simulation (`client/sim/nsm.py`): the same CBOR
-request and response bytes, one request per connection: the client sends the request, shuts down
-its write side, and reads the response until the server closes.
+The local simulation (`client/sim/nsm.py`) is reached only when asked for by configuration,
+`NsmClient.simulated(socket_path)` (the runtime's `--nsm-transport simulation`), never by looking
+at what the path is: a production client given a socket gets the device's error, not the
+simulation. Over its Unix socket go the same CBOR request and response bytes, one request per
+connection: the client sends the request, shuts down its write side, and reads the response until
+the server closes.
 """
 
 from __future__ import annotations
@@ -27,9 +30,9 @@ import ctypes
 import fcntl
 import os
 import socket
-import stat
 import struct
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Literal
 
 import cbor2
 
@@ -45,6 +48,9 @@ USER_DATA_MAX = 512
 NONCE_MAX = 512
 PUBLIC_KEY_MAX = 1024
 SIMULATION_TIMEOUT_SECONDS = 10.0
+
+NsmTransport = Literal["device", "simulation"]
+NSM_TRANSPORTS: tuple[NsmTransport, ...] = ("device", "simulation")
 
 
 class NsmError(Exception):
@@ -93,10 +99,22 @@ def decode_response(data: bytes, operation: str) -> Any:
 
 
 class NsmClient:
-    """`NsmClient()` talks to `/dev/nsm`; `NsmClient(path_of_unix_socket)` to the simulation."""
+    """`NsmClient()` talks to `/dev/nsm`; `NsmClient.simulated(socket)` to the simulation."""
 
-    def __init__(self, device: str | os.PathLike[str] = NSM_DEVICE) -> None:
+    def __init__(self, device: str | os.PathLike[str] = NSM_DEVICE, *,
+                 transport: NsmTransport = "device") -> None:
+        if transport not in NSM_TRANSPORTS:
+            raise ValueError(f"unknown NSM transport {transport!r}; expected one of "
+                             f"{', '.join(NSM_TRANSPORTS)}")
         self.device = os.fspath(device)
+        self.transport = transport
+        self._send: Callable[[str, bytes], bytes] = (
+            _call_socket if transport == "simulation" else _call_ioctl)
+
+    @classmethod
+    def simulated(cls, socket_path: str | os.PathLike[str]) -> NsmClient:
+        """A client of the simulated NSM listening on `socket_path` (`client/sim/nsm.py`)."""
+        return cls(socket_path, transport="simulation")
 
     def attestation(self, *, user_data: bytes | None = None, nonce: bytes | None = None,
                     public_key: bytes | None = None) -> bytes:
@@ -141,15 +159,7 @@ class NsmClient:
 
     def call(self, request: Any) -> bytes:
         """Send one CBOR request and return the raw CBOR response."""
-        data = encode_request(request)
-        try:
-            mode = os.stat(self.device).st_mode
-        except OSError as exc:
-            raise NsmError("DeviceError", f"cannot reach the NSM at {self.device}: {exc}; inside "
-                                          "an enclave it is /dev/nsm (nsm driver)") from None
-        if stat.S_ISSOCK(mode):
-            return _call_socket(self.device, data)
-        return _call_ioctl(self.device, data)
+        return self._send(self.device, encode_request(request))
 
 
 def _call_ioctl(device: str, request: bytes) -> bytes:
@@ -157,9 +167,14 @@ def _call_ioctl(device: str, request: bytes) -> bytes:
     response_buffer = ctypes.create_string_buffer(NSM_RESPONSE_MAX)
     raw = bytearray(pack_nsm_raw(ctypes.addressof(request_buffer), len(request),
                                  ctypes.addressof(response_buffer), NSM_RESPONSE_MAX))
-    fd = os.open(device, os.O_RDWR | os.O_CLOEXEC)
     try:
-        fcntl.ioctl(fd, NSM_IOCTL_RAW, raw, True)  # the kernel updates raw in place
+        fd = os.open(device, os.O_RDWR | os.O_CLOEXEC)
+    except OSError as exc:
+        raise NsmError("DeviceError", f"cannot reach the NSM at {device}: {exc}; inside an "
+                                      "enclave it is /dev/nsm (nsm driver)") from None
+    try:
+        # the kernel updates raw in place
+        fcntl.ioctl(fd, NSM_IOCTL_RAW, raw, True)  # pragma: no cover - hardware
     except OSError as exc:
         raise NsmError("DeviceError", f"NSM ioctl on {device} failed: {exc}") from None
     finally:

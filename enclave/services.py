@@ -12,189 +12,62 @@ When it stops, or crashes with no restart left, every process of its user is kil
 private directory (plaintext included) is removed. A restart (`"restart": "on-failure"`) reuses
 the unsealed files: the host's credentials are not kept, so the bundle cannot be unsealed again.
 Before a restart the app's processes are killed and its home and temporary directories emptied.
+
+Here: the `ServiceManager` (accepting services, their registry, each one's life). A service's
+record is `enclave/service_records.py`'s; talking to its socket `enclave/service_forwarding.py`'s.
 """
 
 from __future__ import annotations
 
 import builtins
-import http.client
 import os
 import secrets
 import shutil
-import socket
-import stat
 import subprocess
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from enclave.app_process import APPEXEC_SOURCE, app_environment, kill_group, wipe
 from enclave.config import RuntimeConfig
 from enclave.events import EventLog
-from enclave.exchange import INBOX, ExchangeArea, ExchangeError, IsADirectory
+from enclave.exchange import ExchangeArea
+from enclave.exchange_errors import ExchangeError, IsADirectory
 from enclave.image import app_argv
 from enclave.isolation import AppUser, UserPool, chown_tree, kill_user
-from enclave.manifest import ManifestError, ServiceSpec
-from enclave.runner import (
-    Credentials,
-    KeyProviderFactory,
-    RunRefused,
-    Unseal,
-    _Cancelled,
-    _RunFailure,
-    unseal_checked,
+from enclave.kms_wiring import KeyProviderFactory
+from enclave.manifest import Manifest, ManifestError, ServiceSpec
+from enclave.paths import INBOX
+from enclave.run_records import Cancelled, RunFailure, RunRefused
+from enclave.runner import Unseal, unseal_checked
+from enclave.service_forwarding import accepts, exchange_with_service
+from enclave.service_records import (
+    ACTIVE_STATES,
+    CRASHED,
+    FAILED,
+    READY,
+    RESTARTING,
+    SOCKET_ENV,
+    SOCKET_NAME,
+    STOPPED,
+    TERMINAL_STATES,
+    Answer,
+    Service,
+    ServiceError,
+    ServiceRequest,
 )
 
-STARTING = "starting"
-READY = "ready"
-RESTARTING = "restarting"
-STOPPED = "stopped"
-CRASHED = "crashed"
-FAILED = "failed"
-ACTIVE_STATES = frozenset({STARTING, READY, RESTARTING})
-TERMINAL_STATES = frozenset({STOPPED, CRASHED, FAILED})
-
-SOCKET_ENV = "SEALED_SERVICE_SOCKET"
-SOCKET_NAME = "service.sock"
 MAX_SERVICES = 4
 MAX_KEPT_SERVICES = 100
-# Request headers passed on to the app; everything else (the host's own headers) stays out.
-FORWARDED_HEADERS = ("Content-Type", "Accept")
-# Set by the runtime on an error it gives for a forwarded request itself; a service cannot set it
-# (only its status, Content-Type and body are passed on), so the client can tell the two apart.
-RUNTIME_ERROR_HEADER = "Sealed-Runtime-Error"
 _READY_POLL_SECONDS = 0.02
 _SLOT_WAIT_SECONDS = 1.0
-_READ_CHUNK = 64 * 1024
 
 
-@dataclass(frozen=True)
-class ServiceRequest:
-    bundle: str
-    entrypoint: str
-    credentials: Credentials | None = field(default=None, repr=False)
 
 
-@dataclass(frozen=True)
-class Answer:
-    """What goes back to the host for one forwarded request."""
 
-    status: int
-    content_type: str
-    body: bytes
-
-
-class ServiceError(Exception):
-    """A forwarded request the runtime answers itself; `status`/`code` map to the HTTP error."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-
-
-@dataclass
-class Service:
-    id: str
-    bundle: str
-    entrypoint: str
-    state: str = STARTING
-    restarts: int = 0
-    requests_served: int = 0
-    errors: int = 0
-    last_error: str | None = None
-    error: str | None = None
-    started_at: float = field(default_factory=time.time)
-    ready_at: float | None = None
-    ended_at: float | None = None
-    app_id: str | None = None
-    app_version: str | None = None
-    bundle_sha256: str | None = None
-    spec: ServiceSpec | None = None
-    # Internal.
-    uid: int | None = field(default=None, repr=False)  # its user's, when isolated
-    private_dir: Path | None = field(default=None, repr=False)
-    socket_path: str | None = field(default=None, repr=False)
-    slots: threading.BoundedSemaphore | None = field(default=None, repr=False)
-    stop_requested: threading.Event = field(default_factory=threading.Event, repr=False)
-    done: threading.Event = field(default_factory=threading.Event, repr=False)
-    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-
-    def view(self) -> dict[str, Any]:
-        spec = self.spec
-        return {
-            "id": self.id,
-            "bundle": self.bundle,
-            "entrypoint": self.entrypoint,
-            "state": self.state,
-            "restarts": self.restarts,
-            "requests_served": self.requests_served,
-            "errors": self.errors,
-            "last_error": self.last_error,
-            "error": self.error,
-            "started_at": self.started_at,
-            "ready_at": self.ready_at,
-            "ended_at": self.ended_at,
-            "app_id": self.app_id,
-            "app_version": self.app_version,
-            "limits": None if spec is None else {
-                "max_concurrent_requests": spec.max_concurrent_requests,
-                "max_request_bytes": spec.max_request_bytes,
-                "max_response_bytes": spec.max_response_bytes,
-                "request_timeout_seconds": spec.request_timeout_seconds,
-                "ready_timeout_seconds": spec.ready_timeout_seconds,
-                "restart": spec.restart,
-                "max_restarts": spec.max_restarts,
-            },
-        }
-
-    def count(self, *, served: bool, error: str | None = None) -> None:
-        with self.lock:
-            if served:
-                self.requests_served += 1
-            if error is not None:
-                self.errors += 1
-                self.last_error = error
-
-
-def connect_service_socket(path: str, owner: int | None, timeout: float) -> socket.socket:
-    """Connect, as the runtime, to the socket the service made, and only to that one.
-
-    The service owns the directory its socket is in, so it could put a link there instead,
-    naming another service's socket or the runtime's own: the runtime (root) would then carry
-    the host's requests wherever the app chose. The name is opened without following a link,
-    must be a socket of the service's own user, and that very inode is connected to.
-    """
-    fd = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISSOCK(st.st_mode) or (owner is not None and st.st_uid != owner):
-            raise ConnectionRefusedError(f"{SOCKET_NAME} is not a socket of the service's own")
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(timeout)
-        try:
-            sock.connect(f"/proc/self/fd/{fd}")
-        except OSError:
-            sock.close()
-            raise
-        return sock
-    finally:
-        os.close(fd)
-
-
-class _ServiceSocketConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, owner: int | None, timeout: float) -> None:
-        super().__init__("service", timeout=timeout)
-        self.socket_path = path
-        self.owner = owner
-        self.seconds = timeout
-
-    def connect(self) -> None:
-        self.sock = connect_service_socket(self.socket_path, self.owner, self.seconds)
 
 
 class ServiceManager:
@@ -297,103 +170,27 @@ class ServiceManager:
                                f"{spec.max_concurrent_requests} requests (its manifest's limit); "
                                "retry shortly")
         try:
-            return self._exchange(service, spec, path, method, target, headers, body)
+            return exchange_with_service(service, spec, path, method, target, headers, body)
         finally:
             slots.release()
 
     # -- forwarding ----------------------------------------------------------------------------
 
-    def _exchange(self, service: Service, spec: ServiceSpec, path: str, method: str,
-                  target: str, headers: dict[str, str], body: bytes) -> Answer:
-        timeout = float(spec.request_timeout_seconds)
-        deadline = time.monotonic() + timeout
-        conn = _ServiceSocketConnection(path, service.uid, timeout)
-        sent = {name: headers[name] for name in FORWARDED_HEADERS if name in headers}
-        sent["Connection"] = "close"
-        try:
-            conn.request(method, target, body=body, headers=sent)
-            response = conn.getresponse()
-            chunks, size = [], 0
-            while True:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise TimeoutError()
-                assert conn.sock is not None
-                conn.sock.settimeout(remaining)
-                chunk = response.read1(_READ_CHUNK) if size <= spec.max_response_bytes else b""
-                if not chunk:
-                    break
-                chunks.append(chunk)
-                size += len(chunk)
-            if size > spec.max_response_bytes:
-                service.count(served=False, error="response too large")
-                raise ServiceError(502, "response_too_large",
-                                   f"the service's answer exceeds the {spec.max_response_bytes} "
-                                   "bytes its manifest allows; it was discarded")
-            if not 100 <= response.status <= 599:
-                raise http.client.HTTPException("status out of range")
-            service.count(served=True)
-            return Answer(response.status, response.getheader("Content-Type") or
-                          "application/octet-stream", b"".join(chunks))
-        except TimeoutError:
-            service.count(served=False, error="request timed out")
-            raise ServiceError(504, "service_timeout",
-                               f"service {service.id} did not answer within "
-                               f"{spec.request_timeout_seconds}s (its manifest's limit); the "
-                               "request was abandoned, the service goes on") from None
-        except (OSError, http.client.HTTPException) as exc:
-            service.count(served=False, error="no answer from the service")
-            raise ServiceError(502, "service_failed",
-                               f"service {service.id} ended this request without a complete "
-                               f"answer ({exc.__class__.__name__}); it may have crashed: check "
-                               "its state and restarts") from None
-        finally:
-            conn.close()
-
     # -- the service's life --------------------------------------------------------------------
 
     def _supervise(self, service: Service, box: builtins.list[ServiceRequest]) -> None:
-        request = box.pop()
-        private: Path | None = None
         user: AppUser | None = None
         final, error = FAILED, None
         try:
             if self._users is not None:
                 user = self._users.acquire()
                 if user is None:
-                    raise _RunFailure("no free application user (runs and services share "
-                                      "them); retry when a run has ended or stop a service")
-            private = Path(tempfile.mkdtemp(prefix="svc-", dir=self.config.private_root))
-            service.private_dir = private
-            app_dir = private / "app"
-            app_dir.mkdir(mode=0o700)
-            manifest, service.bundle_sha256 = unseal_checked(
-                self.exchange, self.policy, self._key_provider_factory, self._unseal,
-                bundle=request.bundle, credentials=request.credentials, target=app_dir,
-                cancelled=service.stop_requested, events=self.events,
-                label=f"service {service.id}")
-            del request  # the credentials are not needed past this point
-            service.app_id, service.app_version = manifest.app_id, manifest.app_version
-            entry = manifest.entrypoint(service.entrypoint)
-            if entry.kind != "service" or entry.service is None:
-                raise _RunFailure(f"entrypoint {service.entrypoint!r} is not a service; start "
-                                  f"it with `python -m client run -s {service.entrypoint}`")
-            try:
-                argv = app_argv(entry.command, self.config.app_interpreter)
-            except ValueError as exc:
-                raise _RunFailure(f"entrypoint {service.entrypoint!r}: {exc}") from None
-            if not os.path.isfile(argv[0]):
-                raise _RunFailure(f"entrypoint {service.entrypoint!r} could not be started: "
-                                  f"the image's interpreter {argv[0]} is missing")
-            service.spec = entry.service
-            service.slots = threading.BoundedSemaphore(entry.service.max_concurrent_requests)
-            if user is not None:
-                chown_tree(private, user)
-                service.uid = user.uid
-            final, error = self._serve(service, entry.service, argv, app_dir, private, user)
-        except _Cancelled:
+                    raise RunFailure("no free application user (runs and services share "
+                                     "them); retry when a run has ended or stop a service")
+            final, error = self._unseal_and_serve(service, box, user)
+        except Cancelled:
             final, error = STOPPED, None
-        except _RunFailure as exc:
+        except RunFailure as exc:
             final, error = FAILED, str(exc)
         except (ManifestError, ExchangeError) as exc:
             final, error = FAILED, getattr(exc, "message", None) or str(exc)
@@ -403,21 +200,65 @@ class ServiceManager:
                      f"({exc.__class__.__name__}); see `logs`")
             self.events.add(f"service {service.id}: internal error {exc.__class__.__name__}")
         finally:
-            service.socket_path = None
-            if user is not None:
-                kill_user(user.uid)  # before the wipe: nothing of the service may write any more
-            wiped = wipe(private) if private is not None else True
-            if user is not None and self._users is not None:
-                self._users.release(user)
-            if not wiped:
-                self.events.add(f"service {service.id}: could not remove its private directory")
-                error = (error + "; " if error else "") + "private directory not fully removed"
-            with self._lock:
-                service.state = final
-                service.error = error
-                service.ended_at = time.time()
-            service.done.set()
-            self.events.add(f"service {service.id}: {final}" + (f": {error}" if error else ""))
+            self._finish(service, final, error, user)
+
+    def _unseal_and_serve(self, service: Service, box: builtins.list[ServiceRequest],
+                          user: AppUser | None) -> tuple[str, str | None]:
+        request = box.pop()
+        private = Path(tempfile.mkdtemp(prefix="svc-", dir=self.config.private_root))
+        service.private_dir = private
+        app_dir = private / "app"
+        app_dir.mkdir(mode=0o700)
+        manifest, service.bundle_sha256 = unseal_checked(
+            self.exchange, self.policy, self._key_provider_factory, self._unseal,
+            bundle=request.bundle, credentials=request.credentials, target=app_dir,
+            cancelled=service.stop_requested, events=self.events,
+            label=f"service {service.id}")
+        del request  # the credentials are not needed past this point
+        service.app_id, service.app_version = manifest.app_id, manifest.app_version
+        spec, argv = self._service_entrypoint(service, manifest)
+        service.spec = spec
+        service.slots = threading.BoundedSemaphore(spec.max_concurrent_requests)
+        if user is not None:
+            chown_tree(private, user)
+            service.uid = user.uid
+        return self._serve(service, spec, argv, app_dir, private, user)
+
+    def _service_entrypoint(self, service: Service,
+                            manifest: Manifest) -> tuple[ServiceSpec, builtins.list[str]]:
+        """The service's limits and command, or why this entrypoint cannot be served."""
+        entry = manifest.entrypoint(service.entrypoint)
+        if entry.kind != "service" or entry.service is None:
+            raise RunFailure(f"entrypoint {service.entrypoint!r} is not a service; start "
+                             f"it with `python -m client run -s {service.entrypoint}`")
+        try:
+            argv = app_argv(entry.command, self.config.app_interpreter)
+        except ValueError as exc:
+            raise RunFailure(f"entrypoint {service.entrypoint!r}: {exc}") from None
+        if not os.path.isfile(argv[0]):
+            raise RunFailure(f"entrypoint {service.entrypoint!r} could not be started: "
+                             f"the image's interpreter {argv[0]} is missing")
+        return entry.service, argv
+
+    def _finish(self, service: Service, final: str, error: str | None,
+                user: AppUser | None) -> None:
+        """Whatever happened: kill the service's user, wipe its plaintext, record the end."""
+        service.socket_path = None
+        if user is not None:
+            kill_user(user.uid)  # before the wipe: nothing of the service may write any more
+        private = service.private_dir
+        wiped = wipe(private) if private is not None else True
+        if user is not None and self._users is not None:
+            self._users.release(user)
+        if not wiped:
+            self.events.add(f"service {service.id}: could not remove its private directory")
+            error = (error + "; " if error else "") + "private directory not fully removed"
+        with self._lock:
+            service.state = final
+            service.error = error
+            service.ended_at = time.time()
+        service.done.set()
+        self.events.add(f"service {service.id}: {final}" + (f": {error}" if error else ""))
 
     def _serve(self, service: Service, spec: ServiceSpec, argv: builtins.list[str],
                app_dir: Path, private: Path, user: AppUser | None) -> tuple[str, str | None]:
@@ -455,7 +296,7 @@ class ServiceManager:
                             f"{spec.max_restarts})")
 
     def _spawn(self, service: Service, argv: builtins.list[str], app_dir: Path, private: Path,
-               socket_path: Path, user: AppUser | None) -> subprocess.Popen:
+               socket_path: Path, user: AppUser | None) -> subprocess.Popen[bytes]:
         home, tmp = private / "home", private / "tmp"
         for directory in (home, tmp):  # emptied between starts: a restart begins clean
             shutil.rmtree(directory, ignore_errors=True)
@@ -479,10 +320,10 @@ class ServiceManager:
                 stderr=subprocess.DEVNULL,  # a service's output could quote its code
                 start_new_session=True, close_fds=True, **identity)
         except OSError as exc:
-            raise _RunFailure(f"entrypoint {service.entrypoint!r} could not be started: "
+            raise RunFailure(f"entrypoint {service.entrypoint!r} could not be started: "
                               f"{exc.strerror or exc}") from exc
 
-    def _await_ready(self, service: Service, spec: ServiceSpec, process: subprocess.Popen,
+    def _await_ready(self, service: Service, spec: ServiceSpec, process: subprocess.Popen[bytes],
                      socket_path: Path) -> str | None:
         """None once the app accepts connections on its socket, else why it did not."""
         deadline = time.monotonic() + spec.ready_timeout_seconds
@@ -491,7 +332,7 @@ class ServiceManager:
                 return STOPPED
             if process.poll() is not None:
                 return f"the service exited with status {process.returncode} before it was ready"
-            if _accepts(str(socket_path), service.uid):
+            if accepts(str(socket_path), service.uid):
                 service.socket_path = str(socket_path)
                 return None
             if time.monotonic() >= deadline:
@@ -499,7 +340,7 @@ class ServiceManager:
                         f"{spec.ready_timeout_seconds}s")
             time.sleep(_READY_POLL_SECONDS)
 
-    def _watch(self, service: Service, process: subprocess.Popen) -> str:
+    def _watch(self, service: Service, process: subprocess.Popen[bytes]) -> str:
         while True:
             try:
                 process.wait(timeout=0.1)
@@ -516,11 +357,3 @@ class ServiceManager:
                        key=lambda s: s.started_at)
         for service in ended[:excess]:
             del self._services[service.id]
-
-
-def _accepts(path: str, owner: int | None) -> bool:
-    try:
-        connect_service_socket(path, owner, 0.5).close()
-        return True
-    except OSError:
-        return False

@@ -30,8 +30,9 @@ from aws_encryption_sdk.key_providers.raw import RawMasterKeyProvider
 from fake_kms_key import TEST_KEY_ARN, FakeKmsKeyProvider
 
 from enclave.config import RuntimeConfig
+from enclave.connections import RuntimeServer
 from enclave.policy import ImagePolicy
-from enclave.server import RuntimeServer, make_server
+from enclave.server import make_server
 
 TEST_APP_IDS = ("test-app", "sample-inference")
 TEST_POLICY = ImagePolicy(region="us-east-1", kms_key_arns=(TEST_KEY_ARN,), app_ids=TEST_APP_IDS)

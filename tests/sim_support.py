@@ -70,7 +70,7 @@ def running_nsm(path: Path, state: Path, pcrs: Mapping[int, bytes], *,
                                       "stop": stop})
     thread.start()
     try:
-        yield NsmClient(path)
+        yield NsmClient.simulated(path)
     finally:
         stop.set()
         thread.join(timeout=5)

@@ -22,15 +22,10 @@ from client.sim.measure import simulated_pcrs
 from client.sim.template import pseudo_parameters, resolve_intrinsics
 from constructs.enclave_key import EnclaveKey
 from enclave.attested_kms import AttestedDecryptError, attested_decrypt
+from enclave.bundle_format import UnsealError, bundle_encryption_context, esdk_client
 from enclave.keyprovider import AttestedKmsMasterKeyProvider
 from enclave.manifest import MANIFEST_NAME
-from enclave.sealing import (
-    UnsealError,
-    bundle_encryption_context,
-    esdk_client,
-    seal_directory,
-    unseal_bundle,
-)
+from enclave.sealing import seal_directory, unseal_bundle
 from tests.sim_support import (
     HOST_KEY,
     HOST_ROLE_ARN,

@@ -175,12 +175,52 @@ def test_remote_paths_that_could_escape_are_refused(bad):
         check_remote_path(bad)
 
 
-def test_remote_path_is_normalised():
-    assert check_remote_path("./a//b/") == "a/b"
+# Every shape the runtime's path rule refuses; the client must refuse each before sending.
+RUNTIME_REFUSES = ["a//b", "a/b//", "/etc/passwd", "//x", "./a", "a/./b", "a/../b", "..",
+                   "a\\b", "a\x00b", "a\x7fb", ".partial-x", "a/.partial-y", "n" * 256,
+                   "a/" * 33, "x" * 1025]
+
+
+@pytest.mark.parametrize("bad", RUNTIME_REFUSES, ids=repr)
+def test_client_refuses_what_the_runtime_refuses(bad):
+    from enclave.exchange_errors import PathRejected
+    from enclave.paths import split_relative
+
+    with pytest.raises(PathRejected):
+        split_relative(bad)  # the runtime's rule: the shape is one it refuses
+    with pytest.raises(UsageError, match="remote path refused"):
+        check_remote_path(bad)
+
+
+@pytest.mark.parametrize("bad", RUNTIME_REFUSES, ids=repr)
+def test_client_sends_nothing_for_a_path_the_runtime_refuses(tmp_path, bad):
+    path = str(tmp_path / "rt.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(4)
+    listener.setblocking(False)
+    try:
+        client = RuntimeClient(UnixAddress(path), timeout=2)
+        for call in (lambda: client.upload(bad, io.BytesIO(b"x"), 1),
+                     lambda: client.stat("inbox", bad),
+                     lambda: client.delete("inbox", bad),
+                     lambda: client.start_run(bundle=bad, entrypoint="predict", args=[],
+                                                  credentials=None)):
+            with pytest.raises(UsageError):
+                call()
+        with pytest.raises(BlockingIOError):
+            listener.accept()  # no connection was ever made
+    finally:
+        listener.close()
+
+
+def test_remote_path_drops_only_a_trailing_slash():
+    assert check_remote_path("a/b/") == "a/b"
+    assert check_remote_path("", allow_empty=True) == ""
 
 
 def test_split_area_recognises_prefixes():
-    from enclave.exchange import split_area
+    from enclave.paths import split_area
 
     assert split_area("outbox/r.json", default="inbox") == ("outbox", "r.json")
     assert split_area("r.json", default="outbox") == ("outbox", "r.json")

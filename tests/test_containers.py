@@ -84,7 +84,7 @@ def test_image_names_its_interpreter_by_absolute_path() -> None:
 def test_production_command_parses_as_vsock_serve() -> None:
     args = build_parser().parse_args(production_argv()[3:])
     assert (args.command, args.vsock, args.vsock_port, args.unix) == ("serve", True, None, None)
-    assert args.nsm_device == "/dev/nsm"
+    assert (args.nsm_device, args.nsm_transport) == ("/dev/nsm", "device")
 
 
 def test_simulation_runs_the_same_command_with_local_transport_and_paths() -> None:
@@ -94,12 +94,15 @@ def test_simulation_runs_the_same_command_with_local_transport_and_paths() -> No
                           python="/venv/bin/python")
     prod = production_argv()
     assert sim[1:4] == prod[1:4]  # -m enclave serve
-    # Same options in the same order; only the transport flag changes.
+    # Same options in the same order; only the transports change: the socket family, and the
+    # NSM reached as the simulation's socket, which the production command never asks for.
     prod_options = [a for a in prod[4:] if a.startswith("--")]
     sim_options = [a for a in sim[4:] if a.startswith("--")]
-    assert sim_options == [o.replace("--vsock", "--unix") for o in prod_options]
+    mapped = {"--vsock": ["--unix"], "--nsm-device": ["--nsm-device", "--nsm-transport"]}
+    assert sim_options == [m for o in prod_options for m in mapped.get(o, [o])]
     args = build_parser().parse_args(sim[3:])
     assert (args.unix, args.vsock_port, args.private) == ("/s/runtime.sock", None, "/s/private")
+    assert args.nsm_transport == "simulation"
 
 
 def test_client_simulation_starts_the_runtime_with_simulation_argv(tmp_path: Path) -> None:

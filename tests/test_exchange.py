@@ -9,17 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from enclave.exchange import (
-    PARTIAL_PREFIX,
+from enclave.exchange import ExchangeArea
+from enclave.exchange_errors import (
     Conflict,
-    ExchangeArea,
     NotFound,
     NotRegularFile,
     PathRejected,
     UploadIncomplete,
-    confine,
-    split_relative,
 )
+from enclave.paths import PARTIAL_PREFIX, confine, split_relative
 
 
 @pytest.fixture

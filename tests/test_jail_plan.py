@@ -45,11 +45,12 @@ def test_image_spec_follows_stages_and_the_last_cmd():
     assert spec.env == {**jail.BASE_IMAGE_ENV, "A": "1", "D": "3-1"}
 
 
-def test_jail_argv_maps_only_the_interpreter_and_the_socket_family():
+def test_jail_argv_maps_only_the_interpreter_the_socket_family_and_the_nsm_transport():
     argv = jail.jail_argv(image_command())
     assert argv[0] == emulation.IMAGE_INTERPRETERS[image_command()[0]]
     removed = [a for a in argv if a not in image_command()]
-    assert removed == ["--emulate-vsock-dir", emulation.VSOCK_DIR_IN_JAIL]
+    assert removed == ["--emulate-vsock-dir", emulation.VSOCK_DIR_IN_JAIL,
+                       "--nsm-transport", emulation.NSM_TRANSPORT]
 
 
 def test_plan_mounts_the_enclaves_tmpfs_noexec_and_linuxkits_files(tmp_path):

@@ -18,8 +18,8 @@ import envelope_encryptor
 from client.cli import main
 from client.errors import ExitStatus
 from enclave.config import RuntimeConfig
+from enclave.kms_wiring import attested_kms_key_provider_factory
 from enclave.policy import ImagePolicy
-from enclave.runner import attested_kms_key_provider_factory
 from enclave.server import make_server
 from tests.runtime_harness import traversable_dir
 from tests.sim_support import (

@@ -154,7 +154,7 @@ def start_nsm(tmp_path: Path, *, debug: bool = False) -> Iterator[tuple[NsmClien
                                       "stop": stop}, daemon=True)
     thread.start()
     try:
-        yield NsmClient(path), state
+        yield NsmClient.simulated(path), state
     finally:
         stop.set()
         thread.join(timeout=5)
@@ -169,6 +169,30 @@ def sim(tmp_path: Path) -> Iterator[tuple[NsmClient, Path]]:
 @pytest.fixture
 def sim_debug(tmp_path: Path) -> Iterator[tuple[NsmClient, Path]]:
     yield from start_nsm(tmp_path, debug=True)
+
+
+def test_a_socket_given_as_the_production_device_is_not_taken_for_the_simulation(sim) -> None:
+    """Only configuration selects the simulation: the device client opens the path as a device,
+    which a socket refuses, so no simulated document ever reaches a production caller."""
+    client, state = sim
+    assert client.describe()  # the simulated NSM answers on this socket
+    with pytest.raises(NsmError, match="cannot reach the NSM") as caught:
+        NsmClient(client.device).attestation(nonce=b"n")
+    assert caught.value.code == "DeviceError"
+
+
+def test_an_unknown_nsm_transport_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown NSM transport"):
+        NsmClient("/dev/nsm", transport="socket")  # type: ignore[arg-type]
+
+
+def test_runtime_command_line_defaults_to_the_device_transport() -> None:
+    from enclave.__main__ import build_parser
+
+    args = build_parser().parse_args(["serve", "--unix", "/s", "--exchange", "/e",
+                                      "--private", "/p", "--policy", "/x",
+                                      "--nsm-device", "/s/nsm.sock"])
+    assert args.nsm_transport == "device"
 
 
 def test_simulated_document_verifies_with_the_development_root(sim) -> None:
@@ -364,7 +388,7 @@ def test_module_entry_point_serves_on_its_socket(tmp_path: Path) -> None:
             deadline = time.monotonic() + 20
             while not path.exists() and time.monotonic() < deadline:
                 time.sleep(0.05)
-            _, value = NsmClient(path).describe_pcr(0)
+            _, value = NsmClient.simulated(path).describe_pcr(0)
             assert value == bytes(48)  # --debug
         finally:
             process.terminate()

@@ -474,7 +474,7 @@ def kms_sealed_bundle(monkeypatch, tmp_path: Path):
     import botocore.session
     from moto import mock_aws
 
-    from enclave.sealing import kms_key_provider
+    from enclave.bundle_format import kms_key_provider
 
     for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
                         "AWS_DEFAULT_REGION": "eu-west-1"}.items():
@@ -497,7 +497,7 @@ def _factory(tmp_path: Path):
     from runtime_harness import FakeNsm
 
     from enclave.config import RuntimeConfig
-    from enclave.runner import attested_kms_key_provider_factory
+    from enclave.kms_wiring import attested_kms_key_provider_factory
 
     config = RuntimeConfig(exchange_root=tmp_path / "x", private_root=tmp_path / "p",
                            kms_endpoint="https://kms.{region}.amazonaws.com")
@@ -520,7 +520,7 @@ def _policy_for(arn: str):
 
 def test_production_provider_uses_the_pinned_key_and_the_policys_region(
         kms_sealed_bundle, tmp_path: Path) -> None:
-    from enclave.runner import Credentials
+    from enclave.run_records import Credentials
 
     _bundle, arn = kms_sealed_bundle
     provider = _factory(tmp_path)(Credentials("AKID", "SECRET", "TOKEN"), arn, _policy_for(arn))
@@ -530,10 +530,10 @@ def test_production_provider_uses_the_pinned_key_and_the_policys_region(
 
 
 def test_production_provider_needs_credentials(kms_sealed_bundle, tmp_path: Path) -> None:
-    from enclave.runner import _RunFailure
+    from enclave.run_records import RunFailure
 
     _bundle, arn = kms_sealed_bundle
-    with pytest.raises(_RunFailure, match="no AWS credentials"):
+    with pytest.raises(RunFailure, match="no AWS credentials"):
         _factory(tmp_path)(None, arn, _policy_for(arn))
 
 
@@ -544,7 +544,7 @@ def test_production_provider_guards_the_context_before_kms(kms_sealed_bundle,
     from aws_encryption_sdk.identifiers import Algorithm
     from aws_encryption_sdk.structures import EncryptedDataKey, MasterKeyInfo
 
-    from enclave.runner import Credentials
+    from enclave.run_records import Credentials
 
     _bundle, arn = kms_sealed_bundle
     provider = _factory(tmp_path)(Credentials("a", "b"), arn, _policy_for(arn))

@@ -24,16 +24,16 @@ from aws_encryption_sdk.key_providers.raw import RawMasterKeyProvider
 from moto import mock_aws
 
 from enclave import sealing
-from enclave.manifest import MANIFEST_NAME, ManifestError
-from enclave.sealing import (
+from enclave.allocator import tune_allocator
+from enclave.bundle_format import (
     ALGORITHM,
     SealError,
     UnsealError,
     bundle_encryption_context,
     kms_key_provider,
-    seal_directory,
-    unseal_bundle,
 )
+from enclave.manifest import MANIFEST_NAME, ManifestError
+from enclave.sealing import seal_directory, unseal_bundle
 
 MANIFEST = {
     "format": 1,
@@ -205,8 +205,8 @@ def test_unsealed_modes_are_owner_only(app_dir, provider, tmp_path):
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
 def test_allocator_tuning_applies_on_glibc():
-    assert sealing.tune_allocator() is True
-    assert sealing.tune_allocator() is True  # idempotent
+    assert tune_allocator() is True
+    assert tune_allocator() is True  # idempotent
 
 
 def test_seal_result_describes_the_bundle(app_dir, provider):
@@ -386,7 +386,7 @@ def test_unexpected_app_is_rejected_before_any_byte_is_written(
     def must_not_extract(*args, **kwargs):
         raise AssertionError("extraction started before the context was checked")
 
-    monkeypatch.setattr(sealing, "_extract", must_not_extract)
+    monkeypatch.setattr(sealing, "extract_bundle", must_not_extract)
     target = tmp_path / "out"
     with pytest.raises(UnsealError, match="was sealed for app_"):
         unseal(seal(app_dir, provider), target, provider, **expected)

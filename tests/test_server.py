@@ -15,7 +15,7 @@ import pytest
 import yaml
 from runtime_harness import Runtime, start_runtime, stop_runtime, write_test_policy
 
-from enclave.server import ROUTES, match_route
+from enclave.routes import ROUTES, MethodNotAllowed, match_route
 
 OPENAPI = Path(__file__).resolve().parent.parent / "enclave" / "openapi.yaml"
 
@@ -100,6 +100,20 @@ def test_unknown_endpoint_is_404_and_wrong_method_405(rt: Runtime) -> None:
     assert (status, error_code(body)) == (404, "not_found")
     status, body, headers = rt.request("PUT", "/v1/health", b"")
     assert (status, error_code(body), headers["Allow"]) == (405, "method_not_allowed", "GET")
+
+
+def test_wrong_method_gets_405_with_every_allowed_method_in_allow(rt: Runtime) -> None:
+    status, body, headers = rt.request("PUT", "/v1/runs/0123456789abcdef", b"")
+    assert (status, error_code(body), headers["Allow"]) == (405, "method_not_allowed",
+                                                            "GET, DELETE")
+    assert still_serves(rt)
+
+
+def test_route_table_carries_the_allowed_methods_as_data() -> None:
+    with pytest.raises(MethodNotAllowed) as refused:
+        match_route("PUT", "/v1/services/0123456789abcdef")
+    assert refused.value.allowed == ("GET", "DELETE")
+    assert refused.value.headers() == {"Allow": "GET, DELETE"}
 
 
 def test_keep_alive_serves_several_requests_on_one_connection(rt: Runtime) -> None:

@@ -8,7 +8,7 @@ from client.api import check_remote_path
 from client.errors import UsageError
 from client.output import emit
 from client.target import resolve_target
-from enclave.exchange import INBOX, split_area
+from enclave.paths import INBOX, split_area
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser],

@@ -20,7 +20,7 @@ from client.api import RuntimeClient, check_remote_path
 from client.errors import EnclaveError, ExitStatus, TimeoutExpired, UsageError
 from client.output import emit, terminal_safe
 from client.target import Target, resolve_target
-from enclave.exchange import split_area
+from enclave.paths import split_area
 
 TERMINAL_STATES = ("succeeded", "failed", "timed_out", "cancelled")
 POLL_SECONDS = 0.5

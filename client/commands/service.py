@@ -25,7 +25,7 @@ from client.commands.run import run_credentials
 from client.errors import ClientError, EnclaveError, TimeoutExpired, UsageError
 from client.output import emit, terminal_safe
 from client.target import resolve_target
-from enclave.exchange import split_area
+from enclave.paths import split_area
 
 ENDED_STATES = ("stopped", "crashed", "failed")
 POLL_SECONDS = 0.1

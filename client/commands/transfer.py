@@ -13,7 +13,7 @@ from client.api import RuntimeClient, check_remote_path
 from client.errors import NotFoundError, UsageError
 from client.output import ProgressBar, emit, human_size
 from client.target import resolve_target
-from enclave.exchange import split_area
+from enclave.paths import split_area
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser],

@@ -47,6 +47,7 @@ from enclave.emulation import (
     LINUXKIT_RESOLV_CONF,
     NOEXEC_TMPFS,
     NSM_DEVICE,
+    NSM_TRANSPORT,
     PARENT_CID,
     PYTHON3_STANDIN,
     VSOCK_DIR_IN_JAIL,
@@ -134,13 +135,15 @@ def image_spec(dockerfile: str, build_args: dict[str, str]) -> ImageSpec:
 
 
 def jail_argv(image_argv: list[str]) -> list[str]:
-    """The image's command with only the interpreter path and the socket family mapped."""
+    """The image's command with only the interpreter path, the socket family and the NSM's
+    transport mapped."""
     argv = list(image_argv)
     argv[0] = IMAGE_INTERPRETERS.get(argv[0], argv[0])
     if "serve" not in argv:
         raise ClientError(f"the image's command {argv} does not run `enclave serve`")
     at = argv.index("serve") + 1
-    return argv[:at] + ["--emulate-vsock-dir", VSOCK_DIR_IN_JAIL] + argv[at:]
+    return (argv[:at] + ["--emulate-vsock-dir", VSOCK_DIR_IN_JAIL, "--nsm-transport", NSM_TRANSPORT]
+            + argv[at:])
 
 
 # -- the root file system ----------------------------------------------------------------------
