@@ -334,7 +334,8 @@ def wait_until(predicate: Any, timeout: float, what: str) -> Any:
 
 def running_job_of(host: Host, job_ids: list[str]) -> str | None:
     """The job (one of `job_ids`) the host's runtime is running now, from its own run list."""
-    from client.api import RuntimeClient, UnixAddress
+    from client.api import RuntimeClient
+    from client.transport import UnixAddress
 
     try:
         with RuntimeClient(UnixAddress(host.state()["runtime"]["socket"]), timeout=2) as client:

@@ -26,10 +26,11 @@ from pathlib import Path
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_ROOT))
 
-from client.api import RuntimeClient, UnixAddress  # noqa: E402
+from client.api import RuntimeClient  # noqa: E402
 from client.commands.receipt import fetch_receipt_file  # noqa: E402
 from client.commands.run import TERMINAL_STATES  # noqa: E402
 from client.jobs import Job, job_key, new_job_id, receipt_key  # noqa: E402
+from client.transport import UnixAddress  # noqa: E402
 from fleet_demo import BUCKET, DEFAULT_TEMPLATE, Fleet, running_fleet  # noqa: E402
 
 TARGET_OVERHEAD_SECONDS = 0.200

@@ -144,7 +144,8 @@ def bench_direct(work: Path, count: int, warmup: int) -> list[float]:
 
 
 def bench_forward(runtime_socket: str, count: int, warmup: int) -> tuple[list[float], str]:
-    from client.api import RuntimeClient, UnixAddress
+    from client.api import RuntimeClient
+    from client.transport import UnixAddress
 
     client = RuntimeClient(UnixAddress(runtime_socket))
     started = client.start_service(bundle="app.sealed", entrypoint="serve",
@@ -174,7 +175,8 @@ def bench_forward(runtime_socket: str, count: int, warmup: int) -> tuple[list[fl
 
 
 def bench_runs(runtime_socket: str, base: Path, count: int) -> list[float]:
-    from client.api import RuntimeClient, UnixAddress
+    from client.api import RuntimeClient
+    from client.transport import UnixAddress
 
     inbox = base / "exchange" / "inbox"
     features = [k for k in PATIENT if k != "patient_id"]

@@ -26,7 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from client.api import ApiError, RuntimeClient
+from client.api import RuntimeClient
+from client.api_errors import ApiError
 from client.commands.receipt import fetch_receipt_file
 from client.commands.verify_receipt import file_sha256
 from client.errors import ClientError

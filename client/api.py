@@ -14,112 +14,38 @@ import http.client
 import json
 import socket
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 from urllib.parse import quote, urlencode
 
+from client.api_errors import error_from_response
 from client.errors import (
     ClientError,
     EnclaveError,
-    ExitStatus,
     NotFoundError,
     TimeoutExpired,
     UsageError,
+)
+from client.transport import (
+    CHUNK,
+    DEFAULT_TIMEOUT,
+    Address,
+    Progress,
+    make_connection,
+    stream_body,
+    unreachable_hint,
 )
 from enclave.exchange_errors import PathRejected
 from enclave.paths import AREAS, split_relative
 from enclave.service_records import RUNTIME_ERROR_HEADER
 
-DEFAULT_PORT = 5005
-DEFAULT_TIMEOUT = 30.0
-CHUNK = 1 << 20  # 1 MiB: large enough for line rate, small enough to keep memory flat
 MAX_JSON_RESPONSE = 64 << 20  # control answers are small; never buffer without bound
-
-Progress = Callable[[int], None]  # called with the number of bytes moved so far
-
 
 @dataclass(frozen=True)
 class ServiceAnswer:
     status: int
     content_type: str
     body: bytes
-
-
-@dataclass(frozen=True)
-class UnixAddress:
-    path: str
-
-    def __str__(self) -> str:
-        return f"unix:{self.path}"
-
-
-@dataclass(frozen=True)
-class VsockAddress:
-    cid: int
-    port: int = DEFAULT_PORT
-
-    def __str__(self) -> str:
-        return f"vsock:{self.cid}:{self.port}"
-
-
-Address = UnixAddress | VsockAddress
-
-
-class UnixHTTPConnection(http.client.HTTPConnection):
-    """HTTPConnection over a Unix stream socket (the simulated runtime)."""
-
-    def __init__(self, path: str, timeout: float | None = DEFAULT_TIMEOUT) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self.socket_path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        try:
-            sock.connect(self.socket_path)
-        except OSError:
-            sock.close()
-            raise
-        self.sock = sock
-
-
-class VsockHTTPConnection(http.client.HTTPConnection):
-    """HTTPConnection over AF_VSOCK (the runtime inside a Nitro Enclave)."""
-
-    def __init__(self, cid: int, port: int, timeout: float | None = DEFAULT_TIMEOUT) -> None:
-        super().__init__("localhost", port=port, timeout=timeout)
-        self.cid = cid
-        self.vsock_port = port
-
-    def connect(self) -> None:
-        family = getattr(socket, "AF_VSOCK", None)
-        if family is None:  # pragma: no cover - only on platforms without vsock
-            raise OSError("this platform has no AF_VSOCK sockets")
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        try:
-            sock.connect((self.cid, self.vsock_port))
-        except OSError:
-            sock.close()
-            raise
-        self.sock = sock
-
-
-def unreachable_hint(address: Address) -> str:
-    """What to do when nothing listens at `address` (not the command that just failed)."""
-    if isinstance(address, UnixAddress):
-        return ("start the local simulation with `python -m client simulate up` (then leave "
-                "out --socket), or give the socket of a runtime that is running")
-    return (f"check that an enclave with CID {address.cid} is running (`python -m client enclave "
-            f"describe`) and that its runtime listens on port {address.port} (--port, or the "
-            "host settings' enclave_port)")
-
-
-def make_connection(address: Address, timeout: float | None) -> http.client.HTTPConnection:
-    if isinstance(address, UnixAddress):
-        return UnixHTTPConnection(address.path, timeout=timeout)
-    return VsockHTTPConnection(address.cid, address.port, timeout=timeout)
 
 
 def check_remote_path(path: str, *, allow_empty: bool = False) -> str:
@@ -285,7 +211,7 @@ class RuntimeClient:
         except OSError as exc:
             raise self._transport_error(exc) from exc
         try:
-            _stream_body(conn, source, size, progress)
+            stream_body(conn, source, size, progress)
         except (BrokenPipeError, ConnectionResetError) as exc:
             # The runtime may refuse early (too large, bad name) and close: prefer its answer.
             try:
@@ -443,72 +369,4 @@ class RuntimeClient:
     def logs(self, since: int = 0) -> dict[str, Any]:
         return self._json("GET", "/v1/logs?" + urlencode({"since": since}))
 
-
-def _stream_body(conn: http.client.HTTPConnection, source: BinaryIO, size: int,
-                 progress: Progress | None) -> None:
-    sock = conn.sock
-    assert sock is not None
-    sent = 0
-    try:
-        fileno = source.fileno()
-        start = source.tell()
-    except (OSError, AttributeError, ValueError):
-        fileno = -1
-    if fileno >= 0:
-        # Zero-copy from the file to the socket; in slices so progress can be reported.
-        while sent < size:
-            n = sock.sendfile(source, start + sent, min(8 * CHUNK, size - sent))
-            if n == 0:
-                raise EnclaveError(f"the local file ended after {sent} of {size} bytes; "
-                                   "did it change during the upload?")
-            sent += n
-            if progress is not None:
-                progress(sent)
-        return
-    buffer = bytearray(CHUNK)
-    view = memoryview(buffer)
-    while sent < size:
-        n = source.readinto(view[:min(CHUNK, size - sent)])  # type: ignore[attr-defined]
-        if not n:
-            raise EnclaveError(f"the local data ended after {sent} of {size} bytes")
-        sock.sendall(view[:n])
-        sent += n
-        if progress is not None:
-            progress(sent)
-
-
-class ApiError(EnclaveError):
-    """The runtime answered with an error: its `code` and HTTP status are kept for callers
-    (the FUSE mount maps them to errno values)."""
-
-    def __init__(self, message: str, *, code: str, http_status: int) -> None:
-        super().__init__(message)
-        self.code = code
-        self.http_status = http_status
-
-
-class ApiNotFound(ApiError, NotFoundError):
-    status = ExitStatus.NOT_FOUND
-
-
-class ApiTimeout(ApiError, TimeoutExpired):
-    status = ExitStatus.TIMEOUT
-
-
-def error_from_response(status: int, raw: bytes) -> ApiError:
-    """Map a runtime error response to the exception (and so the exit code) it deserves."""
-    code, message = f"http_{status}", ""
-    try:
-        error = json.loads(raw)["error"]
-        code = str(error.get("code") or code)
-        message = str(error.get("message") or "")
-    except (ValueError, KeyError, TypeError, AttributeError):
-        message = raw[:200].decode("utf-8", "replace").strip()
-    text = f"enclave runtime: {message or 'no message'} ({code}, HTTP {status})"
-    kind = ApiError
-    if status == 404:
-        kind = ApiNotFound
-    elif status in (408, 504):
-        kind = ApiTimeout
-    return kind(text, code=code, http_status=status)
 

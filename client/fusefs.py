@@ -29,7 +29,8 @@ from typing import TYPE_CHECKING, Any
 
 import mfusepy as fuse
 
-from client.api import ApiError, RuntimeClient
+from client.api import RuntimeClient
+from client.api_errors import ApiError
 from client.errors import ClientError, NotFoundError, UsageError
 from enclave.paths import MAX_NAME_BYTES, MAX_PATH_BYTES
 

@@ -17,16 +17,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from client import simstate
-from client.api import (
-    DEFAULT_PORT,
-    DEFAULT_TIMEOUT,
-    Address,
-    RuntimeClient,
-    UnixAddress,
-    VsockAddress,
-)
+from client.api import RuntimeClient
 from client.errors import ClientError, NotFoundError, UsageError
 from client.hostconfig import load_host_config
+from client.transport import DEFAULT_PORT, DEFAULT_TIMEOUT, Address, UnixAddress, VsockAddress
 
 NITRO_CLI = "nitro-cli"
 

@@ -15,7 +15,7 @@ import pytest
 from moto import mock_aws
 
 from client.agent import Agent, AgentSettings
-from client.api import ApiError
+from client.api_errors import ApiError
 from client.jobs import Job, receipt_key
 
 BUCKET = "agent-test-bucket"

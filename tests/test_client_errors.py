@@ -22,10 +22,12 @@ from pathlib import Path
 
 import pytest
 
-from client.api import ApiError, RuntimeClient, UnixAddress
+from client.api import RuntimeClient
+from client.api_errors import ApiError
 from client.cli import main
 from client.errors import ExitStatus
 from client.fusefs import errno_for
+from client.transport import UnixAddress
 from enclave.exchange import MAX_LIST_ENTRIES
 from tests.runtime_harness import Runtime, small_tmpfs, start_runtime, stop_runtime
 
@@ -78,8 +80,9 @@ def _file_as_directory(rt: Runtime, client: RuntimeClient) -> object:
     return client.stat("inbox", "f/x")
 
 
-# What a modified client could send: the traversal the real one refuses before sending
-# (client.api.check_remote_path), percent-encoded so that it reaches the runtime.
+# What a modified client could send: the names the real one refuses before sending
+# (client.api.check_remote_path, the runtime's own rule), percent-encoded so that they reach
+# the runtime.
 def _traversal(rt: Runtime, client: RuntimeClient) -> object:
     return client._json("GET", "/v1/fs/inbox/a/%2E%2E/%2E%2E/etc/passwd?stat")
 
@@ -92,10 +95,10 @@ CASES = {
     "missing file": Case(lambda rt, c: c.stat("inbox", "missing"), "not_found", 404,
                          errno.ENOENT),
     "path traversal": Case(_traversal, "bad_path", 400, errno.EINVAL),
-    "backslash in a name": Case(lambda rt, c: c.upload("a\\b", io.BytesIO(b"x"), 1),
+    "backslash in a name": Case(lambda rt, c: c._json("GET", "/v1/fs/inbox/a%5Cb?stat"),
                                 "bad_path", 400, errno.EINVAL),
-    "reserved upload name": Case(lambda rt, c: c.mkdir(".partial-x"), "bad_path", 400,
-                                 errno.EINVAL),
+    "reserved upload name": Case(lambda rt, c: c._json("POST", "/v1/fs/inbox/.partial-x?mkdir"),
+                                 "bad_path", 400, errno.EINVAL),
     "symbolic link on the way": Case(_symlink, "bad_path", 400, errno.EINVAL),
     "file where a directory is expected": Case(_file_as_directory, "bad_path", 400,
                                                errno.EINVAL),
@@ -192,17 +195,18 @@ def test_pull_of_a_missing_file_is_exit_4(cli):
     assert err == "error: enclave runtime: 'result.json' does not exist (not_found, HTTP 404)"
 
 
-def test_push_of_a_name_the_runtime_refuses_is_exit_5_with_its_reason(cli, exchange_runtime):
+def test_push_of_a_name_the_runtime_refuses_is_refused_with_its_reason(cli, exchange_runtime):
+    # The client applies the runtime's own rule: the runtime's reason, before anything is sent.
     code, err = cli("push", "local.txt", "a\\b")
-    assert code == ExitStatus.ENCLAVE_ERROR
-    assert "contains a backslash; use '/' between names (bad_path, HTTP 400)" in err
+    assert code == ExitStatus.USAGE
+    assert "remote path refused: path 'a\\\\b' contains a backslash; use '/' between names" in err
     assert os.listdir(exchange_runtime.inbox) == []
 
 
 def test_push_traversal_is_refused_by_the_client_before_sending(cli, exchange_runtime):
     code, err = cli("push", "local.txt", "a/../../etc/passwd")
     assert code == ExitStatus.USAGE
-    assert "contains '..'; paths stay inside the exchange area" in err
+    assert "'a/../../etc/passwd' has an empty, '.' or '..' component" in err
 
 
 def test_push_onto_a_directory_is_exit_5_naming_it(cli, exchange_runtime):

@@ -17,12 +17,12 @@ from host_app import REMOVE, build_host_stack, user_data_text
 from moto import mock_aws
 
 from client import aws, hostconfig
-from client.api import VsockAddress
 from client.cli import main
 from client.errors import ExitStatus, UsageError
 from client.hostconfig import HostConfig, load_host_config, parse_host_config
 from client.simstate import pid_alive
 from client.target import resolve_target
+from client.transport import VsockAddress
 from tests.fake_tools import calls, install_tool, on_path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent

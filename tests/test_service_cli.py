@@ -15,10 +15,11 @@ import numpy
 import pytest
 from runtime_harness import Runtime, start_runtime, stop_runtime
 
-from client.api import RuntimeClient, UnixAddress
+from client.api import RuntimeClient
 from client.cli import main
 from client.commands.service import make_forwarder
 from client.errors import ExitStatus
+from client.transport import UnixAddress
 from enclave.sealing import seal_directory
 from tests.conftest import PROJECT_ROOT
 

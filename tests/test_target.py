@@ -10,9 +10,9 @@ import socket
 import pytest
 
 from client import simstate
-from client.api import UnixAddress, VsockAddress
 from client.errors import ClientError, NotFoundError, UsageError
 from client.target import resolve_target
+from client.transport import UnixAddress, VsockAddress
 from tests.fake_tools import install_tool, on_path
 
 ENCLAVE = {"EnclaveName": "app", "EnclaveID": "i-1-enc-1", "ProcessID": 10, "EnclaveCID": 16,

@@ -28,10 +28,11 @@ from pathlib import Path
 from typing import Any
 
 from client import simstate
-from client.api import RuntimeClient, UnixAddress
+from client.api import RuntimeClient
 from client.errors import ClientError, EnclaveError, ExitStatus
 from client.output import emit
 from client.sim import image
+from client.transport import UnixAddress
 from enclave.policy import write_policy
 
 PROJECT_ROOT = simstate.PROJECT_ROOT

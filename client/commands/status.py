@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from client.api import ApiNotFound
+from client.api_errors import ApiNotFound
 from client.errors import NotFoundError, UsageError
 from client.output import emit
 from client.target import resolve_target

@@ -19,10 +19,10 @@ import time
 from pathlib import Path
 
 from client import hoststate
-from client.api import UnixAddress
 from client.errors import ClientError, ExitStatus, NotFoundError, UsageError
 from client.output import emit
 from client.target import Target, resolve_target
+from client.transport import UnixAddress
 
 FUSERMOUNT = "fusermount3"
 MOUNT_WAIT_SECONDS = 15.0
