@@ -77,7 +77,7 @@ def test_simulate_up_refuses_a_principal_that_is_not_an_arn(option, tmp_path, ca
     "arn:aws:iam::111111111111:root",
 ])
 def test_principal_arns_a_key_policy_names_are_accepted(arn):
-    from client.commands.simulate import principal_arn
+    from client.sim.principals import principal_arn
 
     assert principal_arn(arn) == arn
 

@@ -106,7 +106,7 @@ def test_simulation_runs_the_same_command_with_local_transport_and_paths() -> No
 
 
 def test_client_simulation_starts_the_runtime_with_simulation_argv(tmp_path: Path) -> None:
-    simulate = pytest.importorskip("client.commands.simulate")
+    simulate = pytest.importorskip("client.sim.processes")
     command = simulate.runtime_command(tmp_path / "rt.sock", tmp_path, tmp_path / "nsm.sock",
                                        "http://127.0.0.1:4000", tmp_path / "policy.json")
     assert [str(a) for a in command] == simulation_argv(

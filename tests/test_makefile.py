@@ -94,7 +94,7 @@ def test_clean_stops_a_running_simulation_before_deleting_its_state(tmp_path,
             assert not [pid for pid in pids if _alive(pid)], "orphaned simulation processes"
             assert not sim_dir.exists()
         finally:  # never leave the simulation behind, whatever make did to its state
-            from client.commands.simulate import MODULES, stop_component
+            from client.sim.processes import MODULES, stop_component
 
             for name, module in MODULES.items():
                 if name in state:

@@ -167,7 +167,7 @@ def test_down_stops_everything_and_status_says_so(tmp_path, monkeypatch,
 
 
 def test_stop_component_leaves_a_record_without_a_numeric_pid_alone():
-    from client.commands.simulate import stop_component
+    from client.sim.processes import stop_component
 
     # A hand-edited or corrupt state file must not crash `simulate down` or signal anything.
     assert stop_component({"pid": str(os.getpid())}, "enclave") is False
