@@ -74,10 +74,19 @@ MUTATE_FUNCTIONS ?= \
 	'enclave.exchange.xǁExchangeAreaǁ_dir_fd__mutmut_*' \
 	'enclave.exchange.xǁExchangeAreaǁ_lstat__mutmut_*' \
 	'enclave.paths.*' \
-	'enclave.manifest.*' \
+	'enclave.manifest.xǁArgSpecǁarea_path__mutmut_*' \
+	'enclave.manifest.xǁManifestǁentrypoint__mutmut_*' \
+	'enclave.manifest.xǁManifestǁresolve_arguments__mutmut_*' \
+	'enclave.manifest.x__entrypoint_from__mutmut_*' \
+	'enclave.manifest.x__check_program__mutmut_*' \
+	'enclave.manifest.x__arg_from__mutmut_*' \
+	'enclave.manifest.x__absolute_root__mutmut_*' \
+	'enclave.manifest.x__join_confined__mutmut_*' \
+	'enclave.manifest.x__check_value__mutmut_*' \
 	'enclave.policy.xǁImagePolicyǁcheck_*' \
 	'enclave.policy.x_version_key__mutmut_*' \
-	'enclave.sealing.x_read_bundle_header*' \
+	'enclave.runner.x_read_bundle_header*' \
+	'enclave.runner.x__text__mutmut_*' \
 	'client.attestation.*' \
 	'client.sim.policy.*'
 MUTATE_CHILDREN ?= 1
@@ -86,7 +95,7 @@ mutate: setup
 	@echo "mutate: mutmut over the security decisions, $(MUTATE_CHILDREN) worker(s)"
 	@SEALED_FIXTURES_DIR="$(ROOT)/../shared/fixtures" mutmut run \
 		--max-children $(MUTATE_CHILDREN) $(MUTATE_FUNCTIONS)
-	@python bench/mutation_summary.py
+	@python bench/mutation_summary.py $(MUTATE_FUNCTIONS)
 
 # A running simulation keeps its processes' state under .sim: stop them before deleting it.
 clean:

@@ -1,12 +1,16 @@
 """`make mutate`'s last lines: killed / survived / timeouts per module and per function.
 
 Reads the results mutmut keeps beside each mutated file (mutants/**/*.py.meta), counting only
-the mutants that were checked (mutmut also lists those of the functions it was not asked to
-mutate), and names every mutant that was not killed, for `mutmut show NAME`.
+the mutants that were checked and whose names match the given globs (the Makefile's
+MUTATE_FUNCTIONS; mutmut also lists the mutants of functions it was not asked to mutate), and
+names every mutant that was not killed, for `mutmut show NAME`.
+
+    python bench/mutation_summary.py [GLOB ...]
 """
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import re
 import sys
@@ -18,14 +22,14 @@ from mutmut.stats import status_by_exit_code
 MUTANT = re.compile(r"^(?P<function>.+)__mutmut_\d+$")
 
 
-def summarise(root: Path) -> list[str]:
+def summarise(root: Path, globs: list[str]) -> list[str]:
     per_module: dict[str, Counter[str]] = defaultdict(Counter)
     per_function: dict[str, Counter[str]] = defaultdict(Counter)
     not_killed: list[str] = []
     for meta in sorted(root.rglob("*.py.meta")):
         module = meta.relative_to(root).as_posix().removesuffix(".py.meta").replace("/", ".")
         for name, code in json.loads(meta.read_text())["exit_code_by_key"].items():
-            if code is None:
+            if code is None or (globs and not any(fnmatch.fnmatch(name, g) for g in globs)):
                 continue
             status = status_by_exit_code[code]
             per_module[module][status] += 1
@@ -45,4 +49,4 @@ def summarise(root: Path) -> list[str]:
 
 
 if __name__ == "__main__":
-    print("\n".join(summarise(Path(sys.argv[1] if len(sys.argv) > 1 else "mutants"))))
+    print("\n".join(summarise(Path("mutants"), sys.argv[1:])))
