@@ -87,8 +87,8 @@ MUTATE_FUNCTIONS ?= \
 	'enclave.policy.x_version_key__mutmut_*' \
 	'enclave.runner.x_read_bundle_header*' \
 	'enclave.runner.x__text__mutmut_*' \
-	'client.attestation.*' \
-	'client.sim.policy.*'
+	'client.attestation.x_*' \
+	'client.sim.policy.x_*'
 MUTATE_CHILDREN ?= 1
 
 mutate: setup

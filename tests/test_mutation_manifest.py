@@ -29,6 +29,10 @@ DOCUMENT = {
                 {"name": "threshold", "kind": "value", "optional": True},
             ],
         },
+        "tag": {
+            "command": ["python3", "tag.py"],
+            "args": [{"name": "label", "kind": "value", "pattern": "^[a-z]+$"}],
+        },
         "train": {
             "command": ["python3", "train.py"],
             "args": [
@@ -72,7 +76,7 @@ def test_an_output_in_the_inbox_is_refused(manifest: Manifest) -> None:
 
 def test_an_unknown_entrypoint_is_refused_naming_the_declared_ones(manifest: Manifest) -> None:
     assert refusal(manifest, "shell", []) == (
-        "unknown entrypoint 'shell': this bundle declares predict, train")
+        "unknown entrypoint 'shell': this bundle declares predict, tag, train")
 
 
 def test_arguments_that_are_not_strings_are_refused(manifest: Manifest) -> None:
@@ -94,3 +98,67 @@ def test_a_relative_outbox_root_is_refused_by_name(manifest: Manifest) -> None:
         "outbox must be an absolute path")
     assert refusal(manifest, "train", ["a", "b"], inbox="run/inbox") == (
         "inbox must be an absolute path")
+
+
+def input_refusal(manifest: Manifest, path: str) -> str:
+    return refusal(manifest, "train", [path, "model.bin"])
+
+
+def test_a_nul_byte_in_a_path_is_refused_as_such(manifest: Manifest) -> None:
+    assert input_refusal(manifest, "a\0b") == "argument 'data': NUL byte in path"
+
+
+def test_the_path_length_limit_is_inclusive(manifest: Manifest) -> None:
+    longest = "/".join(["a" * 204] * 5)
+    assert len(longest) == 1024
+    resolved = manifest.resolve_arguments("train", [longest, "m"], INBOX, OUTBOX)
+    assert resolved[0] == f"{INBOX}/{longest}"
+    assert input_refusal(manifest, longest + "a") == (
+        "argument 'data': path longer than 1024 characters")
+
+
+def test_an_absolute_path_is_refused_with_what_to_give(manifest: Manifest) -> None:
+    assert input_refusal(manifest, "/etc/passwd") == (
+        "argument 'data': absolute path '/etc/passwd' not allowed; give a path relative to the "
+        "exchange area")
+
+
+def test_a_path_that_looks_like_an_option_is_refused_as_such(manifest: Manifest) -> None:
+    assert input_refusal(manifest, "-rf") == "argument 'data': a path may not start with '-'"
+
+
+def test_the_depth_limit_is_inclusive(manifest: Manifest) -> None:
+    deepest = "/".join(["d"] * 32)
+    assert manifest.resolve_arguments("train", [deepest, "m"], INBOX, OUTBOX)[0] == (
+        f"{INBOX}/{deepest}")
+    assert input_refusal(manifest, deepest + "/d") == "argument 'data': path deeper than 32 levels"
+
+
+@pytest.mark.parametrize("path", ["a//b", "./a", "a/../b", "a/."])
+def test_empty_dot_and_dot_dot_components_are_refused_as_such(manifest: Manifest,
+                                                              path: str) -> None:
+    assert input_refusal(manifest, path) == (
+        f"argument 'data': path {path!r} has an empty, '.' or '..' component")
+
+
+def test_the_component_length_limit_is_inclusive(manifest: Manifest) -> None:
+    name = "n" * 255
+    assert manifest.resolve_arguments("train", [name, "m"], INBOX, OUTBOX)[0] == (
+        f"{INBOX}/{name}")
+    assert input_refusal(manifest, name + "n").startswith(
+        f"argument 'data': path component {name + 'n'!r} must match ")
+
+
+def test_a_root_with_a_nul_byte_is_refused(manifest: Manifest) -> None:
+    assert refusal(manifest, "train", ["a", "b"], inbox=INBOX + "\0") == (
+        "inbox must be an absolute path")
+
+
+def test_a_nul_byte_in_a_value_is_refused_as_such(manifest: Manifest) -> None:
+    assert refusal(manifest, "tag", ["a\0b"]) == "argument 'label': NUL byte in value"
+
+
+def test_the_value_length_limit_is_inclusive(manifest: Manifest) -> None:
+    assert manifest.resolve_arguments("tag", ["a" * 4096], INBOX, OUTBOX) == ["a" * 4096]
+    assert refusal(manifest, "tag", ["a" * 4097]) == (
+        "argument 'label': value longer than 4096 characters")
