@@ -162,3 +162,79 @@ def test_the_value_length_limit_is_inclusive(manifest: Manifest) -> None:
     assert manifest.resolve_arguments("tag", ["a" * 4096], INBOX, OUTBOX) == ["a" * 4096]
     assert refusal(manifest, "tag", ["a" * 4097]) == (
         "argument 'label': value longer than 4096 characters")
+
+
+# ---- the owner's entrypoints, as the manifest declares them -----------------------------------
+
+ONE = {"format": 1, "app_id": "a", "app_version": "1",
+       "entrypoints": {"x": {"command": ["python3", "m.py"],
+                             "args": [{"name": "i", "kind": "input"}]}}}
+
+
+def with_entrypoint(**fields) -> dict:
+    document = copy.deepcopy(ONE)
+    document["entrypoints"]["x"].update(fields)
+    return document
+
+
+def parsed(document: dict) -> Manifest:
+    return parse_manifest(json.dumps(document).encode())
+
+
+def manifest_refusal(document: dict) -> str:
+    with pytest.raises(ManifestError) as caught:
+        parsed(document)
+    return str(caught.value)
+
+
+@pytest.mark.parametrize(("document", "reason"), [
+    ({**ONE, "entrypoints": {"Bad": ONE["entrypoints"]["x"]}},
+     "entrypoint name must be lowercase [a-z][a-z0-9_-]{0,62}, got 'Bad'"),
+    (with_entrypoint(env={}),
+     "unknown field(s) env in entrypoints.x (allowed: args, command, kind, service)"),
+    (with_entrypoint(kind="daemon"),
+     "entrypoints.x.kind must be one of run, service, got 'daemon'"),
+    (with_entrypoint(command=["python3"] + ["a"] * 64),
+     "entrypoints.x.command has more than 64 elements"),
+    (with_entrypoint(command=["python3", "a\0b"]),
+     "entrypoints.x.command[1] must be a non-empty string without NUL, at most 4096 characters"),
+    (with_entrypoint(command=["python3", "a" * 4097]),
+     "entrypoints.x.command[1] must be a non-empty string without NUL, at most 4096 characters"),
+    (with_entrypoint(args=[{"name": f"a{i}", "kind": "value"} for i in range(33)]),
+     "entrypoints.x.args has more than 32 entries"),
+    (with_entrypoint(args=[{"name": "Bad", "kind": "value"}]),
+     "entrypoints.x.args[0].name must be lowercase [a-z][a-z0-9_]{0,62}, got 'Bad'"),
+    (with_entrypoint(args=[{"name": "a", "kind": "value", "env": 1}]),
+     "unknown field(s) env in entrypoints.x.args[0] (allowed: kind, name, optional, pattern)"),
+    (with_entrypoint(args=[{"name": "a", "kind": "file"}]),
+     "entrypoints.x.args[0].kind must be one of input, output, value, got 'file'"),
+    (with_entrypoint(args=[{"name": "a", "kind": "value", "pattern": ""}]),
+     "entrypoints.x.args[0].pattern must be a non-empty string"),
+    (with_entrypoint(args=[{"name": "a", "kind": "value", "optional": "yes"}]),
+     "entrypoints.x.args[0].optional must be true or false"),
+    (with_entrypoint(args=[{"name": "a", "kind": "value", "optional": True},
+                           {"name": "b", "kind": "value"}]),
+     "entrypoints.x: required argument 'b' follows an optional one; put optional arguments last"),
+    (with_entrypoint(kind="service"),
+     "entrypoints.x: a service takes no arguments; it reads requests"),
+    (with_entrypoint(kind="service", args=[], service={"restart": "always"}),
+     "entrypoints.x.service.restart must be one of never, on-failure, got 'always'"),
+    (with_entrypoint(service={}),
+     'entrypoints.x.service is only allowed with "kind": "service"'),
+])
+def test_a_malformed_entrypoint_is_refused_naming_where(document: dict, reason: str) -> None:
+    assert manifest_refusal(document) == reason
+
+
+def test_the_entrypoint_limits_are_inclusive() -> None:
+    parsed(with_entrypoint(command=["python3"] + ["a"] * 63))
+    parsed(with_entrypoint(command=["python3", "a" * 4096]))
+    parsed(with_entrypoint(args=[{"name": f"a{i}", "kind": "value"} for i in range(32)]))
+
+
+def test_a_service_entrypoint_keeps_its_spec_and_a_run_has_none() -> None:
+    service = parsed(with_entrypoint(kind="service", args=[],
+                                     service={"max_concurrent_requests": 8}))
+    spec = service.entrypoint("x").service
+    assert spec is not None and spec.max_concurrent_requests == 8
+    assert parsed(ONE).entrypoint("x").service is None
