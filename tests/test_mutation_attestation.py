@@ -87,7 +87,9 @@ def signed_document(tmp_path: Path, *, root_path_length: int | None = None,
     leaf = certificate("test leaf", leaf_key, intermediate.subject, inter_key, ca=False)
     pki = DevelopmentPki(root=root, intermediate=intermediate, leaf=leaf, leaf_key=leaf_key,
                          directory=tmp_path)
-    return build_attestation_document(pki, pcrs=PCRS, module_id=module_id), pki.root_pem
+    document = build_attestation_document(pki, pcrs=PCRS, module_id=module_id,
+                                          public_key=b"enclave public key", user_data=b"user")
+    return document, pki.root_pem
 
 
 # ---- the payload ------------------------------------------------------------------------------
@@ -231,3 +233,140 @@ def test_the_root_pem_given_is_used_in_place_of_the_pinned_one(tmp_path: Path) -
     assert verify_attestation(document, root_pem=root.decode()).root_sha256 == (
         __import__("hashlib").sha256(x509.load_pem_x509_certificate(root).public_bytes(
             serialization.Encoding.DER)).hexdigest())
+
+
+# ---- the COSE_Sign1 envelope and the payload's form (decided before any signature) -------------
+
+
+def att3_parts(att3: bytes) -> list:
+    return cbor2.loads(att3)
+
+
+SIGNATURE = bytes(96)
+
+
+@pytest.mark.parametrize(("message", "reason"), [
+    ([1, 2, 3], "the document is not a COSE_Sign1 array of 4 elements"),
+    ({1: 1, 2: 2, 3: 3, 4: 4}, "the document is not a COSE_Sign1 array of 4 elements"),
+    (["x", {}, b"p", SIGNATURE], "COSE_Sign1 protected header and payload must be byte strings"),
+    ([b"", {}, "p", SIGNATURE], "COSE_Sign1 protected header and payload must be byte strings"),
+    ([b"", [], b"p", SIGNATURE], "COSE_Sign1 unprotected header must be a map"),
+    ([b"", {}, b"p", SIGNATURE[:95]], "COSE_Sign1 signature must be 96 bytes (ES384 r||s)"),
+    ([b"", {}, b"p", "s" * 96], "COSE_Sign1 signature must be 96 bytes (ES384 r||s)"),
+    ([cbor2.dumps({1: -7}), {}, b"p", SIGNATURE],
+     "COSE protected header {1: -7} does not declare ES384 (alg -35); only ES384 is accepted"),
+])
+def test_a_malformed_envelope_is_refused_as_such(message: object, reason: str) -> None:
+    assert refusal(cbor2.dumps(message)) == reason
+
+
+def test_a_document_or_protected_header_that_is_not_cbor_is_refused_as_such() -> None:
+    assert refusal(b"\xff").startswith("the document is not CBOR: ")
+    assert refusal(cbor2.dumps([b"\xff", {}, b"p", SIGNATURE])).startswith(
+        "COSE protected header is not CBOR: ")
+    assert refusal(cbor2.dumps(cbor2.CBORTag(99, []))) == (
+        "the document has CBOR tag 99, expected COSE_Sign1 (18) or none")
+
+
+def payload_refusal(att3: bytes, **changes: object) -> str:
+    payload = {**cbor2.loads(cbor2.loads(att3)[2]), **changes}
+    return refusal(with_payload(att3, payload), at=own_time(att3))
+
+
+ALTERED = ("the COSE signature does not verify with the leaf certificate's key: the document was "
+           "altered after signing")
+
+
+@pytest.mark.parametrize(("changes", "reason"), [
+    ({"timestamp": 0}, "the attestation payload has no valid timestamp"),
+    ({"timestamp": True}, "the attestation payload has no valid timestamp"),
+    ({"timestamp": "x"}, "the attestation payload has no valid timestamp"),
+    ({"pcrs": {}}, "the attestation payload has no pcrs map"),
+    ({"pcrs": [1]}, "the attestation payload has no pcrs map"),
+    ({"pcrs": {"0": bytes(48)}}, "PCR index '0' is out of range 0..31"),
+    ({"pcrs": {32: bytes(48)}}, "PCR index 32 is out of range 0..31"),
+    ({"pcrs": {0: bytes(47)}}, "PCR0 is not a 48-byte SHA-384 value"),
+    ({"certificate": b""}, "the attestation payload has no signing certificate"),
+    ({"cabundle": "x"}, "the attestation payload has no cabundle of DER certificates"),
+    ({"cabundle": []}, "the attestation payload has no cabundle of DER certificates"),
+    ({"cabundle": [b""]}, "the attestation payload has no cabundle of DER certificates"),
+    ({"nonce": "x"}, "attestation field nonce must be bytes or null"),
+])
+def test_a_malformed_payload_is_refused_as_such(att3: bytes, changes: dict, reason: str) -> None:
+    assert payload_refusal(att3, **changes) == reason
+
+
+def test_the_smallest_timestamp_and_the_highest_pcr_index_are_well_formed(att3: bytes) -> None:
+    # Well formed, so the refusal is the signature's: the payload was changed after signing.
+    assert payload_refusal(att3, timestamp=1) == ALTERED
+    pcrs = {**cbor2.loads(cbor2.loads(att3)[2])["pcrs"], 31: bytes(48)}
+    assert payload_refusal(att3, pcrs=pcrs) == ALTERED
+
+
+def test_a_certificate_that_is_not_der_is_named(att3: bytes) -> None:
+    assert payload_refusal(att3, cabundle=[b"not der"]).startswith(
+        "cabundle[0] is not a DER certificate: ")
+    assert payload_refusal(att3, certificate=b"not der").startswith(
+        "the leaf certificate is not a DER certificate: ")
+
+
+# ---- the messages of verify_attestation's own decisions -----------------------------------------
+
+
+def test_another_root_is_refused_naming_both_fingerprints(att3: bytes, tmp_path: Path) -> None:
+    import hashlib
+
+    _document, root_pem = signed_document(tmp_path)
+    got = hashlib.sha256(cbor2.loads(cbor2.loads(att3)[2])["cabundle"][0]).hexdigest()
+    want = hashlib.sha256(x509.load_pem_x509_certificate(root_pem).public_bytes(
+        serialization.Encoding.DER)).hexdigest()
+    assert refusal(att3, at=own_time(att3), root_pem=root_pem) == (
+        f"the document's root certificate (SHA-256 {got}) is not the trusted root ({want}); "
+        "a document from the local simulation needs --root with the development root")
+
+
+def test_a_given_root_that_is_not_pem_is_refused(att3: bytes) -> None:
+    assert refusal(att3, root_pem=b"not pem").startswith(
+        "the given root is not a PEM certificate: ")
+
+
+def test_an_expired_document_says_the_whole_second_to_verify_it_at(att3: bytes) -> None:
+    timestamp = cbor2.loads(cbor2.loads(att3)[2])["timestamp"]
+    made = dt.datetime.fromtimestamp(-(-timestamp // 1000), dt.UTC)
+    assert timestamp % 1000  # the document's own time is not a whole second: it rounds up
+    stamp = made.strftime("%Y-%m-%dT%H:%M:%SZ")
+    message = refusal(att3, at=own_time(att3) + dt.timedelta(days=3650))
+    assert message.endswith(f"; the document was made at {stamp}: --at {stamp} verifies it as "
+                            "of then")
+
+
+def test_a_debug_document_is_refused_saying_why(fixtures_dir: Path) -> None:
+    document = (fixtures_dir / "nitro" / "att_1.cbor").read_bytes()
+    assert refusal(document, at=own_time(document)) == (
+        "the document comes from an enclave in debug mode (PCR0, PCR1 and PCR2 are all zero): "
+        "its memory is visible to the host, so it proves nothing; pass --allow-debug only for "
+        "development")
+
+
+def test_a_wrong_nonce_names_both(att3: bytes) -> None:
+    carried = cbor2.loads(cbor2.loads(att3)[2])["nonce"]
+    assert refusal(att3, at=own_time(att3), nonce=b"\x01" * 4) == (
+        f"nonce mismatch: expected 01010101, the document carries {carried.hex()}; the document "
+        "is a replay or answers another request")
+
+
+def test_a_missing_nonce_is_named_as_none(tmp_path: Path) -> None:
+    document, root = signed_document(tmp_path)
+    assert refusal(document, root_pem=root, nonce=b"\x01") == (
+        "nonce mismatch: expected 01, the document carries none; the document is a replay or "
+        "answers another request")
+
+
+def test_the_result_carries_the_signed_fields(tmp_path: Path) -> None:
+    document, root = signed_document(tmp_path)
+    payload = cbor2.loads(cbor2.loads(document)[2])
+    result = verify_attestation(document, root_pem=root)
+    assert result.certificate == payload["certificate"]
+    assert result.cabundle == payload["cabundle"]
+    assert result.public_key == b"enclave public key"
+    assert result.user_data == b"user"

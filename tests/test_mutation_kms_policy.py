@@ -122,3 +122,35 @@ def test_a_json_true_in_a_bool_condition_means_true() -> None:
                     decrypt(context={"aws:SecureTransport": "true"})).allowed
     assert not evaluate(allow(Condition=condition),
                         decrypt(context={"aws:SecureTransport": "false"})).allowed
+
+
+def test_a_policy_without_statements_is_refused() -> None:
+    with pytest.raises(PolicyError) as caught:
+        evaluate({"Version": "2012-10-17"}, decrypt())
+    assert str(caught.value) == "the policy has no Statement list"
+
+
+def test_a_statement_without_resource_applies_to_every_resource() -> None:
+    policy = allow()
+    del policy["Statement"][0]["Resource"]
+    assert evaluate(policy, decrypt()).allowed
+
+
+def test_bool_conditions_ignore_case_and_take_no_wildcards() -> None:
+    assert condition_holds("Bool", ["true"], "True")
+    assert not condition_holds("Bool", ["tru*"], "true")
+
+
+def test_string_like_reads_a_bracket_literally() -> None:
+    assert condition_holds("StringLike", ["a[b]*"], "a[b]c")
+    assert not condition_holds("StringLike", ["a[b]*"], "abc")
+
+
+@pytest.mark.parametrize(("value", "context", "holds"), [
+    (False, "false", True), (False, "true", False), (True, "true", True), (True, "TRUE", False),
+])
+def test_json_booleans_in_string_conditions_are_lowercase_words(value: bool, context: str,
+                                                                 holds: bool) -> None:
+    condition = {"StringEquals": {"kms:EncryptionContext:flag": value}}
+    request = decrypt(context={"kms:EncryptionContext:flag": context})
+    assert evaluate(allow(Condition=condition), request).allowed is holds

@@ -238,3 +238,18 @@ def test_a_service_entrypoint_keeps_its_spec_and_a_run_has_none() -> None:
     spec = service.entrypoint("x").service
     assert spec is not None and spec.max_concurrent_requests == 8
     assert parsed(ONE).entrypoint("x").service is None
+
+
+def test_args_that_are_not_a_list_are_refused() -> None:
+    assert manifest_refusal(with_entrypoint(args={"name": "i"})) == (
+        "entrypoints.x.args must be a list")
+
+
+def test_a_service_without_a_spec_gets_the_default_one() -> None:
+    from enclave.manifest import ServiceSpec
+
+    entrypoint = parsed(with_entrypoint(kind="service", args=[])).entrypoint("x")
+    assert entrypoint.name == "x" and entrypoint.kind == "service"
+    assert entrypoint.service == ServiceSpec()
+    run = parsed(ONE).entrypoint("x")
+    assert run.name == "x" and run.kind == "run"

@@ -112,3 +112,13 @@ def test_a_file_that_is_not_a_bundle_is_refused_naming_it() -> None:
     assert str(caught.value).startswith(
         "unsealing 'notes.txt' failed: it is not a sealed bundle (")
     assert str(caught.value).endswith("); upload the .sealed file the pipeline produced")
+
+
+def test_a_header_with_more_data_keys_than_the_runtime_reads_is_refused() -> None:
+    provider = FakeKmsKeyProvider()
+    for account in range(16):
+        provider.add_master_key(TEST_KEY_ARN.replace("111111111111", f"{account:012d}"))
+    bundle = sealed(provider, CONTEXT)
+    with pytest.raises(Exception) as caught:  # noqa: B017 - the runner's own failure type
+        read_bundle_header(io.BytesIO(bundle), "many.sealed")
+    assert str(caught.value).startswith("unsealing 'many.sealed' failed: it is not a sealed bundle")
