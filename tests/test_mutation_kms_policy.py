@@ -154,3 +154,29 @@ def test_json_booleans_in_string_conditions_are_lowercase_words(value: bool, con
     condition = {"StringEquals": {"kms:EncryptionContext:flag": value}}
     request = decrypt(context={"kms:EncryptionContext:flag": context})
     assert evaluate(allow(Condition=condition), request).allowed is holds
+
+
+def test_an_effect_other_than_allow_or_deny_is_refused_naming_it() -> None:
+    assert policy_error(allow(Effect="Audit")) == "S1: Effect must be Allow or Deny, got 'Audit'"
+
+
+def test_a_deny_names_the_statement_that_denied() -> None:
+    policy = allow()
+    policy["Statement"].append({"Sid": "NoDecrypt", "Effect": "Deny", "Principal": "*",
+                                "Action": "kms:*"})
+    decision = evaluate(policy, decrypt())
+    assert not decision.allowed
+    assert decision.reason == "explicitly denied by NoDecrypt"
+
+
+def test_resources_are_compared_with_their_case() -> None:
+    assert not evaluate(allow(Resource=KEY.replace(":key/k", ":key/K")), decrypt()).allowed
+    assert evaluate(allow(Resource=KEY), decrypt()).allowed
+
+
+def test_a_statement_checked_alone_is_named_statement_in_errors() -> None:
+    from client.sim.policy import statement_applies
+
+    with pytest.raises(PolicyError) as caught:
+        statement_applies({"Effect": "Allow", "Principal": "*"}, decrypt(), {})
+    assert str(caught.value) == "statement: a statement needs Action or NotAction"
