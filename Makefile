@@ -10,7 +10,7 @@ export PATH := $(ROOT)/$(VENV)/bin:$(ROOT)/node_modules/.bin:$(PATH)
 export JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION := 1
 export CDK_DISABLE_CLI_TELEMETRY := true
 
-.PHONY: setup synth test demo fleet-demo lint clean
+.PHONY: setup synth test demo fleet-demo lint mutate clean
 
 setup: $(VENV)/.installed node_modules/.installed $(CHECKOV_VENV)/.installed
 
@@ -61,7 +61,43 @@ fleet-demo: synth
 	@echo "fleet-demo: the job queue across three simulated hosts (fleet_demo.py)"
 	@python fleet_demo.py
 
+# Mutation testing of the security decisions (docs/testing.md): mutmut copies the project into
+# mutants/ and mutates only these functions (mutmut's names: module.x_function, and
+# module.xǁClassǁmethod for methods); pyproject's [tool.mutmut] names their files and tests.
+# One area at a time: `make mutate MUTATE_FUNCTIONS='enclave.policy.*'`. One worker: the machine
+# is shared; MUTATE_CHILDREN=2 if it is not.
+MUTATE_FUNCTIONS ?= \
+	'enclave.exchange.x_split_area__mutmut_*' \
+	'enclave.exchange.x_split_relative*' \
+	'enclave.exchange.x_confine__mutmut_*' \
+	'enclave.exchange.xǁExchangeAreaǁarea_root__mutmut_*' \
+	'enclave.exchange.xǁExchangeAreaǁ_dir_fd__mutmut_*' \
+	'enclave.exchange.xǁExchangeAreaǁ_lstat__mutmut_*' \
+	'enclave.paths.*' \
+	'enclave.manifest.xǁArgSpecǁarea_path__mutmut_*' \
+	'enclave.manifest.xǁManifestǁentrypoint__mutmut_*' \
+	'enclave.manifest.xǁManifestǁresolve_arguments__mutmut_*' \
+	'enclave.manifest.x__entrypoint_from__mutmut_*' \
+	'enclave.manifest.x__check_program__mutmut_*' \
+	'enclave.manifest.x__arg_from__mutmut_*' \
+	'enclave.manifest.x__absolute_root__mutmut_*' \
+	'enclave.manifest.x__join_confined__mutmut_*' \
+	'enclave.manifest.x__check_value__mutmut_*' \
+	'enclave.policy.xǁImagePolicyǁcheck_*' \
+	'enclave.policy.x_version_key__mutmut_*' \
+	'enclave.runner.x_read_bundle_header*' \
+	'enclave.runner.x__text__mutmut_*' \
+	'client.attestation.x_*' \
+	'client.sim.policy.x_*'
+MUTATE_CHILDREN ?= 1
+
+mutate: setup
+	@echo "mutate: mutmut over the security decisions, $(MUTATE_CHILDREN) worker(s)"
+	@SEALED_FIXTURES_DIR="$(ROOT)/../shared/fixtures" mutmut run \
+		--max-children $(MUTATE_CHILDREN) $(MUTATE_FUNCTIONS)
+	@python bench/mutation_summary.py $(MUTATE_FUNCTIONS)
+
 # A running simulation keeps its processes' state under .sim: stop them before deleting it.
 clean:
 	@if [ -f .sim/state.json ]; then SEALED_SIM_DIR="$(ROOT)/.sim" python -m client simulate down; fi
-	rm -rf cdk.out .pytest_cache .sim
+	rm -rf cdk.out .pytest_cache .sim mutants

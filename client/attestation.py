@@ -339,7 +339,7 @@ def _verify_chain(chain: list[x509.Certificate], when: dt.datetime) -> None:
             raise VerificationError(
                 f"{name} is not validly signed by "
                 f"{'itself' if position == 0 else f'cabundle[{position - 1}]'} "
-                f"({exc or 'bad signature'}); the chain was altered or reordered") from None
+                f"({str(exc) or 'bad signature'}); the chain was altered or reordered") from None
     leaf_key = chain[-1].public_key()
     if not isinstance(leaf_key, ec.EllipticCurvePublicKey) or leaf_key.curve.name != "secp384r1":
         raise VerificationError("the signing certificate's key is not ECDSA P-384")

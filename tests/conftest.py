@@ -1,12 +1,14 @@
 """Shared test setup. `cdk.App()` under pytest does not read cdk.json, so load its context here."""
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-FIXTURES = PROJECT_ROOT.parent / "shared" / "fixtures"
+# `make mutate` runs the tests from a copy of the project in mutants/: it names the fixtures.
+FIXTURES = Path(os.environ.get("SEALED_FIXTURES_DIR", PROJECT_ROOT.parent / "shared" / "fixtures"))
 
 
 def cdk_json_context() -> dict:
