@@ -67,9 +67,6 @@ fleet-demo: synth
 # One area at a time: `make mutate MUTATE_FUNCTIONS='enclave.policy.*'`. One worker: the machine
 # is shared; MUTATE_CHILDREN=2 if it is not.
 MUTATE_FUNCTIONS ?= \
-	'enclave.exchange.x_split_area__mutmut_*' \
-	'enclave.exchange.x_split_relative*' \
-	'enclave.exchange.x_confine__mutmut_*' \
 	'enclave.exchange.xǁExchangeAreaǁarea_root__mutmut_*' \
 	'enclave.exchange.xǁExchangeAreaǁ_dir_fd__mutmut_*' \
 	'enclave.exchange.xǁExchangeAreaǁ_lstat__mutmut_*' \
@@ -81,7 +78,11 @@ MUTATE_FUNCTIONS ?= \
 	'enclave.manifest.x__check_program__mutmut_*' \
 	'enclave.manifest.x__arg_from__mutmut_*' \
 	'enclave.manifest.x__absolute_root__mutmut_*' \
+	'enclave.manifest.x__command_from__mutmut_*' \
+	'enclave.manifest.x__args_from__mutmut_*' \
 	'enclave.manifest.x__join_confined__mutmut_*' \
+	'enclave.manifest.x__check_path_string__mutmut_*' \
+	'enclave.manifest.x__check_path_component__mutmut_*' \
 	'enclave.manifest.x__check_value__mutmut_*' \
 	'enclave.policy.xǁImagePolicyǁcheck_*' \
 	'enclave.policy.x_version_key__mutmut_*' \
