@@ -41,8 +41,11 @@ synth: setup
 	@cdk synth --quiet
 	@ls cdk.out/*.template.json
 
+# The suite with coverage of enclave/ and client/ (branches, subprocesses too; pyproject.toml
+# [tool.coverage]): prints what is not covered and the total, fails under fail_under. A plain
+# `python -m pytest tests/test_x.py` measures nothing and stays fast.
 test: setup
-	python -m pytest
+	python -m pytest --cov --cov-report=term-missing:skip-covered
 
 # Lint is its own step (CI runs it before the tests): a cold mypy needs far more memory than
 # the tests do.
@@ -101,4 +104,4 @@ mutate: setup
 # A running simulation keeps its processes' state under .sim: stop them before deleting it.
 clean:
 	@if [ -f .sim/state.json ]; then SEALED_SIM_DIR="$(ROOT)/.sim" python -m client simulate down; fi
-	rm -rf cdk.out .pytest_cache .sim mutants
+	rm -rf cdk.out .pytest_cache .sim mutants .coverage .coverage.*

@@ -68,9 +68,9 @@ class VsockHTTPConnection(http.client.HTTPConnection):
         self.cid = cid
         self.vsock_port = port
 
-    def connect(self) -> None:
+    def connect(self) -> None:  # pragma: no cover - hardware: AF_VSOCK
         family = getattr(socket, "AF_VSOCK", None)
-        if family is None:  # pragma: no cover - only on platforms without vsock
+        if family is None:
             raise OSError("this platform has no AF_VSOCK sockets")
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.settimeout(self.timeout)

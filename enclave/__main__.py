@@ -210,6 +210,10 @@ def bind_vsock(port: int, emulate_dir: str | None = None) -> socket.socket:
         from enclave.emulation import EMULATED_ENCLAVE_CID, vsock_socket_path
 
         return bind_unix(vsock_socket_path(emulate_dir, EMULATED_ENCLAVE_CID, port))
+    return listen_vsock(port)
+
+
+def listen_vsock(port: int) -> socket.socket:  # pragma: no cover - hardware: AF_VSOCK
     sock = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
     sock.bind((socket.VMADDR_CID_ANY, port))
     sock.listen(64)

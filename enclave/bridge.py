@@ -37,7 +37,7 @@ UpstreamFactory = Callable[[], socket.socket]
 def vsock_upstream(cid: int = PARENT_CID, port: int = DEFAULT_PROXY_PORT,
                    timeout: float = CONNECT_TIMEOUT_SECONDS) -> UpstreamFactory:
     """A factory connecting to (cid, port) over AF_VSOCK: the parent's vsock-proxy."""
-    def connect() -> socket.socket:
+    def connect() -> socket.socket:  # pragma: no cover - hardware: AF_VSOCK
         sock = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
         sock.settimeout(timeout)
         try:

@@ -22,6 +22,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 PR_SET_DUMPABLE = 4
 ISOLATED = "per-run user"
@@ -128,17 +129,22 @@ def kill_user(uid: int) -> bool:
         if not processes_of(uid):
             return True
         pid = os.fork()
-        if pid == 0:  # pragma: no cover - the child only drops to the uid and signals
-            try:
-                os.setgroups([])
-                os.setresgid(uid, uid, uid)
-                os.setresuid(uid, uid, uid)
-                os.kill(-1, signal.SIGKILL)
-            finally:
-                os._exit(0)
+        if pid == 0:
+            signal_all_as(uid)
         os.waitpid(pid, 0)
         time.sleep(0.01)
     return not processes_of(uid)
+
+
+def signal_all_as(uid: int) -> NoReturn:
+    """kill_user's forked child: drop to `uid`, SIGKILL every process of it, and leave."""
+    try:
+        os.setgroups([])
+        os.setresgid(uid, uid, uid)
+        os.setresuid(uid, uid, uid)
+        os.kill(-1, signal.SIGKILL)
+    finally:
+        os._exit(0)
 
 
 def chown_tree(root: Path, user: AppUser) -> None:

@@ -26,7 +26,7 @@ import shutil
 import signal
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 0x1, 0x2, 0x4, 0x8
 MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 0x20, 0x1000, 0x4000, 0x40000
@@ -160,15 +160,7 @@ def run(plan: dict[str, Any]) -> int:
     program = argv[0] if "/" in argv[0] else shutil.which(argv[0], path=plan["lookup_path"])
     child = os.fork()
     if child == 0:
-        try:
-            os.setsid()
-            os.chdir(plan["cwd"])
-            if program is None:
-                raise FileNotFoundError(2, f"{argv[0]} is not on PATH={plan['lookup_path']}")
-            os.execve(program, argv, plan["env"])  # noqa: S606 - exec form, as the init does
-        except OSError as exc:
-            print(f"init: execvpe {argv[0]}: {exc.strerror}", file=sys.stderr, flush=True)
-        os._exit(127)
+        start_command(plan, program)
 
     def forward(signum: int, _frame: Any) -> None:
         try:
@@ -185,6 +177,20 @@ def run(plan: dict[str, Any]) -> int:
             print(f"init: the image's command exited with status {code}", file=sys.stderr,
                   flush=True)
             return code if code >= 0 else 128 - code
+
+
+def start_command(plan: dict[str, Any], program: str | None) -> NoReturn:
+    """The init's forked child: a new session, the plan's directory, then the command."""
+    argv = plan["argv"]
+    try:
+        os.setsid()
+        os.chdir(plan["cwd"])
+        if program is None:
+            raise FileNotFoundError(2, f"{argv[0]} is not on PATH={plan['lookup_path']}")
+        os.execve(program, argv, plan["env"])  # noqa: S606 - exec form, as the init does
+    except OSError as exc:
+        print(f"init: execvpe {argv[0]}: {exc.strerror}", file=sys.stderr, flush=True)
+    os._exit(127)
 
 
 def main(argv: list[str]) -> int:
