@@ -316,12 +316,14 @@ def generate(out: Path, size: int, seed: int, env) -> tuple[int, int]:
     return reported["files"], reported["bytes"]
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["_phase"]:
+def _child(argv: list[str]) -> int:
+    """The bench's own child processes: one measured phase, or the key's creation."""
+    if argv[0] == "_phase":
         return child_main(argv[1])
-    if argv[:1] == ["_create_key"]:
-        return create_key_main()
+    return create_key_main()
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Sealing benchmark (see the module docstring).")
     parser.add_argument("--size", default="1G", help="input size, e.g. 1G, 256M (default 1G)")
     parser.add_argument(
@@ -335,7 +337,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frame-length", type=parse_size, help="override the ESDK frame length")
     parser.add_argument("--workdir", type=Path, default=ram_workdir(),
                         help="where to put the data (default: /dev/shm where it exists)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] in (["_phase"], ["_create_key"]):
+        return _child(argv)
+    args = _parser().parse_args(argv)
     size = parse_size(args.size)
     baseline_size = min(parse_size(args.baseline_size), size)
     repeat = max(1, args.repeat)

@@ -36,7 +36,7 @@ from client.transport import (
     unreachable_hint,
 )
 from enclave.exchange_errors import PathRejected
-from enclave.paths import AREAS, split_relative
+from enclave.paths import AREAS, INBOX, split_relative
 from enclave.service_records import RUNTIME_ERROR_HEADER
 
 MAX_JSON_RESPONSE = 64 << 20  # control answers are small; never buffer without bound
@@ -192,7 +192,7 @@ class RuntimeClient:
         return list(result.get("entries", []))
 
     def mkdir(self, path: str) -> dict[str, Any]:
-        return self._json("POST", _fs_url("inbox", check_remote_path(path), "mkdir"))
+        return self._json("POST", _fs_url(INBOX, check_remote_path(path), "mkdir"))
 
     def delete(self, area: str, path: str) -> dict[str, Any]:
         return self._json("DELETE", _fs_url(area, check_remote_path(path)))
@@ -200,7 +200,7 @@ class RuntimeClient:
     def upload(self, path: str, source: BinaryIO, size: int, *,
                progress: Progress | None = None) -> dict[str, Any]:
         """PUT `size` bytes from `source` (read from its current position) to inbox/`path`."""
-        url = _fs_url("inbox", check_remote_path(path))
+        url = _fs_url(INBOX, check_remote_path(path))
         self.close()  # a fresh connection: a failed upload must not poison a keep-alive one
         conn = self._connection()
         try:

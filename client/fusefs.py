@@ -32,11 +32,13 @@ import mfusepy as fuse
 from client.api import RuntimeClient
 from client.api_errors import ApiError
 from client.errors import ClientError, NotFoundError, UsageError
-from enclave.paths import MAX_NAME_BYTES, MAX_PATH_BYTES
+from enclave.paths import AREAS as AREA_NAMES
+from enclave.paths import INBOX, MAX_NAME_BYTES, MAX_PATH_BYTES
 
 log = logging.getLogger(__name__)
 
-AREAS = {"inbox": True, "outbox": False}  # area -> writable by the host
+# area -> writable by the host: the host writes only its inbox
+AREAS = {area: area == INBOX for area in AREA_NAMES}
 MAX_READ = 1 << 20
 
 

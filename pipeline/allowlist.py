@@ -438,6 +438,34 @@ def _read_text(path: str) -> str:
         raise MeasurementError(f"cannot read measurements file {path}: {exc.strerror}") from exc
 
 
+def _add(args: argparse.Namespace, session: Any, kms_client: Any) -> None:
+    """`add`: allow the measurements file's image (and record it), then print the allow list."""
+    if args.keep < 1:
+        raise MeasurementError(f"--keep {args.keep}: expected a whole number >= 1")
+    measurements = parse_measurements(_read_text(args.measurements))
+    ssm_client = session.client("ssm") if args.record_parameter else None
+    changed, allowed = add_to_key(kms_client, args.key_id, measurements, keep=args.keep,
+                                  with_pcr8=args.pcr8, ssm_client=ssm_client,
+                                  record_parameter=args.record_parameter)
+    state = "allowed" if changed else "already allowed (policy unchanged)"
+    print(f"PCR0 {measurements.pcr0} {state}; {len(allowed)} allowed, newest last:")
+    for value in allowed:
+        print(f"  {value}")
+
+
+def _show(args: argparse.Namespace, kms_client: Any) -> None:
+    """`show`: the images (and signers) the key policy allows."""
+    policy = load_policy(kms_client, args.key_id)
+    images, signers = allowed_measurements(policy), allowed_signers(policy)
+    if args.json:
+        print(json.dumps({"ImageSha384": images, "PCR8": signers}))
+        return
+    for value in images:
+        print(value)
+    if signers is not None:
+        print("signers (PCR8):", " ".join(signers) or "none")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point; returns an exit status (see `--help`)."""
     import boto3
@@ -452,27 +480,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     kms_client = session.client("kms")
     try:
         if args.command == "add":
-            if args.keep < 1:
-                raise MeasurementError(f"--keep {args.keep}: expected a whole number >= 1")
-            measurements = parse_measurements(_read_text(args.measurements))
-            ssm_client = session.client("ssm") if args.record_parameter else None
-            changed, allowed = add_to_key(kms_client, args.key_id, measurements, keep=args.keep,
-                                          with_pcr8=args.pcr8, ssm_client=ssm_client,
-                                          record_parameter=args.record_parameter)
-            state = "allowed" if changed else "already allowed (policy unchanged)"
-            print(f"PCR0 {measurements.pcr0} {state}; {len(allowed)} allowed, newest last:")
-            for value in allowed:
-                print(f"  {value}")
+            _add(args, session, kms_client)
         else:
-            policy = load_policy(kms_client, args.key_id)
-            images, signers = allowed_measurements(policy), allowed_signers(policy)
-            if args.json:
-                print(json.dumps({"ImageSha384": images, "PCR8": signers}))
-            else:
-                for value in images:
-                    print(value)
-                if signers is not None:
-                    print("signers (PCR8):", " ".join(signers) or "none")
+            _show(args, kms_client)
     except MeasurementError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE

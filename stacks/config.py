@@ -220,20 +220,26 @@ def _app_id(r: _Reader, app_directory: str, dns: str) -> str:
     return r.required("AppId", DNS_NAME_RE, dns, app_directory)
 
 
-def load_config(context: Mapping[str, Any]) -> Config:
-    """Build the validated `Config` from CDK context (cdk.json plus `-c` overrides)."""
+def _refuse_unknown_keys(context: Mapping[str, Any]) -> None:
+    """A key shaped like ours that we do not know is a typo: refuse it by name."""
     unknown = sorted(k for k in context if _OUR_KEY_SHAPE.match(k) and k not in CONTEXT_KEYS)
     if unknown:
         raise ConfigError(f"unknown context key {unknown[0]!r}: expected one of "
                           f"{', '.join(CONTEXT_KEYS)} (see the README's context table)")
-    r = _Reader(context)
+
+
+def _accounts(r: _Reader) -> tuple[str, str, str]:
+    """The two accounts and the region."""
     account = "a 12-digit AWS account number"
     third_party_account = r.required("ThirdPartyAWSAccountNumber", ACCOUNT_RE, account)
     host_account = r.required("HostAWSAccountNumber", ACCOUNT_RE, account)
     region = r.required("Region", REGION_RE, "an AWS region such as us-east-1", "us-east-1")
-    dns = "a DNS-safe lowercase name (a-z, 0-9, '-', 1-63 characters)"
-    third_party_name = r.required("ThirdPartyName", DNS_NAME_RE, dns)
+    return third_party_account, host_account, region
 
+
+def _key_arns(r: _Reader, third_party_account: str, host_account: str,
+              region: str) -> tuple[str, str | None]:
+    """The host bucket's key and the enclave key, each in the account (and region) it must be in."""
     key_arn = "a KMS key ARN such as arn:aws:kms:us-east-1:111111111111:key/<uuid>"
     host_bucket_key_arn = r.required("HostEncryptionKeyArn", KMS_KEY_ARN_RE, key_arn)
     enclave_key_arn = r.string("EnclaveKeyArn", KMS_KEY_ARN_RE, key_arn, optional=True)
@@ -246,13 +252,22 @@ def load_config(context: Mapping[str, Any]) -> Config:
     if host_bucket_key_arn.split(":")[3] != region:
         raise _fail("HostEncryptionKeyArn", host_bucket_key_arn,
                     f"a key in Region {region} (SSE-KMS needs the key in the bucket's region)")
+    return host_bucket_key_arn, enclave_key_arn
 
+
+def _measurements(r: _Reader) -> tuple[str, ...]:
+    """The allowed image measurements (PCR0), never a debug enclave's zeros."""
     measurements = r.string_list(
         "AllowedImageMeasurements", lambda v: bool(SHA384_HEX_RE.fullmatch(v)),
         "96 lowercase hex characters (a SHA-384 PCR0 from nitro-cli build-enclave)")
     if "0" * 96 in measurements:
         raise _fail("AllowedImageMeasurements", "0" * 96,
                     "a real image measurement: all zeros is what a debug-mode enclave reports")
+    return measurements
+
+
+def _enclave_size(r: _Reader) -> tuple[str, int, int, int | None]:
+    """The instance type and the enclave's share of it: vCPUs, memory, image size."""
     instance_type = r.required("InstanceType", INSTANCE_TYPE_RE,
                                "a Graviton (arm64) instance type such as c7g.xlarge", "c7g.xlarge")
     size = instance_type.split(".", 1)[1]
@@ -269,7 +284,11 @@ def load_config(context: Mapping[str, Any]) -> Config:
     if eif_size and memory < 4 * eif_size:
         raise _fail("EnclaveMemoryMiB", memory,
                     f"at least 4 x EifSizeMiB = {4 * eif_size} MiB (nitro-cli refuses less)")
+    return instance_type, cpu_count, memory, eif_size
 
+
+def _network(r: _Reader, region: str) -> tuple[str | None, tuple[str, ...], tuple[str, ...]]:
+    """An existing VPC with its private subnets, or the zones of the VPC to create."""
     vpc_id = r.string("VpcId", VPC_ID_RE, "a VPC id such as vpc-0123456789abcdef0", optional=True)
     subnets = r.string_list("PrivateSubnetIds", lambda v: bool(SUBNET_ID_RE.fullmatch(v)),
                             "subnet ids such as subnet-0123456789abcdef0")
@@ -288,13 +307,21 @@ def load_config(context: Mapping[str, Any]) -> Config:
     if vpc_id and (not subnets or len(subnets) != len(zones)):
         raise _fail("PrivateSubnetIds", list(subnets),
                     "with VpcId, one private subnet id per entry of AvailabilityZones")
+    return vpc_id, subnets, zones
 
+
+def _host_role_arn(r: _Reader, host_account: str) -> str | None:
+    """An existing host role, in the host account."""
     host_role_arn = r.string("HostRoleArn", IAM_ROLE_ARN_RE,
                              "an IAM role ARN such as arn:aws:iam::222222222222:role/name",
                              optional=True)
     if host_role_arn and host_role_arn.split(":")[4] != host_account:
         raise _fail("HostRoleArn", host_role_arn, f"a role in the host account {host_account}")
+    return host_role_arn
 
+
+def _source(r: _Reader, third_party_account: str) -> tuple[str | None, str | None]:
+    """A CodeConnections source (connection and repository, both or neither)."""
     connection_arn = r.string(
         "SourceConnectionArn", CONNECTION_ARN_RE,
         "a CodeConnections connection ARN such as arn:aws:codeconnections:us-east-1:"
@@ -313,7 +340,11 @@ def load_config(context: Mapping[str, Any]) -> Config:
         raise _fail("UseExistingRepository", True,
                     "false with SourceConnectionArn (the source is then the connected "
                     "repository, not CodeCommit)")
+    return connection_arn, source_repository
 
+
+def _host_counts(r: _Reader) -> tuple[int, int]:
+    """The fleet's minimum and maximum host counts (HostCount is the minimum's older name)."""
     if r.raw("HostCount") is not None and r.raw("HostCountMin") is not None:
         raise _fail("HostCount", r.raw("HostCount"),
                     "not set together with HostCountMin (HostCount is its older name)")
@@ -321,7 +352,26 @@ def load_config(context: Mapping[str, Any]) -> Config:
     host_max = r.integer("HostCountMax", max(host_min, 1), 1, 100)
     if host_max < host_min:
         raise _fail("HostCountMax", host_max, f"at least HostCountMin ({host_min})")
+    return host_min, host_max
 
+
+def load_config(context: Mapping[str, Any]) -> Config:
+    """Build the validated `Config` from CDK context (cdk.json plus `-c` overrides).
+
+    Keys are checked in a fixed order, so the first problem reported is always the same one."""
+    _refuse_unknown_keys(context)
+    r = _Reader(context)
+    third_party_account, host_account, region = _accounts(r)
+    dns = "a DNS-safe lowercase name (a-z, 0-9, '-', 1-63 characters)"
+    third_party_name = r.required("ThirdPartyName", DNS_NAME_RE, dns)
+    host_bucket_key_arn, enclave_key_arn = _key_arns(r, third_party_account, host_account,
+                                                     region)
+    measurements = _measurements(r)
+    instance_type, cpu_count, memory, eif_size = _enclave_size(r)
+    vpc_id, subnets, zones = _network(r, region)
+    host_role_arn = _host_role_arn(r, host_account)
+    connection_arn, source_repository = _source(r, third_party_account)
+    host_min, host_max = _host_counts(r)
     app_directory = r.required("ApplicationDirectory", APP_DIR_RE,
                                "a folder name under src/ such as sample-inference",
                                "sample-inference")
