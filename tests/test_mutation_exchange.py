@@ -11,13 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from enclave.exchange import (
+from enclave.exchange import ExchangeArea
+from enclave.exchange_errors import NotFound, PathRejected
+from enclave.paths import (
     MAX_DEPTH,
     MAX_NAME_BYTES,
     MAX_PATH_BYTES,
-    ExchangeArea,
-    NotFound,
-    PathRejected,
     confine,
     split_area,
     split_relative,
