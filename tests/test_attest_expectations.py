@@ -32,8 +32,8 @@ def test_without_any_expected_measurement_attest_refuses(attest):
 
 
 @pytest.mark.parametrize(("argv", "message"), [
-    (["--expect-pcr0", "zz"], "--expect-pcr0 'zz' is not hex; give the value as printed by"),
-    (["--expect-pcr0", "abcd"], "--expect-pcr0 has 4 hex digits; a PCR (SHA-384) has 96"),
+    (["--expect-pcr0", "zz"], "--expect-pcr0 'zz' is not hex; give the 96 hex digits of a PCR"),
+    (["--expect-pcr0", "abcd"], "--expect-pcr0 'abcd' has 4 hex digits; a PCR (SHA-384) has 96"),
     (["--expect-pcr", "8"], "--expect-pcr '8' is not N=HEX"),
     (["--expect-pcr", "x=ab"], "--expect-pcr 'x=ab' is not N=HEX"),
     (["--expect-pcr0", f"0x{PCR0}", "--user-data", "abc"],
@@ -75,6 +75,6 @@ def test_the_simulation_root_is_only_for_the_simulation(attest):
     assert "--simulation given, but the target is not the local simulation" in err
 
 
-def test_an_unreadable_root_is_a_usage_error(attest, tmp_path):
+def test_an_unreadable_root_is_not_found_as_in_every_attestation_command(attest, tmp_path):
     code, err = attest("--expect-pcr0", PCR0, "--root", str(tmp_path / "none.pem"))
-    assert code == ExitStatus.USAGE and "cannot read root certificate" in err
+    assert code == ExitStatus.NOT_FOUND and "cannot read the root certificate" in err

@@ -43,7 +43,7 @@ class Replies:
 def device(tmp_path) -> Iterator[tuple[NsmClient, Replies]]:
     path = tmp_path / "nsm.sock"
     replies = Replies(path)
-    yield NsmClient(path), replies
+    yield NsmClient.simulated(path), replies
     replies.listener.close()
 
 
@@ -103,7 +103,7 @@ def test_a_socket_nobody_serves_is_a_device_error_that_names_the_simulation(tmp_
     stale.bind(str(path))  # a socket file, but no one listens
     try:
         with pytest.raises(NsmError, match="is `python -m client.sim.nsm` running") as caught:
-            NsmClient(path).describe()
+            NsmClient.simulated(path).describe()
         assert caught.value.code == "DeviceError"
     finally:
         stale.close()
