@@ -10,7 +10,8 @@ Errors map to the errno a program expects: ENOENT, EROFS (outbox), EACCES (the f
 EISDIR, ENOTDIR, ENOTEMPTY, EEXIST, EINVAL (names the runtime refuses), ENAMETOOLONG, EFBIG and
 ENOSPC (the runtime's limits), EOVERFLOW (a directory too large to list), EXDEV (rename: `mv`
 falls back to copy and delete), EPERM (links, devices, a change of mode or owner), EIO (server or
-transport failure). The runtime's error codes decide, through `ERRNO_BY_CODE`.
+transport failure). The runtime's error codes decide (`client/fuse_errno.py`); mounting and
+unmounting is `client/fuse_mount.py`.
 """
 
 from __future__ import annotations
@@ -18,9 +19,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import signal
 import stat
-import subprocess
 import tempfile
 import threading
 import time
@@ -30,8 +29,8 @@ from typing import TYPE_CHECKING, Any
 import mfusepy as fuse
 
 from client.api import RuntimeClient
-from client.api_errors import ApiError
-from client.errors import ClientError, NotFoundError, UsageError
+from client.errors import ClientError
+from client.fuse_errno import errno_for
 from enclave.paths import AREAS as AREA_NAMES
 from enclave.paths import INBOX, MAX_NAME_BYTES, MAX_PATH_BYTES
 
@@ -40,37 +39,6 @@ log = logging.getLogger(__name__)
 # area -> writable by the host: the host writes only its inbox
 AREAS = {area: area == INBOX for area in AREA_NAMES}
 MAX_READ = 1 << 20
-
-
-# The runtime's error codes (enclave/exchange.py, enclave/server.py) and the errno each means.
-# Decided by the code alone, never by the message's text.
-ERRNO_BY_CODE = {
-    "not_found": errno.ENOENT,
-    "bad_path": errno.EINVAL,  # a name the runtime refuses (reserved, control character...)
-    "read_only": errno.EROFS,
-    "not_regular_file": errno.EACCES,  # a device, FIFO or socket; a file with several links
-    "exists": errno.EEXIST,
-    "not_empty": errno.ENOTEMPTY,
-    "is_a_directory": errno.EISDIR,
-    "too_many_entries": errno.EOVERFLOW,  # a directory too large to list, not a large file
-    "payload_too_large": errno.EFBIG,
-    "insufficient_storage": errno.ENOSPC,
-}
-# For codes this table does not know (a newer runtime's): the HTTP status decides.
-ERRNO_BY_STATUS = {401: errno.EACCES, 403: errno.EACCES, 404: errno.ENOENT, 409: errno.EEXIST,
-                   413: errno.EFBIG, 507: errno.ENOSPC}
-
-
-def errno_for(exc: Exception) -> int:
-    """The errno a program should see for a failed runtime call."""
-    if isinstance(exc, ApiError):
-        fallback = errno.EINVAL if 400 <= exc.http_status < 500 else errno.EIO
-        return ERRNO_BY_CODE.get(exc.code, ERRNO_BY_STATUS.get(exc.http_status, fallback))
-    if isinstance(exc, NotFoundError):  # nothing answers at the runtime's address
-        return errno.ENOENT
-    if isinstance(exc, UsageError):
-        return errno.EINVAL
-    return errno.EIO
 
 
 def check_name_length(relative: str) -> None:
@@ -387,60 +355,3 @@ class ExchangeFs(_Operations):
 
     def readlink(self, path: str) -> str:
         raise fuse.FuseOSError(errno.EINVAL)  # nothing in the area is a link
-
-
-# libfuse 3.14 takes its default idle-thread limit (4294967295) for a mistake and says so on
-# stderr at every mount; naming a limit keeps it quiet.
-MAX_IDLE_THREADS = 10  # libfuse's own default before 3.12
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-
-
-def mount(client: RuntimeClient, mountpoint: str, *, foreground: bool = True,
-          debug: bool = False) -> None:
-    """Mount and serve until unmounted (blocks). `foreground=False` lets libfuse daemonize."""
-    fuse.FUSE(ExchangeFs(client), mountpoint, foreground=foreground, debug=debug,
-              nothreads=False, fsname="sealed-exchange", subtype="sealed",
-              default_permissions=True, max_idle_threads=MAX_IDLE_THREADS)
-
-
-def mount_until_signal(client: RuntimeClient, mountpoint: str, *,
-                       debug: bool = False) -> int | None:
-    """Serve the mount until it is unmounted, or until SIGINT, SIGTERM or SIGHUP unmounts it.
-
-    Returns the signal that ended it, or None when it was unmounted from outside. libfuse's own
-    signal handling ends the same way but reports only "8", so the signals are this function's:
-    libfuse serves in a worker thread and installs no handler where one is already set, and the
-    main thread, which Python runs its handlers in, unmounts (lazily, as libfuse would).
-    """
-    received: list[int] = []
-    failures: list[BaseException] = []
-
-    def serve() -> None:
-        try:
-            mount(client, mountpoint, debug=debug)
-        except BaseException as exc:  # handed to the main thread
-            failures.append(exc)
-
-    def on_signal(signum: int, _frame: Any) -> None:
-        received.append(signum)  # the first one is reported; a repeat retries the unmount
-        _unmount_lazily(mountpoint)
-
-    previous = {number: signal.signal(number, on_signal) for number in STOP_SIGNALS}
-    try:
-        worker = threading.Thread(target=serve, name="fuse", daemon=True)
-        worker.start()
-        while worker.is_alive():
-            worker.join(0.2)  # wakes up for the signal handler, whichever thread got the signal
-    finally:
-        for number, handler in previous.items():
-            signal.signal(number, handler)
-    if failures and not received:
-        raise failures[0]
-    return received[0] if received else None
-
-
-def _unmount_lazily(mountpoint: str) -> None:
-    done = subprocess.run(["fusermount3", "-u", "-z", mountpoint], capture_output=True, text=True,
-                          check=False, timeout=30)
-    if done.returncode != 0:
-        log.warning("fusermount3 -u -z %s failed: %s", mountpoint, done.stderr.strip())

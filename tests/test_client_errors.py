@@ -1,6 +1,6 @@
 """Each error the runtime's exchange endpoints give, provoked by a real request to the real server,
 as the client sees it: the `ApiError` (code, HTTP status), the errno the FUSE mount turns it into
-(`client.fusefs.errno_for`), and, where a command can meet it, the exit code and the one line a
+(`client.fuse_errno.errno_for`), and, where a command can meet it, the exit code and the one line a
 user reads.
 
 Codes no request from this client can provoke are left out, each for its reason: `conflict`
@@ -26,7 +26,7 @@ from client.api import RuntimeClient
 from client.api_errors import ApiError
 from client.cli import main
 from client.errors import ExitStatus
-from client.fusefs import errno_for
+from client.fuse_errno import errno_for
 from client.transport import UnixAddress
 from enclave.exchange import MAX_LIST_ENTRIES
 from tests.runtime_harness import Runtime, small_tmpfs, start_runtime, stop_runtime

@@ -274,7 +274,7 @@ def test_dead_mount_is_reported_and_can_be_unmounted(mounted, tmp_path, capsys):
 ])
 def test_conflict_errno_comes_from_the_code_not_the_message(code, expected):
     from client.api_errors import ApiError
-    from client.fusefs import errno_for
+    from client.fuse_errno import errno_for
 
     assert errno_for(ApiError("no hint in this text", code=code, http_status=409)) == expected
 

@@ -17,7 +17,8 @@ import pytest
 from client.api import RuntimeClient
 from client.api_errors import ApiError
 from client.errors import NotFoundError, UsageError
-from client.fusefs import ExchangeFs, errno_for, split_mount_path
+from client.fuse_errno import errno_for
+from client.fusefs import ExchangeFs, split_mount_path
 from client.transport import UnixAddress
 
 

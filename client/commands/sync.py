@@ -104,7 +104,7 @@ def sync_command(args: argparse.Namespace) -> int:
     with target.client(timeout=args.timeout) as client:
         client.health()  # fail here, with the runtime's message, rather than inside the mount
     if args.foreground:
-        from client.fusefs import mount_until_signal
+        from client.fuse_mount import mount_until_signal
 
         emit(args, {"mounted": str(directory), "target": str(target.address)},
              f"mounted {target.address} on {directory} (inbox/, outbox/); Ctrl-C to unmount",
