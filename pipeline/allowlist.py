@@ -33,7 +33,7 @@ import re
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 IMAGE_KEY = "kms:RecipientAttestation:ImageSha384"
 PCR8_KEY = "kms:RecipientAttestation:PCR8"
@@ -198,7 +198,8 @@ def _checked_list(values: list[str], where: str) -> list[str]:
     return [v.lower() for v in values]
 
 
-def _pair(policy: dict[str, Any], deny_sid: str, key: str) -> tuple[dict, dict, list[str]]:
+def _pair(policy: dict[str, Any], deny_sid: str,
+          key: str) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
     """The Allow and Deny statements for one condition key, and their (equal) lists."""
     allow = _statement(policy, ALLOW_SID)
     deny = _statement(policy, deny_sid)
@@ -361,8 +362,8 @@ def load_policy(kms_client: Any, key_id: str) -> dict[str, Any]:
         policy = json.loads(text)
     except json.JSONDecodeError as exc:
         raise PolicyError(f"key policy of {key_id} is not JSON ({exc.msg})") from exc
-    _statements(policy)
-    return policy
+    _statements(policy)  # a JSON object with a Statement list, or PolicyError
+    return cast(dict[str, Any], policy)
 
 
 def store_policy(kms_client: Any, key_id: str, policy: dict[str, Any]) -> None:
