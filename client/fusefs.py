@@ -2,9 +2,10 @@
 
 Every operation becomes one or two runtime API calls. A file opened for writing is buffered in a
 local temporary file and uploaded when it is closed: on `flush` (whose result `close(2)` returns,
-so a failed upload is seen by the writer as EIO) and, if still pending, on `release`. The runtime
-has no partial writes, so this is the only way to give programs ordinary file semantics; the
-runtime's own temp-and-rename keeps a half-written file from ever appearing in the enclave.
+so a failed upload is seen by the writer as EIO) and, if no flush came, on `release`; a failed
+upload is not tried again on `release`. The runtime has no partial writes, so this is the only
+way to give programs ordinary file semantics; the runtime's own temp-and-rename keeps a
+half-written file from ever appearing in the enclave.
 
 Errors map to the errno a program expects: ENOENT, EROFS (outbox), EACCES (the fixed top level),
 EISDIR, ENOTDIR, ENOTEMPTY, EEXIST, EINVAL (names the runtime refuses), ENAMETOOLONG, EFBIG and
@@ -151,8 +152,11 @@ class ExchangeFs(_Operations):
         temp = handle.temp
         size = os.fstat(temp.fileno()).st_size
         temp.seek(0)
-        self._call(self.client.upload, handle.relative, temp, size)
+        # One attempt per change: a failed upload is reported to the writer by `flush` (close(2)
+        # returns it) and not tried again behind its back on `release`, after it was told the
+        # file was not written.
         handle.dirty = False
+        self._call(self.client.upload, handle.relative, temp, size)
 
     # -- attributes and directories -------------------------------------------------------
 

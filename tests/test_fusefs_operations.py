@@ -79,6 +79,25 @@ def test_a_file_written_through_the_mount_is_uploaded_on_flush(fs):
     expect(errno.EBADF, filesystem.read, "/inbox/new.txt", 1, 0, fh)
 
 
+def test_a_failed_upload_is_not_tried_again_behind_the_writers_back(fs, monkeypatch):
+    # The writer learns of the failure from close(2) (flush); release, which the kernel runs
+    # after close has returned, must not upload the file it was told was not written.
+    filesystem, root = fs
+    fh = filesystem.create("/inbox/new.txt", stat.S_IFREG | 0o644)
+    filesystem.write("/inbox/new.txt", b"hello", 0, fh)
+    attempts = []
+
+    def area_full(*args, **kwargs):  # the real full area: tests/test_fuse_sync.py (needs root)
+        attempts.append(args[0])
+        raise ApiError("full", code="insufficient_storage", http_status=507)
+
+    monkeypatch.setattr(filesystem.client, "upload", area_full)
+    expect(errno.ENOSPC, filesystem.flush, "/inbox/new.txt", fh)
+    assert filesystem.release("/inbox/new.txt", fh) == 0
+    assert attempts == ["new.txt"]
+    assert (root / "inbox/new.txt").read_bytes() == b""
+
+
 def test_reading_comes_from_the_runtime_in_ranges(fs):
     filesystem, _ = fs
     fh = filesystem.open("/outbox/result.txt", os.O_RDONLY)
